@@ -1,0 +1,264 @@
+"""The catalog: the index's source of truth, in SQLite through SQLAlchemy 2 Core.
+
+One row per image file: its path, stat, content hash, size in pixels, status
+(``indexed`` or ``error``), the reason for an error, and the global embedding (float32
+bytes). The FAISS index is derived from the rows with an embedding; its ids are the
+rows' primary keys, which SQLite's AUTOINCREMENT never reuses.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+from sqlalchemy import (
+    Column, Float, Integer, LargeBinary, MetaData, String, Table, Text, bindparam,
+    create_engine, event, func, select, update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.pool import NullPool
+
+from .errors import IndexFormatError
+from .records import DecodedImage, DecodeFailure, ErrorRecord
+
+SCHEMA_VERSION = 1
+INDEXED = "indexed"
+ERROR = "error"
+_IN_CHUNK = 900  # stays under SQLite's bound-parameter limit
+
+metadata = MetaData()
+
+meta_table = Table(
+    "meta", metadata,
+    Column("key", String, primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+images_table = Table(
+    "images", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("path", Text, nullable=False, unique=True),
+    Column("size", Integer, nullable=False),
+    Column("mtime_ns", Integer, nullable=False),
+    Column("content_hash", String(32), index=True),
+    Column("width", Integer),
+    Column("height", Integer),
+    Column("format", String(16)),
+    Column("status", String(8), nullable=False, index=True),
+    Column("error", Text),
+    Column("embedding", LargeBinary),
+    Column("updated_at", Float, nullable=False),
+    sqlite_autoincrement=True,  # ids are FAISS ids: never reuse a deleted one
+)
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """What the ingest needs to know about a path already in the catalog."""
+
+    id: int
+    size: int
+    mtime_ns: int
+    content_hash: str | None
+    status: str
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """An image as search results and the API show it."""
+
+    id: int
+    path: str
+    width: int | None
+    height: int | None
+    format: str | None
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers keep working while we write
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+class Catalog:
+    """Rows of images and their embeddings in ``catalog.sqlite``."""
+
+    def __init__(self, path: Path, engine: Engine):
+        self.path = path
+        self.engine = engine
+
+    @classmethod
+    def open(cls, path: Path, create: bool = False) -> "Catalog":
+        if not create and not path.is_file():
+            raise IndexFormatError(f"catalog {path} is missing")
+        engine = create_engine(f"sqlite:///{path}", poolclass=NullPool)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        catalog = cls(path, engine)
+        catalog._ensure_schema(create)
+        return catalog
+
+    def _ensure_schema(self, create: bool) -> None:
+        try:
+            if create:
+                metadata.create_all(self.engine)
+                with self.engine.begin() as connection:
+                    found = connection.scalar(
+                        select(meta_table.c.value).where(meta_table.c.key == "schema_version")
+                    )
+                    if found is None:
+                        connection.execute(
+                            meta_table.insert(), {"key": "schema_version", "value": str(SCHEMA_VERSION)}
+                        )
+            with self.engine.connect() as connection:
+                version = connection.scalar(
+                    select(meta_table.c.value).where(meta_table.c.key == "schema_version")
+                )
+        except (DatabaseError, OperationalError) as error:
+            raise IndexFormatError(
+                f"catalog {self.path} is damaged or not a vtsearch catalog "
+                f"({error.orig if hasattr(error, 'orig') else error})"
+            ) from None
+        if version is None:
+            raise IndexFormatError(f"catalog {self.path} has no schema version")
+        if int(version) > SCHEMA_VERSION:
+            raise IndexFormatError(
+                f"catalog {self.path} has schema version {version}, newer than this "
+                f"vtsearch understands ({SCHEMA_VERSION}); upgrade vtsearch"
+            )
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # reads
+
+    def entries(self, paths: Sequence[str]) -> dict[str, CatalogEntry]:
+        """Catalog entries for the given paths (absent paths are left out)."""
+        columns = (images_table.c.path, images_table.c.id, images_table.c.size,
+                   images_table.c.mtime_ns, images_table.c.content_hash, images_table.c.status)
+        found: dict[str, CatalogEntry] = {}
+        with self.engine.connect() as connection:
+            for chunk in _chunks(paths, _IN_CHUNK):
+                rows = connection.execute(select(*columns).where(images_table.c.path.in_(chunk)))
+                for path, *rest in rows:
+                    found[path] = CatalogEntry(*rest)
+        return found
+
+    def rows(self, ids: Sequence[int]) -> dict[int, ImageRow]:
+        columns = (images_table.c.id, images_table.c.path, images_table.c.width,
+                   images_table.c.height, images_table.c.format)
+        found: dict[int, ImageRow] = {}
+        with self.engine.connect() as connection:
+            for chunk in _chunks(list(ids), _IN_CHUNK):
+                for row in connection.execute(select(*columns).where(images_table.c.id.in_(chunk))):
+                    found[row.id] = ImageRow(*row)
+        return found
+
+    def embeddings(self, dim: int, chunk_size: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """All stored embeddings as (ids int64 (n,), vectors float32 (n, dim)) chunks."""
+        query = (select(images_table.c.id, images_table.c.embedding)
+                 .where(images_table.c.embedding.is_not(None)).order_by(images_table.c.id))
+        with self.engine.connect() as connection:
+            result = connection.execution_options(stream_results=True).execute(query)
+            while rows := result.fetchmany(chunk_size):
+                ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+                vectors = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32)
+                yield ids, vectors.reshape(len(rows), dim)
+
+    def count(self, status: str | None = None) -> int:
+        query = select(func.count()).select_from(images_table)
+        if status is not None:
+            query = query.where(images_table.c.status == status)
+        with self.engine.connect() as connection:
+            return int(connection.scalar(query) or 0)
+
+    def errors(self) -> list[ErrorRecord]:
+        query = (select(images_table.c.path, images_table.c.error)
+                 .where(images_table.c.status == ERROR).order_by(images_table.c.path))
+        with self.engine.connect() as connection:
+            return [ErrorRecord(path, reason or "") for path, reason in connection.execute(query)]
+
+    # writes (one writer at a time: the index lock guarantees it)
+
+    def store(
+        self,
+        decoded: Sequence[DecodedImage],
+        embeddings: np.ndarray,
+        failures: Sequence[DecodeFailure],
+        known: dict[str, CatalogEntry],
+    ) -> tuple[list[int], list[int]]:
+        """Write one batch in one transaction.
+
+        Returns (ids of ``decoded`` in order, ids that held an embedding and now failed).
+        """
+        now = time.time()
+        new_rows, updates, failed_ids = [], [], []
+        for image, vector in zip(decoded, embeddings):
+            values = {
+                "path": image.source.path, "size": image.size, "mtime_ns": image.source.mtime_ns,
+                "content_hash": image.content_hash, "width": image.width, "height": image.height,
+                "format": image.format, "status": INDEXED, "error": None,
+                "embedding": np.ascontiguousarray(vector, dtype=np.float32).tobytes(),
+                "updated_at": now,
+            }
+            entry = known.get(image.source.path)
+            if entry is None:
+                new_rows.append(values)
+            else:
+                updates.append({"row_id": entry.id, **values})
+        error_rows, error_updates = [], []
+        for failure in failures:
+            values = {
+                "path": failure.source.path, "size": failure.source.size,
+                "mtime_ns": failure.source.mtime_ns, "content_hash": failure.content_hash,
+                "width": None, "height": None, "format": None, "status": ERROR,
+                "error": failure.reason, "embedding": None, "updated_at": now,
+            }
+            entry = known.get(failure.source.path)
+            if entry is None:
+                error_rows.append(values)
+            else:
+                error_updates.append({"row_id": entry.id, **values})
+                if entry.status == INDEXED:
+                    failed_ids.append(entry.id)
+
+        ids_by_path: dict[str, int] = {}
+        with self.engine.begin() as connection:
+            if new_rows:
+                inserted = connection.execute(
+                    images_table.insert().returning(
+                        images_table.c.id, images_table.c.path, sort_by_parameter_order=True
+                    ),
+                    new_rows,
+                )
+                ids_by_path.update({path: row_id for row_id, path in inserted})
+            if error_rows:
+                connection.execute(images_table.insert(), error_rows)
+            by_id = update(images_table).where(images_table.c.id == bindparam("row_id"))
+            if updates:
+                connection.execute(by_id, updates)
+                ids_by_path.update({row["path"]: row["row_id"] for row in updates})
+            if error_updates:
+                connection.execute(by_id, error_updates)
+        ids = [ids_by_path[image.source.path] for image in decoded]
+        return ids, failed_ids
+
+    def touch(self, stats: Iterable[tuple[int, int, int]]) -> None:
+        """Record a new (size, mtime_ns) for rows whose content did not change."""
+        rows = [{"row_id": row_id, "size": size, "mtime_ns": mtime_ns}
+                for row_id, size, mtime_ns in stats]
+        if rows:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    update(images_table).where(images_table.c.id == bindparam("row_id")), rows
+                )
+
+
+def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

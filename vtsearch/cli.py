@@ -1,0 +1,245 @@
+"""The ``vtsearch`` command line: a thin shell over :class:`vtsearch.Index`.
+
+Each command parses its options, calls one library function, and formats the result:
+a table for people, ``--json`` for programs. Library errors become one line on stderr
+and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from . import __version__
+from .config import DEFAULT_INDEX_DIR, INDEX_ENV_VAR, IngestOptions, default_index_dir
+from .device import DEVICE_CHOICES
+from .errors import VtsearchError
+
+EXIT_ERROR = 1
+
+
+def _fail_cleanly(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Map library errors to one line on stderr and exit code 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except VtsearchError as error:
+            click.echo(f"Error: {error}", err=True)
+            sys.exit(EXIT_ERROR)
+        except KeyboardInterrupt:
+            click.echo("Interrupted; finished batches are saved.", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+index_option = click.option(
+    "--index", "index_dir", type=click.Path(file_okay=False, path_type=Path),
+    envvar=INDEX_ENV_VAR, show_envvar=True, default=None,
+    help=f"Index directory [default: {DEFAULT_INDEX_DIR}].",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+device_option = click.option(
+    "--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
+    help="Where the encoder runs (auto: CUDA when available).",
+)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, ensure_ascii=False, indent=None))
+
+
+class _TqdmProgress:
+    """Progress on stderr, through tqdm (hidden when stderr is not a terminal)."""
+
+    def __init__(self, description: str):
+        self.description = description
+        self.bar = None
+
+    def start(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=self.description, unit="img", file=sys.stderr,
+                        disable=None, dynamic_ncols=True)
+
+    def advance(self, count: int) -> None:
+        if self.bar is not None:
+            self.bar.update(count)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vtsearch")
+@click.option("-v", "--verbose", is_flag=True, help="Show informational messages.")
+def main(verbose: bool) -> None:
+    """Index folders of images and search them by text or by example."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="vtsearch: %(message)s", stream=sys.stderr,
+    )
+
+
+@main.command("index")
+@click.argument("paths", nargs=-1, required=True,
+                type=click.Path(exists=True, file_okay=True, dir_okay=True))
+@index_option
+@click.option("--model", default=None,
+              help="open_clip model: a name (ViT-B-32), hf-hub:org/name or local-dir:/path. "
+                   "[default: the index's own; ViT-B-32 for a new index]")
+@click.option("--pretrained", default=None,
+              help="Pretrained tag for a named model [default: laion2b_s34b_b79k for ViT-B-32].")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True,
+              help="Images encoded per batch.")
+@click.option("--workers", type=click.IntRange(0, 64), default=None,
+              help="Decoding processes (0: decode in this process) [default: min(4, cores)].")
+@click.option("--max-pixels", type=click.IntRange(1), default=IngestOptions.max_pixels,
+              show_default=True, help="Refuse images with more pixels (decompression bombs).")
+@click.option("--allow-truncated", is_flag=True,
+              help="Index truncated files from the part that decodes instead of skipping them.")
+@device_option
+@json_option
+@_fail_cleanly
+def index_command(paths, index_dir, model, pretrained, batch_size, workers, max_pixels,
+                  allow_truncated, device, as_json):
+    """Index the images under PATHS (files or folders, walked recursively).
+
+    Running it again adds new and changed files only; nothing is encoded twice.
+
+    \b
+    Example:
+      vtsearch index ~/Pictures --index indexes/photos
+    """
+    from .config import EncoderSpec
+    from .index import Index
+
+    index_dir = index_dir or default_index_dir()
+    spec = EncoderSpec.parse(model, pretrained) if (model or pretrained) else None
+    options = IngestOptions(batch_size=batch_size, max_pixels=max_pixels,
+                            allow_truncated=allow_truncated,
+                            **({} if workers is None else {"workers": workers}))
+    with Index.open_or_create(index_dir, spec, device=device) as index:
+        summary = index.add(paths, options, progress=_TqdmProgress("indexing"))
+    if as_json:
+        _print_json({"index": str(index_dir), **summary.to_dict(),
+                     "errors": [record.to_dict() for record in summary.skipped]})
+        return
+    rate = summary.indexed / summary.seconds if summary.seconds else 0.0
+    click.echo(
+        f"indexed {summary.indexed} ({summary.updated} updated), unchanged {summary.unchanged}, "
+        f"skipped {len(summary.skipped)}, not images {summary.not_images} "
+        f"in {summary.seconds:.1f} s ({rate:.1f} images/s) -> {index_dir}"
+    )
+    for reason, count in sorted(summary.reasons().items()):
+        click.echo(f"  skipped, {reason}: {count}")
+    if summary.skipped:
+        click.echo("  (vtsearch errors lists each skipped file with its reason)")
+
+
+@main.command("search")
+@click.argument("query", required=False)
+@click.option("--image", "image_path", type=click.Path(dir_okay=False),
+              help="Search by example: the images most like this one.")
+@index_option
+@click.option("-k", "k", type=int, default=10, show_default=True, help="Number of results.")
+@device_option
+@json_option
+@_fail_cleanly
+def search_command(query, image_path, index_dir, k, device, as_json):
+    """Find the images that best match QUERY text (or --image FILE).
+
+    \b
+    Examples:
+      vtsearch search "a dog on a beach"
+      vtsearch search --image holiday.jpg -k 5 --json
+    """
+    from .index import Index
+
+    if (query is None) == (image_path is None):
+        raise click.UsageError("give either a QUERY text or --image FILE (not both)")
+    with Index.open(index_dir or default_index_dir(), device=device) as index:
+        if image_path is not None:
+            results = index.search_image(image_path, k)
+        else:
+            results = index.search_text(query, k)
+    if as_json:
+        _print_json({"query": image_path if image_path is not None else query,
+                     "results": [result.to_dict() for result in results]})
+        return
+    if not results:
+        click.echo("no results (the index is empty)")
+        return
+    click.echo(f"{'rank':>4}  {'score':>7}  path")
+    for result in results:
+        click.echo(f"{result.rank:>4}  {result.score:>7.4f}  {result.path}")
+
+
+@main.command("info")
+@index_option
+@json_option
+@_fail_cleanly
+def info_command(index_dir, as_json):
+    """Show what an index holds: counts, encoder, ANN and dates.
+
+    \b
+    Example:
+      vtsearch info --json
+    """
+    from .index import Index
+
+    with Index.open(index_dir or default_index_dir(), device="cpu") as index:
+        info = index.info().to_dict()
+    if as_json:
+        _print_json(info)
+        return
+    encoder = info["encoder"]
+    rows = [
+        ("index", info["path"]),
+        ("images", info["images"]),
+        ("errors", info["errors"]),
+        ("encoder", f"{encoder['model']}" + (f" ({encoder['pretrained']})" if encoder["pretrained"] else "")),
+        ("embed dim", encoder["embed_dim"]),
+        ("ann", f"{info['ann']['factory']} ({info['ann']['metric']}), {info['ann_vectors']} vectors"),
+        ("vtsearch", info["vtsearch_version"]),
+    ]
+    for name, value in rows:
+        click.echo(f"{name:>10}  {value}")
+
+
+@main.command("errors")
+@index_option
+@json_option
+@_fail_cleanly
+def errors_command(index_dir, as_json):
+    """List the files that could not be indexed, with the reason.
+
+    \b
+    Example:
+      vtsearch errors --json
+    """
+    from .index import Index
+
+    with Index.open(index_dir or default_index_dir(), device="cpu") as index:
+        records = index.errors()
+    if as_json:
+        _print_json([record.to_dict() for record in records])
+        return
+    if not records:
+        click.echo("no errors")
+        return
+    for record in records:
+        click.echo(f"{record.path}\t{record.reason}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Typed, defaulted configuration that round-trips through JSON."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+DEFAULT_INDEX_DIR = Path("indexes") / "default"
+INDEX_ENV_VAR = "VTSEARCH_INDEX"
+
+HF_HUB_PREFIX = "hf-hub:"
+LOCAL_DIR_PREFIX = "local-dir:"
+
+T = TypeVar("T")
+
+
+def _from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build a dataclass from a dict, ignoring unknown keys (newer writers may add some)."""
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Which open_clip model embeds the collection.
+
+    ``model`` is an open_clip model name (``ViT-B-32``), ``hf-hub:org/name`` or
+    ``local-dir:/path``; ``pretrained`` is the weight tag for a plain model name and
+    empty for the other two forms, whose location already names the weights.
+    """
+
+    model: str = DEFAULT_MODEL
+    pretrained: str = DEFAULT_PRETRAINED
+
+    @classmethod
+    def parse(cls, model: str | None, pretrained: str | None = None) -> "EncoderSpec":
+        """Normalise user input: local dirs become absolute, tags only for named models."""
+        model = (model or DEFAULT_MODEL).strip()
+        if model.startswith(LOCAL_DIR_PREFIX):
+            local = Path(model[len(LOCAL_DIR_PREFIX):]).expanduser().resolve()
+            return cls(model=f"{LOCAL_DIR_PREFIX}{local}", pretrained="")
+        if model.startswith(HF_HUB_PREFIX):
+            return cls(model=model, pretrained="")
+        if pretrained is None:
+            pretrained = DEFAULT_PRETRAINED if model == DEFAULT_MODEL else ""
+        return cls(model=model, pretrained=pretrained)
+
+    def describe(self) -> str:
+        return f"{self.model} ({self.pretrained})" if self.pretrained else self.model
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EncoderSpec":
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How image files become model input.
+
+    ``max_pixels``: images with more pixels are refused as decompression bombs
+    (Pillow's default limit unless overridden). ``draft``: let JPEG decode at a reduced
+    scale that is still at least the model's input size (much faster on big photos).
+    """
+
+    image_size: int = 224
+    max_pixels: int = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS
+    allow_truncated: bool = False
+    draft: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DecodeConfig":
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class AnnConfig:
+    """The FAISS index kind. Ids are always the catalog's primary keys."""
+
+    factory: str = "IDMap2,Flat"
+    metric: str = "inner_product"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "AnnConfig":
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """Per-run knobs of ``Index.add`` (not stored in the manifest)."""
+
+    batch_size: int = 32
+    workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    max_pixels: int = DecodeConfig.max_pixels
+    allow_truncated: bool = False
+
+
+def default_index_dir() -> Path:
+    """``$VTSEARCH_INDEX`` when set, else ``./indexes/default``."""
+    env = os.environ.get(INDEX_ENV_VAR)
+    return Path(env) if env else DEFAULT_INDEX_DIR

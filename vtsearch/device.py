@@ -1,0 +1,22 @@
+"""The one place where the compute device is chosen."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import VtsearchError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(choice: str = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if choice not in DEVICE_CHOICES:
+        raise VtsearchError(f"unknown device {choice!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+    if choice == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if choice == "cuda":
+        raise VtsearchError("--device cuda was asked for, but no CUDA GPU is available")
+    return torch.device("cpu")

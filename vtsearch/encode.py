@@ -1,0 +1,248 @@
+"""Stage: encode. An open_clip dual encoder turning images and texts into unit vectors.
+
+Models are named three ways, as open_clip names them: a built-in name plus a pretrained
+tag (``ViT-B-32`` + ``laion2b_s34b_b79k``), ``hf-hub:org/name``, or ``local-dir:/path``
+(a folder holding ``open_clip_config.json`` and the weights). Weight loading failures
+become one :class:`ModelLoadError` whose message names the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlparse
+
+import numpy as np
+import open_clip
+import torch
+from PIL import Image
+
+from .config import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, EncoderSpec
+from .errors import ModelLoadError
+
+Transform = Callable[[Image.Image], torch.Tensor]
+
+WEIGHT_FILES = (
+    "open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth",
+    "model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth",
+)
+OFFLINE_FIX = (
+    "without network access, point --model at a local open_clip folder: "
+    "--model local-dir:/path/to/model (open_clip_config.json + open_clip_model.safetensors)"
+)
+
+
+class Encoder:
+    """A loaded open_clip model with its preprocessing and tokenizer, in eval mode."""
+
+    def __init__(
+        self,
+        spec: EncoderSpec,
+        model: torch.nn.Module,
+        preprocess: Transform,
+        tokenizer: Callable[..., torch.Tensor],
+        device: torch.device,
+    ):
+        self.spec = spec
+        self.model = model.eval().to(device)
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.device = device
+        self.embed_dim = int(_embed_dim(model))
+        self.preprocess_config: dict[str, Any] = dict(getattr(model.visual, "preprocess_cfg", {}))
+        size = self.preprocess_config.get("size", getattr(model.visual, "image_size", 224))
+        self.image_size = int(max(size) if isinstance(size, (tuple, list)) else size)
+        if device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def load(cls, spec: EncoderSpec, device: torch.device) -> "Encoder":
+        """Load the model ``spec`` names, or raise :class:`ModelLoadError`."""
+        _check_weights_available(spec)
+        try:
+            with _quiet_open_clip():
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    spec.model, pretrained=spec.pretrained or None
+                )
+                tokenizer = open_clip.get_tokenizer(spec.model)
+        except ModelLoadError:
+            raise
+        except Exception as error:  # open_clip raises RuntimeError/ValueError/OSError
+            raise ModelLoadError(_explain_load_failure(spec, error)) from None
+        return cls(spec, model, preprocess, tokenizer, device)
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records about this encoder."""
+        return {
+            **self.spec.to_dict(),
+            "embed_dim": self.embed_dim,
+            "preprocess": {k: list(v) if isinstance(v, tuple) else v
+                           for k, v in self.preprocess_config.items()},
+        }
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
+        """(B, 3, H, W) preprocessed pixels → (B, D) float32 unit vectors."""
+        pixels = pixels.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            features = self.model.encode_image(pixels)
+        return _unit_rows(features)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """Texts → (N, D) float32 unit vectors."""
+        tokens = self.tokenizer(texts).to(self.device)
+        with self._autocast():
+            features = self.model.encode_text(tokens)
+        return _unit_rows(features)
+
+
+def _unit_rows(features: torch.Tensor) -> np.ndarray:
+    features = torch.nn.functional.normalize(features.float(), dim=-1)
+    return features.cpu().numpy().astype(np.float32, copy=False)
+
+
+def _embed_dim(model: torch.nn.Module) -> int:
+    projection = getattr(model, "text_projection", None)
+    if isinstance(projection, torch.Tensor):
+        return projection.shape[-1]
+    if isinstance(projection, torch.nn.Linear):
+        return projection.out_features
+    visual_dim = getattr(model.visual, "output_dim", None)
+    if visual_dim:
+        return visual_dim
+    with torch.inference_mode():
+        return model.encode_text(torch.zeros(1, 77, dtype=torch.long)).shape[-1]
+
+
+def _check_weights_available(spec: EncoderSpec) -> None:
+    """Fail fast and clearly before open_clip would retry downloads for a minute, or
+    silently return a randomly initialised model."""
+    if spec.model.startswith(LOCAL_DIR_PREFIX):
+        _check_local_dir(Path(spec.model[len(LOCAL_DIR_PREFIX):]))
+        return
+    if spec.model.startswith(HF_HUB_PREFIX):
+        repo = spec.model[len(HF_HUB_PREFIX):]
+        sources = [("hub", repo, "open_clip_config.json")]
+    else:
+        name = spec.model.replace("/", "-")
+        if open_clip.get_model_config(name) is None:
+            raise ModelLoadError(
+                f"unknown model {spec.model!r}; see open_clip.list_models(), "
+                "or use hf-hub:org/name or local-dir:/path"
+            )
+        if not spec.pretrained:
+            raise ModelLoadError(
+                f"no weights named for {spec.model}: give --pretrained TAG "
+                f"(known: {', '.join(open_clip.list_pretrained_tags_by_model(name)) or 'none'}) "
+                "or --model local-dir:/path"
+            )
+        if Path(spec.pretrained).is_file():
+            return
+        config = open_clip.get_pretrained_cfg(name, spec.pretrained)
+        if not config:
+            tags = open_clip.list_pretrained_tags_by_model(name)
+            raise ModelLoadError(
+                f"unknown pretrained tag {spec.pretrained!r} for {spec.model}; "
+                f"known tags: {', '.join(tags) or 'none'}"
+            )
+        if config.get("hf_hub"):
+            repo, filename = _split_hub(config["hf_hub"])
+            sources = [("hub", repo, filename)]
+        else:
+            sources = [("url", config.get("url", ""), "")]
+    if all(_cached(*source) for source in sources):
+        return
+    host = _source_host(sources[0])
+    if not _reachable(host):
+        raise ModelLoadError(
+            f"the weights of {spec.describe()} are not in the local cache and {host} "
+            f"cannot be reached; {OFFLINE_FIX}"
+        )
+
+
+def _check_local_dir(folder: Path) -> None:
+    if not folder.is_dir():
+        raise ModelLoadError(f"model folder {folder} does not exist")
+    if not (folder / "open_clip_config.json").is_file():
+        raise ModelLoadError(
+            f"model folder {folder} has no open_clip_config.json "
+            "(open_clip's local-dir layout: open_clip_config.json + weights)"
+        )
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise ModelLoadError(
+            f"model folder {folder} has no weights file "
+            f"(expected one of: {', '.join(WEIGHT_FILES[:3])}, ...)"
+        )
+
+
+def _split_hub(hub: str) -> tuple[str, str]:
+    """open_clip writes 'org/name/' (default file) or 'org/name/file.bin'."""
+    repo, filename = os.path.split(hub)
+    return repo, filename or "open_clip_pytorch_model.bin"
+
+
+def _cached(kind: str, where: str, filename: str) -> bool:
+    if kind == "url":
+        return bool(where) and (Path.home() / ".cache" / "clip" / os.path.basename(where)).is_file()
+    from huggingface_hub import try_to_load_from_cache
+
+    names = [filename]
+    if filename.endswith(".bin"):
+        names.insert(0, filename.replace("pytorch_model.bin", "model.safetensors"))
+    return any(isinstance(try_to_load_from_cache(where, name), str) for name in names)
+
+
+def _source_host(source: tuple[str, str, str]) -> str:
+    kind, where, _ = source
+    if kind == "url":
+        return urlparse(where).hostname or where
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    return urlparse(endpoint).hostname or "huggingface.co"
+
+
+def _reachable(host: str, timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _explain_load_failure(spec: EncoderSpec, error: Exception) -> str:
+    text = str(error)
+    first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    if spec.model.startswith(LOCAL_DIR_PREFIX):
+        return f"cannot load {spec.describe()}: {first_line}"
+    return f"cannot fetch weights for {spec.describe()} ({first_line[:200]}); {OFFLINE_FIX}"
+
+
+@contextlib.contextmanager
+def _quiet_open_clip():
+    """open_clip logs and warns liberally while loading; the user sees our message."""
+    loggers = [logging.getLogger(name) for name in ("", "huggingface_hub", "open_clip")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)

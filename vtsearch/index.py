@@ -1,0 +1,293 @@
+"""``Index``: one object owns one index directory.
+
+Layout::
+
+    DIR/manifest.json     encoder spec, ANN config, versions, times
+    DIR/catalog.sqlite    the source of truth (images, errors, embeddings)
+    DIR/ann.faiss         FAISS index of the embeddings (derived, rebuildable)
+    DIR/.writer.lock      the writer lock
+
+Writers (``add``) take the lock; readers (``search``) never do. The encoder is loaded
+on first use, or passed in (tests pass small real ones).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from .ann import AnnIndex, gpu_count
+from .catalog import ERROR, INDEXED, Catalog
+from .config import AnnConfig, DecodeConfig, EncoderSpec, IngestOptions
+from .decode import decode_query_image
+from .device import resolve_device
+from .encode import Encoder
+from .errors import IndexExistsError, IndexNotFoundError, ModelMismatchError
+from .ingest import Progress, ingest
+from .lock import WriterLock
+from .manifest import Manifest
+from .records import ErrorRecord, IngestSummary, SearchResult
+from .search import check_k, check_text, search_vector
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+CATALOG = "catalog.sqlite"
+ANN = "ann.faiss"
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    path: str
+    images: int
+    errors: int
+    ann_vectors: int
+    manifest: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "images": self.images,
+            "errors": self.errors,
+            "ann_vectors": self.ann_vectors,
+            "encoder": self.manifest["encoder"],
+            "ann": self.manifest["ann"],
+            "schema_version": self.manifest["schema_version"],
+            "vtsearch_version": self.manifest["vtsearch_version"],
+            "created": self.manifest["created"],
+            "updated": self.manifest["updated"],
+        }
+
+
+class Index:
+    """An image index on disk: catalog, FAISS index and manifest."""
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: Manifest,
+        catalog: Catalog,
+        ann: AnnIndex,
+        device: str = "auto",
+        encoder: Encoder | None = None,
+    ):
+        self.path = path
+        self.manifest = manifest
+        self.catalog = catalog
+        self.ann = ann
+        self.device = device
+        self._encoder = encoder
+        self._lock = WriterLock(path)
+
+    # lifecycle
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        spec: EncoderSpec | None = None,
+        device: str = "auto",
+        encoder: Encoder | None = None,
+        ann_config: AnnConfig | None = None,
+    ) -> "Index":
+        """Create a new, empty index at ``path`` (the folder may exist but hold no index)."""
+        path = Path(path)
+        if (path / MANIFEST).exists():
+            raise IndexExistsError(f"an index already exists at {path}")
+        spec = spec or EncoderSpec()
+        if encoder is None:
+            encoder = Encoder.load(spec, resolve_device(device))
+        path.mkdir(parents=True, exist_ok=True)
+        lock = WriterLock(path)
+        lock.acquire()
+        try:
+            manifest = Manifest(
+                encoder=encoder.spec, embed_dim=encoder.embed_dim,
+                preprocess=encoder.describe()["preprocess"], ann=ann_config or AnnConfig(),
+            )
+            catalog = Catalog.open(path / CATALOG, create=True)
+            ann = AnnIndex.empty(encoder.embed_dim, manifest.ann, use_gpu=_use_gpu(device))
+            ann.save(path / ANN)
+            manifest.save(path / MANIFEST)  # last: its presence marks a complete index
+        finally:
+            lock.release()
+        return cls(path, manifest, catalog, ann, device, encoder)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        device: str = "auto",
+        encoder: Encoder | None = None,
+    ) -> "Index":
+        """Open an existing index; a missing or stale FAISS index is rebuilt from the catalog."""
+        path = Path(path)
+        if not (path / MANIFEST).is_file():
+            raise IndexNotFoundError(
+                f"no index at {path} (create one with: vtsearch index PATH --index {path})"
+            )
+        manifest = Manifest.load(path / MANIFEST)
+        catalog = Catalog.open(path / CATALOG)
+        if encoder is not None and encoder.spec != manifest.encoder:
+            raise ModelMismatchError(_mismatch_message(path, manifest.encoder, encoder.spec))
+        index = cls(path, manifest, catalog, _placeholder_ann(manifest), device, encoder)
+        index.ann = index._load_ann()
+        return index
+
+    @classmethod
+    def open_or_create(
+        cls,
+        path: str | os.PathLike[str],
+        spec: EncoderSpec | None = None,
+        device: str = "auto",
+        encoder: Encoder | None = None,
+    ) -> "Index":
+        """Open the index at ``path``, checking ``spec`` against it, or create it."""
+        path = Path(path)
+        if not (path / MANIFEST).is_file():
+            return cls.create(path, spec, device, encoder)
+        if spec is not None:
+            stored = Manifest.load(path / MANIFEST).encoder
+            if not _same_encoder(stored, spec):
+                raise ModelMismatchError(_mismatch_message(path, stored, spec))
+        return cls.open(path, device, encoder)
+
+    def close(self) -> None:
+        self._lock.release()
+        self.catalog.close()
+
+    def __enter__(self) -> "Index":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # collaborators
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            self._encoder = Encoder.load(self.manifest.encoder, resolve_device(self.device))
+        return self._encoder
+
+    def _load_ann(self) -> AnnIndex:
+        """Load ``ann.faiss``; rebuild it from the catalog when missing or out of step."""
+        ann_path = self.path / ANN
+        use_gpu = _use_gpu(self.device)
+        ann = None
+        if ann_path.is_file():
+            try:
+                ann = AnnIndex.load(ann_path, self.manifest.ann, use_gpu)
+            except Exception as error:  # damaged file: derived data, rebuild below
+                log.warning("%s is unreadable (%s); rebuilding it from the catalog", ann_path, error)
+        if ann is not None and len(ann) == self.catalog.count(INDEXED):
+            return ann
+        if ann is not None and self._lock.is_held_elsewhere():
+            return ann  # a writer is mid-run; its snapshot is consistent enough to read
+        log.info("rebuilding %s from the catalog", ann_path)
+        ann = AnnIndex.build(self.manifest.embed_dim, self.manifest.ann,
+                             self.catalog.embeddings(self.manifest.embed_dim), use_gpu)
+        try:
+            self._lock.acquire()
+        except Exception:
+            return ann  # someone else writes; keep the rebuilt copy in memory only
+        try:
+            ann.save(ann_path)
+        finally:
+            self._lock.release()
+        return ann
+
+    # writing
+
+    def add(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        options: IngestOptions | None = None,
+        progress: Progress | None = None,
+    ) -> IngestSummary:
+        """Index the image files under ``paths``; returns what happened to them."""
+        options = options or IngestOptions()
+        self._lock.acquire()
+        try:
+            self.ann = self._load_ann_locked()
+            summary = ingest(
+                [os.fspath(p) for p in paths], self.catalog, self.ann, self.encoder,
+                options, progress,
+            )
+            self.ann.save(self.path / ANN)
+            self.manifest.save(self.path / MANIFEST)
+        finally:
+            self._lock.release()
+        return summary
+
+    def _load_ann_locked(self) -> AnnIndex:
+        """Under the lock, make sure the in-memory FAISS index matches the catalog."""
+        if len(self.ann) == self.catalog.count(INDEXED):
+            return self.ann
+        return AnnIndex.build(self.manifest.embed_dim, self.manifest.ann,
+                              self.catalog.embeddings(self.manifest.embed_dim),
+                              _use_gpu(self.device))
+
+    # reading
+
+    def search(self, query: str | os.PathLike[str], k: int = 10, *, image: bool = False) -> list[SearchResult]:
+        """Search by text, or by example when ``image`` is true (``query`` is then a path)."""
+        if image:
+            return self.search_image(query, k)
+        return self.search_text(str(query), k)
+
+    def search_text(self, text: str, k: int = 10) -> list[SearchResult]:
+        check_k(k)
+        vector = self.encoder.encode_texts([check_text(text)])[0]
+        return search_vector(vector, k, self.ann, self.catalog)
+
+    def search_image(self, path: str | os.PathLike[str], k: int = 10) -> list[SearchResult]:
+        check_k(k)
+        config = DecodeConfig(image_size=self.encoder.image_size)
+        pixels = decode_query_image(os.fspath(path), config, self.encoder.preprocess)
+        vector = self.encoder.encode_images(pixels.unsqueeze(0))[0]
+        return search_vector(vector, k, self.ann, self.catalog)
+
+    def search_vector(self, vector: np.ndarray, k: int = 10) -> list[SearchResult]:
+        """Search with a query vector in the encoder's space (normalised here)."""
+        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        norm = float(np.linalg.norm(vector))
+        return search_vector(vector / norm if norm else vector, k, self.ann, self.catalog)
+
+    def errors(self) -> list[ErrorRecord]:
+        return self.catalog.errors()
+
+    def info(self) -> IndexInfo:
+        return IndexInfo(
+            path=str(self.path.resolve()),
+            images=self.catalog.count(INDEXED),
+            errors=self.catalog.count(ERROR),
+            ann_vectors=len(self.ann),
+            manifest=self.manifest.to_dict(),
+        )
+
+
+def _use_gpu(device: str) -> bool:
+    return device != "cpu" and gpu_count() > 0
+
+
+def _placeholder_ann(manifest: Manifest) -> AnnIndex:
+    return AnnIndex.empty(manifest.embed_dim, manifest.ann)
+
+
+def _same_encoder(stored: EncoderSpec, requested: EncoderSpec) -> bool:
+    if stored.model != requested.model:
+        return False
+    return not requested.pretrained or requested.pretrained == stored.pretrained
+
+
+def _mismatch_message(path: Path, stored: EncoderSpec, requested: EncoderSpec) -> str:
+    return (
+        f"index {path} was built with {stored.describe()}, not {requested.describe()}; "
+        "omit --model to use the index's own model, or choose another --index"
+    )

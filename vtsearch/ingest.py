@@ -1,0 +1,136 @@
+"""The build path: scan → decode → encode → store (catalog) → ann.
+
+Unchanged files (same size and mtime, or same content hash after a touch) are never
+decoded or encoded again. Each decoded batch is encoded and committed to the catalog in
+one transaction before the FAISS index is updated, so the catalog always leads and the
+FAISS index can be rebuilt from it after a crash.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from .ann import AnnIndex
+from .catalog import INDEXED, Catalog, CatalogEntry
+from .config import DecodeConfig, IngestOptions
+from .decode import decode_batches, hash_file
+from .encode import Encoder
+from .records import DecodedImage, DecodeFailure, ErrorRecord, IngestSummary, ScannedFile
+from .scan import scan
+
+
+class Progress(Protocol):
+    """Receives progress of a long run; the CLI shows a bar, the library stays silent."""
+
+    def start(self, total: int) -> None: ...
+
+    def advance(self, count: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NoProgress:
+    def start(self, total: int) -> None:
+        pass
+
+    def advance(self, count: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def plan(
+    candidates: Sequence[ScannedFile], known: dict[str, CatalogEntry]
+) -> tuple[list[ScannedFile], list[tuple[int, int, int]]]:
+    """Split candidates into files to decode and unchanged files whose stat moved.
+
+    Returns (to_decode, touched) where touched holds (id, size, mtime_ns) of indexed
+    files whose size/mtime changed but whose content hash did not.
+    """
+    to_decode: list[ScannedFile] = []
+    touched: list[tuple[int, int, int]] = []
+    for candidate in candidates:
+        entry = known.get(candidate.path)
+        if entry is None or entry.status != INDEXED:
+            to_decode.append(candidate)  # new, or failed before (options may differ now)
+            continue
+        if entry.size == candidate.size and entry.mtime_ns == candidate.mtime_ns:
+            continue
+        if entry.size == candidate.size and entry.content_hash:
+            try:
+                if hash_file(candidate.path) == entry.content_hash:
+                    touched.append((entry.id, candidate.size, candidate.mtime_ns))
+                    continue
+            except OSError:
+                pass  # decoding will record why it cannot be read
+        to_decode.append(candidate)
+    return to_decode, touched
+
+
+def ingest(
+    paths: Iterable[str],
+    catalog: Catalog,
+    ann: AnnIndex,
+    encoder: Encoder,
+    options: IngestOptions,
+    progress: Progress | None = None,
+) -> IngestSummary:
+    """Index the images under ``paths`` into ``catalog`` and ``ann``."""
+    started = time.perf_counter()
+    progress = progress or NoProgress()
+    report = scan(paths)
+    summary = IngestSummary(not_images=report.not_images, missing=list(report.missing))
+    summary.skipped.extend(ErrorRecord(path, f"unreadable: {why}") for path, why in report.unreadable)
+
+    known = catalog.entries([candidate.path for candidate in report.candidates])
+    to_decode, touched = plan(report.candidates, known)
+    catalog.touch(touched)
+    summary.unchanged = len(report.candidates) - len(to_decode)
+
+    decode_config = DecodeConfig(
+        image_size=encoder.image_size,
+        max_pixels=options.max_pixels,
+        allow_truncated=options.allow_truncated,
+    )
+    progress.start(len(to_decode))
+    try:
+        for batch in decode_batches(
+            to_decode, decode_config, encoder.preprocess, options.batch_size, options.workers
+        ):
+            _store_batch(batch, catalog, ann, encoder, known, summary)
+            progress.advance(len(batch))
+    finally:
+        progress.close()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _store_batch(
+    batch: list[DecodedImage | DecodeFailure],
+    catalog: Catalog,
+    ann: AnnIndex,
+    encoder: Encoder,
+    known: dict[str, CatalogEntry],
+    summary: IngestSummary,
+) -> None:
+    decoded = [outcome for outcome in batch if isinstance(outcome, DecodedImage)]
+    failures = [outcome for outcome in batch if isinstance(outcome, DecodeFailure)]
+    if decoded:
+        embeddings = encoder.encode_images(torch.stack([image.pixels for image in decoded]))
+    else:
+        embeddings = np.empty((0, encoder.embed_dim), dtype=np.float32)
+    ids, failed_ids = catalog.store(decoded, embeddings, failures, known)
+
+    replaced = [known[image.source.path].id for image in decoded
+                if image.source.path in known and known[image.source.path].status == INDEXED]
+    ann.remove([*replaced, *failed_ids])
+    ann.add(np.asarray(ids, dtype=np.int64), embeddings)
+
+    summary.indexed += len(decoded)
+    summary.updated += len(replaced)
+    summary.skipped.extend(ErrorRecord(f.source.path, f.reason) for f in failures)

@@ -1,0 +1,84 @@
+"""``manifest.json``: what an index is made of, enough to reproduce a search."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .atomic import write_bytes_atomic
+from .config import AnnConfig, DecodeConfig, EncoderSpec
+from .errors import IndexFormatError
+
+MANIFEST_VERSION = 1
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+@dataclass
+class Manifest:
+    encoder: EncoderSpec
+    embed_dim: int
+    preprocess: dict[str, Any]
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    ann: AnnConfig = field(default_factory=AnnConfig)
+    schema_version: int = MANIFEST_VERSION
+    vtsearch_version: str = field(default_factory=_version)
+    created: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "vtsearch_version": self.vtsearch_version,
+            "encoder": {**self.encoder.to_dict(), "embed_dim": self.embed_dim,
+                        "preprocess": self.preprocess},
+            "decode": self.decode.to_dict(),
+            "ann": self.ann.to_dict(),
+            "created": self.created,
+            "updated": self.updated,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+        version = int(data.get("schema_version", 0))
+        if version > MANIFEST_VERSION:
+            raise IndexFormatError(
+                f"index manifest has schema version {version}, newer than this vtsearch "
+                f"understands ({MANIFEST_VERSION}); upgrade vtsearch"
+            )
+        encoder = data["encoder"]
+        return cls(
+            encoder=EncoderSpec.from_dict(encoder),
+            embed_dim=int(encoder["embed_dim"]),
+            preprocess=dict(encoder.get("preprocess", {})),
+            decode=DecodeConfig.from_dict(data.get("decode", {})),
+            ann=AnnConfig.from_dict(data.get("ann", {})),
+            schema_version=version,
+            vtsearch_version=str(data.get("vtsearch_version", "")),
+            created=float(data.get("created", 0.0)),
+            updated=float(data.get("updated", 0.0)),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> "Manifest":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls.from_dict(data)
+        except FileNotFoundError:
+            raise
+        except IndexFormatError:
+            raise
+        except (ValueError, KeyError, TypeError) as error:
+            raise IndexFormatError(f"manifest {path} is damaged: {error}") from None
+
+    def save(self, path: Path) -> None:
+        self.updated = time.time()
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        write_bytes_atomic(path, text.encode("utf-8"))

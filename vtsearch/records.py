@@ -1,0 +1,108 @@
+"""Small typed records handed between pipeline stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class ScannedFile:
+    """A candidate image file found by the scan (absolute path, stat at scan time)."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class ScanReport:
+    """What the scan found under the paths it was given."""
+
+    candidates: list[ScannedFile]
+    not_images: int = 0
+    missing: list[str] = field(default_factory=list)  # paths given that do not exist
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (dir, reason)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded file, preprocessed into the encoder's input tensor."""
+
+    source: ScannedFile
+    pixels: torch.Tensor  # (3, H, W) float, normalised for the model
+    width: int
+    height: int
+    format: str
+    content_hash: str
+    size: int  # bytes actually read (the file may have changed since the scan)
+
+
+@dataclass(frozen=True)
+class DecodeFailure:
+    """A file that could not be decoded, and why (recorded, never raised)."""
+
+    source: ScannedFile
+    reason: str
+    content_hash: str | None = None
+
+
+DecodeOutcome = DecodedImage | DecodeFailure
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One ranked hit."""
+
+    rank: int
+    id: int
+    path: str
+    score: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {"rank": self.rank, "id": self.id, "path": self.path, "score": self.score}
+
+
+@dataclass(frozen=True)
+class ErrorRecord:
+    """A file the index skipped, with its reason."""
+
+    path: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "reason": self.reason}
+
+
+@dataclass
+class IngestSummary:
+    """The outcome of one ``Index.add`` run, by category."""
+
+    indexed: int = 0  # newly encoded (new files and changed files)
+    updated: int = 0  # of ``indexed``: files already in the index whose content changed
+    unchanged: int = 0  # already indexed and untouched (nothing re-encoded)
+    skipped: list[ErrorRecord] = field(default_factory=list)  # could not decode
+    not_images: int = 0  # files without an image extension
+    missing: list[str] = field(default_factory=list)  # given paths that do not exist
+    seconds: float = 0.0
+
+    def reasons(self) -> dict[str, int]:
+        """Skips counted by the leading part of their reason (before any ':')."""
+        counts: dict[str, int] = {}
+        for record in self.skipped:
+            key = record.reason.split(":", 1)[0]
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "indexed": self.indexed,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "skipped": len(self.skipped),
+            "skipped_reasons": self.reasons(),
+            "not_images": self.not_images,
+            "missing": self.missing,
+            "seconds": round(self.seconds, 3),
+        }
