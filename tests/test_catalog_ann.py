@@ -1,0 +1,91 @@
+import sqlite3
+
+import faiss
+import numpy as np
+import pytest
+
+from vtsearch.ann import AnnIndex
+from vtsearch.catalog import SCHEMA_VERSION, Catalog
+from vtsearch.config import AnnConfig
+from vtsearch.errors import IndexFormatError
+from vtsearch.records import DecodedImage, DecodeFailure, ScannedFile
+
+
+def unit_rows(count, dim=16, seed=0):
+    vectors = np.random.default_rng(seed).normal(size=(count, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def decoded(path):
+    import torch
+
+    return DecodedImage(ScannedFile(path, 10, 1), torch.zeros(3, 2, 2), 2, 2, "PNG", "h" + path, 10)
+
+
+def test_ann_ids_are_catalog_ids_and_padding_is_dropped():
+    ann = AnnIndex.empty(16, AnnConfig())
+    vectors = unit_rows(5)
+    ann.add(np.array([10, 20, 30, 40, 50]), vectors)
+    [hits] = ann.search(vectors[2], k=100)
+    assert len(hits) == 5  # k past the size: no -1 padding
+    assert hits[0][0] == 30 and hits[0][1] == pytest.approx(1.0, abs=1e-5)
+    assert ann.remove([30]) == 1
+    assert 30 not in [i for i, _ in ann.search(vectors[2], k=10)[0]]
+    assert sorted(ann.ids().tolist()) == [10, 20, 40, 50]
+
+
+def test_ann_matches_brute_force_and_round_trips(tmp_path):
+    vectors, queries = unit_rows(300), unit_rows(7, seed=1)
+    ids = np.arange(1000, 1300)
+    ann = AnnIndex.empty(16, AnnConfig())
+    ann.add(ids, vectors)
+    ann.save(tmp_path / "ann.faiss")
+    loaded = AnnIndex.load(tmp_path / "ann.faiss", AnnConfig())
+    expected = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    for row, hits in enumerate(loaded.search(queries, 10)):
+        assert [i for i, _ in hits] == (ids[expected[row]]).tolist()
+
+
+def test_damaged_ann_file_is_a_format_error(tmp_path):
+    (tmp_path / "ann.faiss").write_bytes(b"garbage")
+    with pytest.raises(IndexFormatError, match="cannot read"):
+        AnnIndex.load(tmp_path / "ann.faiss", AnnConfig())
+
+
+def test_catalog_store_update_and_errors(tmp_path):
+    catalog = Catalog.open(tmp_path / "catalog.sqlite", create=True)
+    images = [decoded("/a.png"), decoded("/b.png")]
+    ids, failed = catalog.store(images, unit_rows(2), [], {})
+    assert failed == [] and len(set(ids)) == 2
+    known = catalog.entries(["/a.png", "/b.png", "/c.png"])
+    assert set(known) == {"/a.png", "/b.png"}
+    # /a.png becomes undecodable: its row keeps its id, loses its embedding
+    failure = DecodeFailure(ScannedFile("/a.png", 3, 2), "not an image: x")
+    again, failed = catalog.store([], np.empty((0, 16), np.float32), [failure], known)
+    assert again == [] and failed == [known["/a.png"].id]
+    assert catalog.count("indexed") == 1 and catalog.count("error") == 1
+    assert [(e.path, e.reason) for e in catalog.errors()] == [("/a.png", "not an image: x")]
+    [(chunk_ids, chunk_vectors)] = list(catalog.embeddings(16))
+    assert chunk_ids.tolist() == [known["/b.png"].id] and chunk_vectors.shape == (1, 16)
+
+
+def test_ids_are_never_reused(tmp_path):
+    catalog = Catalog.open(tmp_path / "catalog.sqlite", create=True)
+    [first], _ = catalog.store([decoded("/a.png")], unit_rows(1), [], {})
+    with catalog.engine.begin() as connection:
+        connection.exec_driver_sql("DELETE FROM images")
+    [second], _ = catalog.store([decoded("/b.png")], unit_rows(1), [], {})
+    assert second > first
+
+
+def test_newer_schema_and_corrupt_files_are_clear_errors(tmp_path):
+    path = tmp_path / "catalog.sqlite"
+    Catalog.open(path, create=True).close()
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
+    with pytest.raises(IndexFormatError, match="newer"):
+        Catalog.open(path)
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(IndexFormatError, match="junk.sqlite"):
+        Catalog.open(junk)

@@ -1,0 +1,103 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from vtsearch.cli import main
+
+
+@pytest.fixture
+def run():
+    runner = CliRunner()
+
+    def invoke(*args, env=None):
+        return runner.invoke(main, [str(a) for a in args], env=env, catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture
+def built(run, tmp_path, image_folder, tiny_model_dir):
+    index = tmp_path / "index"
+    result = run("index", image_folder, "--index", index, "--model", f"local-dir:{tiny_model_dir}",
+                 "--workers", 0, "--batch-size", 8)
+    assert result.exit_code == 0, result.output
+    return index
+
+
+def test_index_summary_then_rerun_is_unchanged(run, built, image_folder):
+    result = run("index", image_folder, "--index", built, "--workers", 0, "--json")
+    assert result.exit_code == 0
+    summary = json.loads(result.stdout)
+    assert summary["indexed"] == 0 and summary["unchanged"] == 30
+    assert summary["skipped"] == 3 and summary["not_images"] == 1
+    assert summary["skipped_reasons"] == {"empty file": 1, "not an image": 1, "truncated": 1}
+    table = run("index", image_folder, "--index", built, "--workers", 0)
+    assert "indexed 0 (0 updated), unchanged 30, skipped 3, not images 1" in table.stdout
+
+
+def test_search_json_and_table(run, built, image_folder):
+    result = run("search", "a green field", "--index", built, "-k", 4, "--json")
+    assert result.exit_code == 0
+    payload = json.loads(result.stdout)
+    assert payload["query"] == "a green field"
+    assert [r["rank"] for r in payload["results"]] == [1, 2, 3, 4]
+    assert set(payload["results"][0]) >= {"rank", "id", "path", "score"}
+    assert payload["results"][0]["path"].startswith(str(image_folder))
+    table = run("search", "a green field", "--index", built, "-k", 2)
+    assert table.stdout.splitlines()[0].split() == ["rank", "score", "path"]
+    assert len(table.stdout.splitlines()) == 3
+    by_image = run("search", "--image", image_folder / "image_0003.jpg", "--index", built, "--json")
+    assert json.loads(by_image.stdout)["results"][0]["path"] == str(image_folder / "image_0003.jpg")
+
+
+def test_index_from_environment_variable(run, built):
+    result = run("info", "--json", env={"VTSEARCH_INDEX": str(built)})
+    info = json.loads(result.stdout)
+    assert info["images"] == 30 and info["errors"] == 3
+    assert info["encoder"]["model"].startswith("local-dir:")
+
+
+def test_errors_lists_skips(run, built):
+    records = json.loads(run("errors", "--index", built, "--json").stdout)
+    assert {r["path"].rsplit("/", 1)[1]: r["reason"].split(":")[0] for r in records} == {
+        "empty.png": "empty file", "fake.jpg": "not an image", "truncated.jpg": "truncated"}
+    assert set(records[0]) == {"path", "reason"}
+    assert "truncated" in run("errors", "--index", built).stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("search", "", "--index", "{index}"), "Error: the query text is empty"),
+        (("search", "x", "-k", "0", "--index", "{index}"), "Error: k must be at least 1"),
+        (("search", "x", "--index", "{missing}"), "Error: no index at"),
+        (("index", "{folder}", "--index", "{index}", "--model", "ViT-B-16", "--pretrained", "openai"),
+         "Error: index {index} was built with"),
+        (("search", "--image", "{folder}/fake.jpg", "--index", "{index}"), "Error: cannot use query image"),
+    ],
+)
+def test_errors_are_one_line_and_exit_non_zero(run, built, image_folder, tmp_path, args, message):
+    fill = {"index": built, "missing": tmp_path / "missing", "folder": image_folder}
+    result = run(*[a.format(**fill) for a in args])
+    assert result.exit_code == 1
+    assert result.stderr.strip().startswith(message.format(**fill))
+    assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_offline_model_error_is_one_line(run, tmp_path, image_folder, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    result = run("index", image_folder, "--index", tmp_path / "new")
+    assert result.exit_code == 1
+    assert "--model local-dir:" in result.stderr
+    assert not (tmp_path / "new" / "manifest.json").exists()
+
+
+def test_missing_path_is_a_usage_error(run, tmp_path):
+    result = run("index", tmp_path / "nope", "--index", tmp_path / "index")
+    assert result.exit_code == 2 and "does not exist" in result.stderr
+
+
+def test_query_needs_text_or_image(run, built):
+    assert run("search", "--index", built).exit_code == 2

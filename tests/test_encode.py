@@ -1,0 +1,86 @@
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from vtsearch import EncoderSpec, ModelLoadError
+from vtsearch.encode import Encoder
+
+CPU = torch.device("cpu")
+
+
+def test_local_dir_model_loads_in_eval_mode_with_its_preprocessing(tiny_encoder, tiny_spec):
+    assert tiny_encoder.spec == tiny_spec
+    assert not tiny_encoder.model.training
+    assert tiny_encoder.embed_dim == 64
+    assert tiny_encoder.image_size == 64
+    assert tiny_encoder.describe()["preprocess"]["size"] == [64, 64]
+
+
+def test_vectors_are_unit_length_and_deterministic(tiny_encoder):
+    pixels = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    first = tiny_encoder.encode_images(pixels)
+    assert first.shape == (3, 64) and first.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(first, tiny_encoder.encode_images(pixels), atol=1e-6)
+    texts = tiny_encoder.encode_texts(["a red cube", "a blue ball"])
+    assert texts.shape == (2, 64)
+    np.testing.assert_allclose(np.linalg.norm(texts, axis=1), 1.0, rtol=1e-5)
+
+
+def test_spec_parsing():
+    assert EncoderSpec.parse(None) == EncoderSpec("ViT-B-32", "laion2b_s34b_b79k")
+    assert EncoderSpec.parse("ViT-L-14", "openai") == EncoderSpec("ViT-L-14", "openai")
+    assert EncoderSpec.parse("hf-hub:org/name", "ignored").pretrained == ""
+    local = EncoderSpec.parse("local-dir:relative/model")
+    assert local.model.startswith("local-dir:/") and local.pretrained == ""
+    assert EncoderSpec.from_dict(local.to_dict() | {"future": 1}) == local
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: None, "does not exist"),
+        (lambda d: d.mkdir(), "no open_clip_config.json"),
+        (lambda d: (d.mkdir(), (d / "open_clip_config.json").write_text("{}")), "no weights file"),
+    ],
+)
+def test_local_dir_problems_are_named(tmp_path, make, message):
+    folder = tmp_path / "model"
+    make(folder)
+    with pytest.raises(ModelLoadError, match=message):
+        Encoder.load(EncoderSpec.parse(f"local-dir:{folder}"), CPU)
+
+
+def test_damaged_local_config_is_a_clear_error(tmp_path):
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"no_model_cfg": 1}))
+    (tmp_path / "open_clip_model.safetensors").write_bytes(b"junk")
+    with pytest.raises(ModelLoadError, match="cannot load"):
+        Encoder.load(EncoderSpec.parse(f"local-dir:{tmp_path}"), CPU)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (EncoderSpec("ViT-Nope-1", "x"), "unknown model"),
+        (EncoderSpec("ViT-B-32", "no_such_tag"), "unknown pretrained tag"),
+        (EncoderSpec("ViT-B-32", ""), "no weights named"),
+    ],
+)
+def test_bad_model_names_are_clear_errors(spec, message):
+    with pytest.raises(ModelLoadError, match=message):
+        Encoder.load(spec, CPU)
+
+
+@pytest.mark.parametrize("model", ["ViT-B-32", "hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K"])
+def test_offline_without_cached_weights_names_the_fix_at_once(tmp_path, monkeypatch, model):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    started = time.perf_counter()
+    with pytest.raises(ModelLoadError, match="local-dir:") as caught:
+        Encoder.load(EncoderSpec.parse(model), CPU)
+    assert time.perf_counter() - started < 10
+    assert "not in the local cache" in str(caught.value)
