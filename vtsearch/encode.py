@@ -24,6 +24,7 @@ from PIL import Image
 
 from .config import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, EncoderSpec
 from .errors import ModelLoadError
+from .records import ImageFeatures, TextFeatures
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
@@ -60,6 +61,13 @@ class Encoder:
         self.image_size = int(max(size) if isinstance(size, (tuple, list)) else size)
         if device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
+        # Both towers return their token states too, set once here rather than toggled
+        # per call (calls may come from several threads). Never call model.encode_image
+        # or model.encode_text on this model: use the methods below.
+        if self.supports_regions:
+            self.model.visual.output_tokens = True
+        if hasattr(self.model, "text") and hasattr(self.model.text, "output_tokens"):
+            self.model.text.output_tokens = True
 
     @classmethod
     def load(cls, spec: EncoderSpec, device: torch.device) -> "Encoder":
@@ -91,23 +99,111 @@ class Encoder:
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
 
+    # images
+
+    @property
+    def supports_regions(self) -> bool:
+        """True for ViT towers, whose patch tokens are the image's regions."""
+        visual = self.model.visual
+        return (hasattr(visual, "output_tokens") and hasattr(visual, "grid_size")
+                and getattr(visual, "attn_pool", None) is None)
+
+    @property
+    def native_grid(self) -> tuple[int, int] | None:
+        if not self.supports_regions:
+            return None
+        grid = self.model.visual.grid_size
+        return (grid, grid) if isinstance(grid, int) else (int(grid[0]), int(grid[1]))
+
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
         """(B, 3, H, W) preprocessed pixels → (B, D) float32 unit vectors."""
+        return self.encode_image_features(pixels, region_grid=None).vectors
+
+    @torch.inference_mode()
+    def encode_image_features(self, pixels: torch.Tensor, region_grid: int | None) -> ImageFeatures:
+        """Vectors and, when ``region_grid`` is set, regions pooled to that square grid."""
         pixels = pixels.to(self.device, non_blocking=True)
         if self.device.type == "cuda":
             pixels = pixels.contiguous(memory_format=torch.channels_last)
+        visual = self.model.visual
         with self._autocast():
-            features = self.model.encode_image(pixels)
-        return _unit_rows(features)
+            if not self.supports_regions:
+                return ImageFeatures(_unit_rows(visual(pixels)), None)
+            pooled, tokens = visual(pixels)  # (B, D), (B, N, width) after ln_post
+            if region_grid is None:
+                return ImageFeatures(_unit_rows(pooled), None)
+            if visual.proj is not None:
+                tokens = tokens @ visual.proj  # (B, N, D) in the joint space
+        return ImageFeatures(_unit_rows(pooled), _pool_grid(tokens.float(), self.native_grid, region_grid))
+
+    # texts
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        return self.tokenizer(texts)
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """Texts → (N, D) float32 unit vectors."""
+        return self.encode_text_features(texts).vectors
+
+    @torch.inference_mode()
+    def encode_text_features(self, texts: list[str]) -> TextFeatures:
+        """Unit vectors plus per-token states (through the end-of-text token)."""
         tokens = self.tokenizer(texts).to(self.device)
         with self._autocast():
-            features = self.model.encode_text(tokens)
-        return _unit_rows(features)
+            pooled, states, lengths = _text_states(self.model, tokens)
+        states = states.float().cpu()
+        return TextFeatures(
+            vectors=_unit_rows(pooled),
+            tokens=[states[row, :length] for row, length in enumerate(lengths.tolist())],
+        )
+
+
+def _pool_grid(tokens: torch.Tensor, native: tuple[int, int], grid: int) -> torch.Tensor:
+    """(B, h*w, D) patch tokens → (B, g*g, D), average-pooled when g < the native grid."""
+    batch, count, dim = tokens.shape
+    height, width = native
+    if grid >= height and grid >= width:
+        return tokens
+    maps = tokens.reshape(batch, height, width, dim).permute(0, 3, 1, 2)  # (B, D, h, w)
+    pooled = torch.nn.functional.adaptive_avg_pool2d(maps, grid)  # (B, D, g, g)
+    return pooled.flatten(2).transpose(1, 2)  # (B, g*g, D)
+
+
+def _project(states: torch.Tensor, projection: Any) -> torch.Tensor:
+    if projection is None:
+        return states
+    if isinstance(projection, torch.nn.Linear):
+        return projection(states)
+    return states @ projection
+
+
+def _text_states(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(pooled (B, D), token states (B, T, D), lengths (B,)) in the joint space.
+
+    For open_clip's ``CLIP`` (a causal text tower pooled at the end-of-text token) the
+    tower runs only up to the longest end-of-text position: with a causal mask the states
+    there do not depend on the padding after them, so this is exact and ~3× faster than
+    running all 77 positions.
+    """
+    if hasattr(model, "token_embedding") and getattr(model, "text_pool_type", "") == "argmax" \
+            and model.attn_mask is not None:
+        eot = tokens.argmax(dim=-1)  # (B,) the end-of-text token has the highest id
+        length = int(eot.max()) + 1
+        cast_dtype = model.transformer.get_cast_dtype()
+        x = model.token_embedding(tokens[:, :length]).to(cast_dtype)  # (B, T, width)
+        x = x + model.positional_embedding[:length].to(cast_dtype)
+        x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+        x = model.ln_final(x)  # (B, T, width)
+        states = _project(x, model.text_projection)  # (B, T, D)
+        pooled = states[torch.arange(len(tokens), device=tokens.device), eot]  # (B, D)
+        return pooled, states, eot + 1
+    text = model.text  # Encoder.__init__ set text.output_tokens
+    pooled, states = text(tokens)  # (B, D), (B, ctx, width)
+    states = _project(states, getattr(text, "text_projection", None))
+    lengths = (tokens != 0).sum(dim=-1).clamp(min=1)  # non-padding positions
+    return pooled, states, lengths
 
 
 def _unit_rows(features: torch.Tensor) -> np.ndarray:

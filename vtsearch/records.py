@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 
@@ -106,3 +107,19 @@ class IngestSummary:
             "missing": self.missing,
             "seconds": round(self.seconds, 3),
         }
+
+
+@dataclass(frozen=True)
+class TextFeatures:
+    """Texts as the two stages need them."""
+
+    vectors: "np.ndarray"  # (B, D) float32 unit vectors: stage 1
+    tokens: list[torch.Tensor]  # B × (T_i, D) float32 token states through EOT: stage 2
+
+
+@dataclass(frozen=True)
+class ImageFeatures:
+    """Images as the two stages need them."""
+
+    vectors: "np.ndarray"  # (B, D) float32 unit vectors: stage 1
+    regions: torch.Tensor | None  # (B, R, D) float32 region states on a grid: stage 2

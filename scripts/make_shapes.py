@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Generate a captioned image set of coloured shapes in spatial relations.
+
+Every image holds two objects (a colour + a shape each) placed in one relation, and a
+caption that says so: "a red circle left of a blue square". The point of the set is
+binding: the test split comes in *twin families* of four images whose captions use the
+very same words in a different binding --
+
+    original         a red circle left of a blue square
+    colours swapped  a blue circle left of a red square
+    shapes swapped   a red square left of a blue circle
+    places swapped   a blue square left of a red circle
+
+-- so a model that treats a caption as a bag of words cannot tell them apart. Some
+colour–shape combinations are held out of training entirely. A second test split,
+``test_plain``, holds ordinary scenes with no twins beside them.
+
+A family shares one phrasing (from the first thing or, flipped, from the second), so its
+four captions hold the very same words. No test scene occurs twice or in training, so
+every test caption has exactly one right image in an index built from all splits
+(training scenes may repeat, drawn again and phrased either way).
+
+Output (DIR):
+    images/{train,test_twins,test_plain}/NNNNN.png
+    train.jsonl, test_twins.jsonl, test_plain.jsonl   {"image": "images/...", "caption": ...}
+    meta.json                                          vocabulary, held-out combos, counts
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+COLOURS = {
+    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 230),
+    "yellow": (235, 215, 40), "purple": (140, 60, 190), "orange": (245, 140, 30),
+    "white": (245, 245, 245), "black": (20, 20, 20),
+}
+SHAPES = ("circle", "square", "triangle", "cross", "diamond")
+RELATIONS = ("left of", "right of", "above", "below")
+INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+HELD_OUT = (("purple", "triangle"), ("orange", "circle"), ("white", "cross"))
+IMAGE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class Thing:
+    colour: str
+    shape: str
+
+    def words(self) -> str:
+        article = "an" if self.colour[0] in "aeiou" else "a"
+        return f"{article} {self.colour} {self.shape}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    """``first`` stands ``relation`` ``second`` (first is left of / above second)."""
+
+    first: Thing
+    relation: str  # "left of" or "above": the canonical direction
+    second: Thing
+
+    def caption(self, flip: bool = False) -> str:
+        """Say it from the first thing ("left of", "above") or, flipped, from the second."""
+        if flip:
+            return f"{self.second.words()} {INVERSE[self.relation]} {self.first.words()}"
+        return f"{self.first.words()} {self.relation} {self.second.words()}"
+
+    def things(self) -> tuple[Thing, Thing]:
+        return self.first, self.second
+
+
+def random_scene(rng: random.Random) -> Scene:
+    while True:
+        first = Thing(rng.choice(list(COLOURS)), rng.choice(SHAPES))
+        second = Thing(rng.choice(list(COLOURS)), rng.choice(SHAPES))
+        if first.colour != second.colour and first.shape != second.shape:
+            return Scene(first, rng.choice(("left of", "above")), second)
+
+
+def twins(scene: Scene) -> list[Scene]:
+    """The scene and its three rebindings: colours, shapes, places swapped."""
+    a, b = scene.first, scene.second
+    return [
+        scene,
+        Scene(Thing(b.colour, a.shape), scene.relation, Thing(a.colour, b.shape)),
+        Scene(Thing(a.colour, b.shape), scene.relation, Thing(b.colour, a.shape)),
+        Scene(b, scene.relation, a),
+    ]
+
+
+def has_held_out(scene: Scene) -> bool:
+    return any((t.colour, t.shape) in HELD_OUT for t in scene.things())
+
+
+def draw_thing(draw: ImageDraw.ImageDraw, thing: Thing, box: tuple[int, int, int, int]) -> None:
+    x0, y0, x1, y1 = box
+    fill = COLOURS[thing.colour]
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    if thing.shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif thing.shape == "square":
+        draw.rectangle(box, fill=fill)
+    elif thing.shape == "triangle":
+        draw.polygon([(cx, y0), (x1, y1), (x0, y1)], fill=fill)
+    elif thing.shape == "diamond":
+        draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=fill)
+    elif thing.shape == "cross":
+        third_w, third_h = (x1 - x0) / 3, (y1 - y0) / 3
+        draw.rectangle((x0, y0 + third_h, x1, y1 - third_h), fill=fill)
+        draw.rectangle((x0 + third_w, y0, x1 - third_w, y1), fill=fill)
+
+
+def render(scene: Scene, rng: random.Random) -> Image.Image:
+    """Place the two things in the scene's relation, with jittered size and position."""
+    grey = rng.randint(90, 160)
+    image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (grey, grey, grey))
+    draw = ImageDraw.Draw(image)
+    sizes = [rng.randint(14, 22), rng.randint(14, 22)]
+    margin = 2
+    if scene.relation == "left of":
+        x_first = rng.randint(margin, IMAGE_SIZE // 2 - sizes[0])
+        x_second = rng.randint(max(IMAGE_SIZE // 2 + 2, x_first + sizes[0] + 4), IMAGE_SIZE - sizes[1] - margin)
+        y_first = rng.randint(margin, IMAGE_SIZE - sizes[0] - margin)
+        y_second = rng.randint(margin, IMAGE_SIZE - sizes[1] - margin)
+    else:  # above
+        y_first = rng.randint(margin, IMAGE_SIZE // 2 - sizes[0])
+        y_second = rng.randint(max(IMAGE_SIZE // 2 + 2, y_first + sizes[0] + 4), IMAGE_SIZE - sizes[1] - margin)
+        x_first = rng.randint(margin, IMAGE_SIZE - sizes[0] - margin)
+        x_second = rng.randint(margin, IMAGE_SIZE - sizes[1] - margin)
+    draw_thing(draw, scene.first, (x_first, y_first, x_first + sizes[0], y_first + sizes[0]))
+    draw_thing(draw, scene.second, (x_second, y_second, x_second + sizes[1], y_second + sizes[1]))
+    return image
+
+
+def generate(out: Path, train: int, twin_families: int, plain: int, seed: int) -> dict:
+    rng = random.Random(seed)
+    used: set[Scene] = set()  # test scenes: each appears once in the whole set
+    splits: dict[str, list[tuple[Scene, bool]]] = {"test_twins": [], "test_plain": [], "train": []}
+
+    while len(splits["test_twins"]) < 4 * twin_families:
+        family = twins(random_scene(rng))
+        if len(set(family)) == 4 and not set(family) & used:
+            flip = rng.random() < 0.5
+            splits["test_twins"].extend((scene, flip) for scene in family)
+            used |= set(family)
+    while len(splits["test_plain"]) < plain:
+        scene = random_scene(rng)
+        if scene not in used:
+            splits["test_plain"].append((scene, rng.random() < 0.5))
+            used.add(scene)
+    while len(splits["train"]) < train:
+        # half of training comes in twin families too, so binding has hard negatives
+        group = twins(random_scene(rng)) if rng.random() < 0.5 else [random_scene(rng)]
+        group = [s for s in group if not has_held_out(s) and s not in used]
+        flip = rng.random() < 0.5
+        splits["train"].extend((scene, flip) for scene in group[: train - len(splits["train"])])
+
+    counts = {}
+    for split, scenes in splits.items():
+        folder = out / "images" / split
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(out / f"{split}.jsonl", "w", encoding="utf-8") as pairs:
+            for number, (scene, flip) in enumerate(scenes):
+                relative = f"images/{split}/{number:05d}.png"
+                render(scene, rng).save(out / relative)
+                pairs.write(json.dumps({"image": relative, "caption": scene.caption(flip)}) + "\n")
+        counts[split] = len(scenes)
+    meta = {
+        "colours": list(COLOURS), "shapes": list(SHAPES), "relations": list(RELATIONS),
+        "held_out": [" ".join(pair) for pair in HELD_OUT], "counts": counts, "seed": seed,
+        "image_size": IMAGE_SIZE,
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path, help="output folder")
+    parser.add_argument("--train", type=int, default=6000, help="training images")
+    parser.add_argument("--twin-families", type=int, default=100, help="test families of 4 twins")
+    parser.add_argument("--plain", type=int, default=200, help="test images without twins")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    meta = generate(args.out, args.train, args.twin_families, args.plain, args.seed)
+    print(json.dumps(meta["counts"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Train a small CLIP from scratch on a captioned image set, offline, on a CPU.
+
+Uses open_clip's own model class (``open_clip.CLIP``) and contrastive loss
+(``open_clip.ClipLoss``), and saves the result in open_clip's ``local-dir`` layout
+(``open_clip_config.json`` + ``open_clip_model.safetensors``), so vtsearch loads it with
+``--model local-dir:DIR`` exactly as it would load any open_clip model.
+
+The point is a real stage 1 with the real dual-encoder weakness: trained on in-batch
+negatives, it learns which colours, shapes and relation words are present, but not
+which colour belongs to which shape or which thing is on the left.
+
+    python scripts/train_clip.py DATA/train.jsonl OUT_DIR [--epochs 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.25, 0.25, 0.25)
+
+
+def model_config(image_size: int) -> dict:
+    return {
+        "embed_dim": 128,
+        "vision_cfg": {"image_size": image_size, "layers": 4, "width": 128, "head_width": 32,
+                       "patch_size": 16},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 128, "heads": 4,
+                     "layers": 4},
+    }
+
+
+def load_pairs(pairs_path: Path, image_size: int) -> tuple[torch.Tensor, list[str]]:
+    root = pairs_path.parent
+    images, captions = [], []
+    with open(pairs_path, encoding="utf-8") as handle:
+        for line in handle:
+            record = json.loads(line)
+            image = Image.open(root / record["image"]).convert("RGB").resize((image_size, image_size))
+            images.append(np.asarray(image))
+            captions.append(record["caption"])
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    return (pixels - mean) / std, captions
+
+
+def train(pairs_path: Path, out: Path, epochs: int, batch_size: int, lr: float, seed: int,
+          image_size: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    config = model_config(image_size)
+    model = open_clip.CLIP(**config)
+    tokenizer = open_clip.SimpleTokenizer(context_length=config["text_cfg"]["context_length"])
+    pixels, captions = load_pairs(pairs_path, image_size)
+    tokens = tokenizer(captions)
+    loss_fn = open_clip.ClipLoss()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+    steps_per_epoch = len(captions) // batch_size
+    total = epochs * steps_per_epoch
+    warmup = max(1, total // 10)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)),
+    )
+    print(f"training a {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M-parameter CLIP "
+          f"on {len(captions)} pairs, {epochs} epochs of {steps_per_epoch} steps")
+    started = time.perf_counter()
+    model.train()
+    with tqdm(total=total, unit="step", mininterval=5) as bar:
+        for epoch in range(epochs):
+            order = torch.randperm(len(captions))
+            for step in range(steps_per_epoch):
+                batch = order[step * batch_size:(step + 1) * batch_size]
+                image_features, text_features, logit_scale = model(pixels[batch], tokens[batch])
+                loss = loss_fn(image_features, text_features, logit_scale)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                with torch.no_grad():
+                    model.logit_scale.clamp_(0, math.log(100))
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+                bar.update()
+    print(f"trained in {time.perf_counter() - started:.0f} s")
+
+    out.mkdir(parents=True, exist_ok=True)
+    preprocess = {"size": image_size, "mean": list(MEAN), "std": list(STD),
+                  "interpolation": "bicubic", "resize_mode": "shortest"}
+    (out / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": config, "preprocess_cfg": preprocess}, indent=2) + "\n"
+    )
+    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, str(out / "open_clip_model.safetensors"))
+    print(f"saved local-dir:{out.resolve()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("pairs", type=Path, help="JSON Lines of {image, caption}")
+    parser.add_argument("out", type=Path, help="model folder to write (local-dir layout)")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    train(args.pairs, args.out, args.epochs, args.batch_size, args.lr, args.seed, args.image_size)
+
+
+if __name__ == "__main__":
+    main()
