@@ -45,7 +45,7 @@ def test_search_json_and_table(run, built, image_folder):
     assert set(payload["results"][0]) >= {"rank", "id", "path", "score"}
     assert payload["results"][0]["path"].startswith(str(image_folder))
     table = run("search", "a green field", "--index", built, "-k", 2)
-    assert table.stdout.splitlines()[0].split() == ["rank", "score", "path"]
+    assert table.stdout.splitlines()[0].split() == ["rank", "score", "stage", "1", "path"]
     assert len(table.stdout.splitlines()) == 3
     by_image = run("search", "--image", image_folder / "image_0003.jpg", "--index", built, "--json")
     assert json.loads(by_image.stdout)["results"][0]["path"] == str(image_folder / "image_0003.jpg")

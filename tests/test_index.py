@@ -30,9 +30,9 @@ class CountingEncoder:
     def __getattr__(self, name):
         return getattr(self._encoder, name)
 
-    def encode_images(self, pixels):
+    def encode_image_features(self, pixels, region_grid):
         self.images_encoded += len(pixels)
-        return self._encoder.encode_images(pixels)
+        return self._encoder.encode_image_features(pixels, region_grid)
 
 
 def brute_force_paths(encoder, folder, query_vector, k):

@@ -51,6 +51,7 @@ images_table = Table(
     Column("status", String(8), nullable=False, index=True),
     Column("error", Text),
     Column("embedding", LargeBinary),
+    Column("region_row", Integer),  # row in the region store, when regions are stored
     Column("updated_at", Float, nullable=False),
     sqlite_autoincrement=True,  # ids are FAISS ids: never reuse a deleted one
 )
@@ -170,6 +171,27 @@ class Catalog:
                 vectors = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32)
                 yield ids, vectors.reshape(len(rows), dim)
 
+    def region_rows(self, ids: Sequence[int]) -> dict[int, int | None]:
+        found: dict[int, int | None] = {}
+        with self.engine.connect() as connection:
+            for chunk in _chunks(list(ids), _IN_CHUNK):
+                query = select(images_table.c.id, images_table.c.region_row).where(images_table.c.id.in_(chunk))
+                found.update({row_id: region_row for row_id, region_row in connection.execute(query)})
+        return found
+
+    def vectors(self, ids: Sequence[int], dim: int) -> np.ndarray:
+        """Stored embeddings for ids, in order ((n, dim) float32; zeros where absent)."""
+        found: dict[int, bytes] = {}
+        with self.engine.connect() as connection:
+            for chunk in _chunks(list(ids), _IN_CHUNK):
+                query = select(images_table.c.id, images_table.c.embedding).where(images_table.c.id.in_(chunk))
+                found.update({row_id: blob for row_id, blob in connection.execute(query) if blob})
+        result = np.zeros((len(ids), dim), dtype=np.float32)
+        for position, image_id in enumerate(ids):
+            if image_id in found:
+                result[position] = np.frombuffer(found[image_id], dtype=np.float32)
+        return result
+
     def count(self, status: str | None = None) -> int:
         query = select(func.count()).select_from(images_table)
         if status is not None:
@@ -191,6 +213,7 @@ class Catalog:
         embeddings: np.ndarray,
         failures: Sequence[DecodeFailure],
         known: dict[str, CatalogEntry],
+        region_rows: Sequence[int] | None = None,
     ) -> tuple[list[int], list[int]]:
         """Write one batch in one transaction.
 
@@ -198,13 +221,14 @@ class Catalog:
         """
         now = time.time()
         new_rows, updates, failed_ids = [], [], []
-        for image, vector in zip(decoded, embeddings):
+        rows = region_rows if region_rows is not None else [None] * len(decoded)
+        for image, vector, region_row in zip(decoded, embeddings, rows):
             values = {
                 "path": image.source.path, "size": image.size, "mtime_ns": image.source.mtime_ns,
                 "content_hash": image.content_hash, "width": image.width, "height": image.height,
                 "format": image.format, "status": INDEXED, "error": None,
                 "embedding": np.ascontiguousarray(vector, dtype=np.float32).tobytes(),
-                "updated_at": now,
+                "region_row": region_row, "updated_at": now,
             }
             entry = known.get(image.source.path)
             if entry is None:
@@ -217,7 +241,7 @@ class Catalog:
                 "path": failure.source.path, "size": failure.source.size,
                 "mtime_ns": failure.source.mtime_ns, "content_hash": failure.content_hash,
                 "width": None, "height": None, "format": None, "status": ERROR,
-                "error": failure.reason, "embedding": None, "updated_at": now,
+                "error": failure.reason, "embedding": None, "region_row": None, "updated_at": now,
             }
             entry = known.get(failure.source.path)
             if entry is None:

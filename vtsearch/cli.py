@@ -107,11 +107,15 @@ def main(verbose: bool) -> None:
               show_default=True, help="Refuse images with more pixels (decompression bombs).")
 @click.option("--allow-truncated", is_flag=True,
               help="Index truncated files from the part that decodes instead of skipping them.")
+@click.option("--no-regions", is_flag=True,
+              help="New index: keep no region features; the reranker computes them per query.")
+@click.option("--region-grid", type=click.IntRange(1, 32), default=None,
+              help="New index: pool region features to an N x N grid [default: native, at most 7].")
 @device_option
 @json_option
 @_fail_cleanly
 def index_command(paths, index_dir, model, pretrained, batch_size, workers, max_pixels,
-                  allow_truncated, device, as_json):
+                  allow_truncated, no_regions, region_grid, device, as_json):
     """Index the images under PATHS (files or folders, walked recursively).
 
     Running it again adds new and changed files only; nothing is encoded twice.
@@ -128,7 +132,8 @@ def index_command(paths, index_dir, model, pretrained, batch_size, workers, max_
     options = IngestOptions(batch_size=batch_size, max_pixels=max_pixels,
                             allow_truncated=allow_truncated,
                             **({} if workers is None else {"workers": workers}))
-    with Index.open_or_create(index_dir, spec, device=device) as index:
+    with Index.open_or_create(index_dir, spec, device=device, store_regions=not no_regions,
+                              region_grid=region_grid) as index:
         summary = index.add(paths, options, progress=_TqdmProgress("indexing"))
     if as_json:
         _print_json({"index": str(index_dir), **summary.to_dict(),
@@ -152,15 +157,21 @@ def index_command(paths, index_dir, model, pretrained, batch_size, workers, max_
               help="Search by example: the images most like this one.")
 @index_option
 @click.option("-k", "k", type=int, default=10, show_default=True, help="Number of results.")
+@click.option("--recall-k", type=int, default=100, show_default=True,
+              help="Stage-1 shortlist size that the reranker reorders.")
+@click.option("--no-rerank", is_flag=True, help="Stage 1 only: skip the fusion scorer.")
 @device_option
 @json_option
 @_fail_cleanly
-def search_command(query, image_path, index_dir, k, device, as_json):
+def search_command(query, image_path, index_dir, k, recall_k, no_rerank, device, as_json):
     """Find the images that best match QUERY text (or --image FILE).
+
+    Text queries are reranked by the index's fusion scorer (see train-reranker).
 
     \b
     Examples:
       vtsearch search "a dog on a beach"
+      vtsearch search "a red cube left of a blue ball" --recall-k 200 --json
       vtsearch search --image holiday.jpg -k 5 --json
     """
     from .index import Index
@@ -168,20 +179,119 @@ def search_command(query, image_path, index_dir, k, device, as_json):
     if (query is None) == (image_path is None):
         raise click.UsageError("give either a QUERY text or --image FILE (not both)")
     with Index.open(index_dir or default_index_dir(), device=device) as index:
-        if image_path is not None:
-            results = index.search_image(image_path, k)
-        else:
-            results = index.search_text(query, k)
+        response = index.query(query, image=image_path, k=k, recall_k=recall_k, rerank=not no_rerank)
     if as_json:
         _print_json({"query": image_path if image_path is not None else query,
-                     "results": [result.to_dict() for result in results]})
+                     "reranked": response.reranked, "timings_ms": response.timings_ms,
+                     "results": [result.to_dict() for result in response.results]})
         return
-    if not results:
+    if not response.results:
         click.echo("no results (the index is empty)")
         return
-    click.echo(f"{'rank':>4}  {'score':>7}  path")
-    for result in results:
-        click.echo(f"{result.rank:>4}  {result.score:>7.4f}  {result.path}")
+    click.echo(f"{'rank':>4}  {'score':>8}  {'stage 1':>7}  path")
+    for result in response.results:
+        click.echo(f"{result.rank:>4}  {result.score:>8.4f}  {result.stage1_rank:>7}  {result.path}")
+    timings = ", ".join(f"{stage} {ms:.1f} ms" for stage, ms in response.timings_ms.items())
+    click.echo(f"({'reranked' if response.reranked else 'stage 1 only'}: {timings})", err=True)
+
+
+pairs_options = [
+    click.argument("pairs", type=click.Path(exists=True, dir_okay=False)),
+    click.option("--images-root", type=click.Path(file_okay=False),
+                 help="Folder that image paths in PAIRS are relative to [default: PAIRS' folder]."),
+    click.option("--split", default=None, help="Karpathy split JSON: which split (train, val, test)."),
+]
+
+
+def _with_pairs(command: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(pairs_options):
+        command = option(command)
+    return command
+
+
+@main.command("train-reranker")
+@_with_pairs
+@index_option
+@click.option("--epochs", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--negatives", type=click.IntRange(1), default=15, show_default=True,
+              help="Hard negatives per caption, mined from the index's stage-1 neighbours.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Captions per step.")
+@click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak learning rate.")
+@click.option("--width", type=click.IntRange(8), default=128, show_default=True, help="Scorer width.")
+@click.option("--layers", type=click.IntRange(1), default=2, show_default=True, help="Scorer blocks.")
+@click.option("--patience", type=click.IntRange(1), default=2, show_default=True,
+              help="Stop after this many epochs without a better validation score.")
+@device_option
+@json_option
+@_fail_cleanly
+def train_reranker_command(pairs, images_root, split, index_dir, epochs, negatives, batch_size, lr,
+                           width, layers, patience, device, as_json):
+    """Train the fusion scorer on PAIRS, captioned images that are in the index.
+
+    PAIRS is JSON Lines ({"image": path, "caption": text}), COCO captions JSON, or a
+    Karpathy split JSON. The weights are saved into the index and kept as it grows.
+
+    \b
+    Example:
+      vtsearch train-reranker data/train.jsonl --epochs 6
+    """
+    from .index import Index
+    from .pairs import load_pairs
+    from .train import TrainOptions, train_reranker
+
+    loaded = load_pairs(pairs, images_root, split)
+    options = TrainOptions(epochs=epochs, negatives=negatives, batch_size=batch_size, lr=lr,
+                           width=width, layers=layers, patience=patience, device=device)
+    with Index.open(index_dir or default_index_dir(), device=device) as index:
+        reranker, report = train_reranker(index, loaded, options, progress=_TqdmProgress("training"))
+        index.save_reranker(reranker)
+    if report.missing:
+        click.echo(f"{len(report.missing)} images of PAIRS are not in the index "
+                   f"(e.g. {report.missing[0]}); their pairs were left out", err=True)
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    for record in report.history:
+        click.echo(f"epoch {record['epoch']}: train loss {record['train_loss']:.3f}, "
+                   f"val loss {record['val_loss']:.3f}, val top-1 {record['val_stage1_top1']:.3f} "
+                   f"-> {record['val_reranked_top1']:.3f} (w {record['w']:.3f})")
+    click.echo(f"trained on {report.train_captions} captions ({report.val_captions} held out) "
+               f"in {report.seconds:.0f} s; kept epoch {report.best_epoch}")
+
+
+@main.command("eval")
+@_with_pairs
+@index_option
+@click.option("--recall-k", type=int, default=100, show_default=True, help="Stage-1 shortlist size.")
+@device_option
+@json_option
+@_fail_cleanly
+def eval_command(pairs, images_root, split, index_dir, recall_k, device, as_json):
+    """Measure text-to-image recall on PAIRS, with and without reranking.
+
+    \b
+    Example:
+      vtsearch eval data/test.jsonl --json
+    """
+    from .evaluate import evaluate
+    from .index import Index
+    from .pairs import load_pairs
+
+    loaded = load_pairs(pairs, images_root, split)
+    with Index.open(index_dir or default_index_dir(), device=device) as index:
+        report = evaluate(index, loaded, recall_k, progress=_TqdmProgress("evaluating"))
+    if report.missing:
+        click.echo(f"{len(report.missing)} images of PAIRS are not in the index; left out", err=True)
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    click.echo(f"text -> image, {report.n_queries} queries, shortlist {recall_k}"
+               f"{'' if report.reranker_trained else ' (reranker untrained)'}")
+    click.echo(f"{'':>10}  {'R@1':>6}  {'R@5':>6}  {'R@10':>6}")
+    for name, values in (("stage 1", report.stage1), ("reranked", report.reranked)):
+        click.echo(f"{name:>10}  " + "  ".join(f"{values[f'R@{k}']:>6.3f}" for k in (1, 5, 10)))
+    click.echo(f"recall ceiling {report.recall_ceiling:.3f}; median latency "
+               + ", ".join(f"{stage} {ms:.1f} ms" for stage, ms in report.latency_ms.items()))
 
 
 @main.command("info")

@@ -5,6 +5,8 @@ Layout::
     DIR/manifest.json     encoder spec, ANN config, versions, times
     DIR/catalog.sqlite    the source of truth (images, errors, embeddings)
     DIR/ann.faiss         FAISS index of the embeddings (derived, rebuildable)
+    DIR/regions.f16       region features, fp16, memory-mapped (absent: --no-regions)
+    DIR/reranker.pt       trained fusion scorer (absent: untrained, stage-1 order)
     DIR/.writer.lock      the writer lock
 
 Writers (``add``) take the lock; readers (``search``) never do. The encoder is loaded
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -27,18 +30,22 @@ from .config import AnnConfig, DecodeConfig, EncoderSpec, IngestOptions
 from .decode import decode_query_image
 from .device import resolve_device
 from .encode import Encoder
-from .errors import IndexExistsError, IndexNotFoundError, ModelMismatchError
+from .errors import IndexExistsError, IndexNotFoundError, ModelMismatchError, QueryError
 from .ingest import Progress, ingest
 from .lock import WriterLock
 from .manifest import Manifest
-from .records import ErrorRecord, IngestSummary, SearchResult
-from .search import check_k, check_text, search_vector
+from .fusion import FusionConfig
+from .records import ErrorRecord, IngestSummary, SearchResponse, SearchResult
+from .regions import REGIONS_FILE, RegionLayout, RegionStore
+from .rerank import RERANKER_FILE, ComputedRegions, RegionSource, Reranker, StoredRegions
+from .search import check_k, check_text, run_query
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 CATALOG = "catalog.sqlite"
 ANN = "ann.faiss"
+DEFAULT_REGION_GRID = 7  # larger native grids are average-pooled down to 7 × 7
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,8 @@ class IndexInfo:
             "ann_vectors": self.ann_vectors,
             "encoder": self.manifest["encoder"],
             "ann": self.manifest["ann"],
+            "regions": self.manifest["regions"],
+            "reranker": self.manifest["reranker"],
             "schema_version": self.manifest["schema_version"],
             "vtsearch_version": self.manifest["vtsearch_version"],
             "created": self.manifest["created"],
@@ -83,6 +92,9 @@ class Index:
         self.device = device
         self._encoder = encoder
         self._lock = WriterLock(path)
+        self._reranker: Reranker | None = None
+        self._region_store = (RegionStore(path / REGIONS_FILE, manifest.regions)
+                              if manifest.regions and manifest.regions.stored else None)
 
     # lifecycle
 
@@ -94,8 +106,14 @@ class Index:
         device: str = "auto",
         encoder: Encoder | None = None,
         ann_config: AnnConfig | None = None,
+        store_regions: bool = True,
+        region_grid: int | None = None,
     ) -> "Index":
-        """Create a new, empty index at ``path`` (the folder may exist but hold no index)."""
+        """Create a new, empty index at ``path`` (the folder may exist but hold no index).
+
+        Region features are kept for reranking unless ``store_regions`` is false, in which
+        case they are computed for each shortlist at query time instead.
+        """
         path = Path(path)
         if (path / MANIFEST).exists():
             raise IndexExistsError(f"an index already exists at {path}")
@@ -109,6 +127,7 @@ class Index:
             manifest = Manifest(
                 encoder=encoder.spec, embed_dim=encoder.embed_dim,
                 preprocess=encoder.describe()["preprocess"], ann=ann_config or AnnConfig(),
+                regions=_region_layout(encoder, store_regions, region_grid),
             )
             catalog = Catalog.open(path / CATALOG, create=True)
             ann = AnnIndex.empty(encoder.embed_dim, manifest.ann, use_gpu=_use_gpu(device))
@@ -146,11 +165,14 @@ class Index:
         spec: EncoderSpec | None = None,
         device: str = "auto",
         encoder: Encoder | None = None,
+        store_regions: bool = True,
+        region_grid: int | None = None,
     ) -> "Index":
         """Open the index at ``path``, checking ``spec`` against it, or create it."""
         path = Path(path)
         if not (path / MANIFEST).is_file():
-            return cls.create(path, spec, device, encoder)
+            return cls.create(path, spec, device, encoder, store_regions=store_regions,
+                              region_grid=region_grid)
         if spec is not None:
             stored = Manifest.load(path / MANIFEST).encoder
             if not _same_encoder(stored, spec):
@@ -174,6 +196,41 @@ class Index:
         if self._encoder is None:
             self._encoder = Encoder.load(self.manifest.encoder, resolve_device(self.device))
         return self._encoder
+
+    @property
+    def region_source(self) -> RegionSource | None:
+        """Where the reranker gets regions; None when the encoder has none."""
+        if self.manifest.regions is None:
+            return None
+        if self._region_store is not None:
+            return StoredRegions(self._region_store, self.catalog)
+        return ComputedRegions(self.encoder, self.catalog, self.manifest.regions)
+
+    @property
+    def reranker(self) -> Reranker | None:
+        """The trained scorer from ``reranker.pt``, or an untrained one (stage-1 order)."""
+        if self.manifest.regions is None:
+            return None
+        if self._reranker is None:
+            device = resolve_device(self.device)
+            if (self.path / RERANKER_FILE).is_file():
+                self._reranker = Reranker.load(self.path / RERANKER_FILE, device)
+            else:
+                layout = self.manifest.regions
+                config = FusionConfig(text_dim=self.manifest.embed_dim, region_dim=layout.dim, grid=layout.grid)
+                self._reranker = Reranker.untrained(config, device=device)
+        return self._reranker
+
+    def save_reranker(self, reranker: Reranker) -> None:
+        """Keep trained weights in the index (they survive later ``add`` runs)."""
+        self._lock.acquire()
+        try:
+            reranker.save(self.path / RERANKER_FILE)
+            self.manifest.reranker = {"config": reranker.scorer.config.to_dict(), **reranker.trained}
+            self.manifest.save(self.path / MANIFEST)
+        finally:
+            self._lock.release()
+        self._reranker = reranker
 
     def _load_ann(self) -> AnnIndex:
         """Load ``ann.faiss``; rebuild it from the catalog when missing or out of step."""
@@ -217,7 +274,7 @@ class Index:
             self.ann = self._load_ann_locked()
             summary = ingest(
                 [os.fspath(p) for p in paths], self.catalog, self.ann, self.encoder,
-                options, progress,
+                options, progress, self._region_store,
             )
             self.ann.save(self.path / ANN)
             self.manifest.save(self.path / MANIFEST)
@@ -235,29 +292,53 @@ class Index:
 
     # reading
 
-    def search(self, query: str | os.PathLike[str], k: int = 10, *, image: bool = False) -> list[SearchResult]:
+    def query(
+        self,
+        text: str | None = None,
+        *,
+        image: str | os.PathLike[str] | None = None,
+        k: int = 10,
+        recall_k: int = 100,
+        rerank: bool = True,
+    ) -> SearchResponse:
+        """Search by text (reranked) or by example image (stage 1), with timings."""
+        check_k(k)
+        if (text is None) == (image is None):
+            raise QueryError("give a query text or a query image (one of them)")
+        started = time.perf_counter()
+        if text is not None:
+            features = self.encoder.encode_text_features([check_text(text)])
+            vector, tokens = features.vectors[0], features.tokens[0]
+        else:
+            config = DecodeConfig(image_size=self.encoder.image_size)
+            pixels = decode_query_image(os.fspath(image), config, self.encoder.preprocess)
+            vector, tokens = self.encoder.encode_images(pixels.unsqueeze(0))[0], None
+        encode_ms = (time.perf_counter() - started) * 1000.0
+        use_scorer = rerank and tokens is not None
+        return run_query(
+            vector, k, self.ann, self.catalog, recall_k=recall_k, text_tokens=tokens,
+            reranker=self.reranker if use_scorer else None,
+            region_source=self.region_source if use_scorer else None, encode_ms=encode_ms,
+        )
+
+    def search(self, query: str | os.PathLike[str], k: int = 10, *, image: bool = False,
+               recall_k: int = 100, rerank: bool = True) -> list[SearchResult]:
         """Search by text, or by example when ``image`` is true (``query`` is then a path)."""
         if image:
-            return self.search_image(query, k)
-        return self.search_text(str(query), k)
+            return self.query(image=query, k=k).results
+        return self.query(str(query), k=k, recall_k=recall_k, rerank=rerank).results
 
-    def search_text(self, text: str, k: int = 10) -> list[SearchResult]:
-        check_k(k)
-        vector = self.encoder.encode_texts([check_text(text)])[0]
-        return search_vector(vector, k, self.ann, self.catalog)
+    def search_text(self, text: str, k: int = 10, recall_k: int = 100, rerank: bool = True) -> list[SearchResult]:
+        return self.query(text, k=k, recall_k=recall_k, rerank=rerank).results
 
     def search_image(self, path: str | os.PathLike[str], k: int = 10) -> list[SearchResult]:
-        check_k(k)
-        config = DecodeConfig(image_size=self.encoder.image_size)
-        pixels = decode_query_image(os.fspath(path), config, self.encoder.preprocess)
-        vector = self.encoder.encode_images(pixels.unsqueeze(0))[0]
-        return search_vector(vector, k, self.ann, self.catalog)
+        return self.query(image=path, k=k).results
 
     def search_vector(self, vector: np.ndarray, k: int = 10) -> list[SearchResult]:
         """Search with a query vector in the encoder's space (normalised here)."""
         vector = np.asarray(vector, dtype=np.float32).reshape(-1)
         norm = float(np.linalg.norm(vector))
-        return search_vector(vector / norm if norm else vector, k, self.ann, self.catalog)
+        return run_query(vector / norm if norm else vector, k, self.ann, self.catalog).results
 
     def errors(self) -> list[ErrorRecord]:
         return self.catalog.errors()
@@ -270,6 +351,16 @@ class Index:
             ann_vectors=len(self.ann),
             manifest=self.manifest.to_dict(),
         )
+
+
+def _region_layout(encoder: Encoder, store: bool, grid: int | None) -> RegionLayout | None:
+    native = encoder.native_grid
+    if native is None:
+        log.warning("%s has no region tokens: searches will not be reranked", encoder.spec.describe())
+        return None
+    side = min(native)
+    grid = min(grid or DEFAULT_REGION_GRID, side)
+    return RegionLayout(grid=grid, dim=encoder.embed_dim, stored=store)
 
 
 def _use_gpu(device: str) -> bool:

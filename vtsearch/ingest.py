@@ -1,4 +1,4 @@
-"""The build path: scan → decode → encode → store (catalog) → ann.
+"""The build path: scan → decode → encode → store (region store + catalog) → ann.
 
 Unchanged files (same size and mtime, or same content hash after a touch) are never
 decoded or encoded again. Each decoded batch is encoded and committed to the catalog in
@@ -20,6 +20,7 @@ from .config import DecodeConfig, IngestOptions
 from .decode import decode_batches, hash_file
 from .encode import Encoder
 from .records import DecodedImage, DecodeFailure, ErrorRecord, IngestSummary, ScannedFile
+from .regions import RegionStore
 from .scan import scan
 
 
@@ -79,8 +80,9 @@ def ingest(
     encoder: Encoder,
     options: IngestOptions,
     progress: Progress | None = None,
+    region_store: RegionStore | None = None,
 ) -> IngestSummary:
-    """Index the images under ``paths`` into ``catalog`` and ``ann``."""
+    """Index the images under ``paths`` into ``catalog``, ``ann`` and ``region_store``."""
     started = time.perf_counter()
     progress = progress or NoProgress()
     report = scan(paths)
@@ -102,7 +104,7 @@ def ingest(
         for batch in decode_batches(
             to_decode, decode_config, encoder.preprocess, options.batch_size, options.workers
         ):
-            _store_batch(batch, catalog, ann, encoder, known, summary)
+            _store_batch(batch, catalog, ann, encoder, region_store, known, summary)
             progress.advance(len(batch))
     finally:
         progress.close()
@@ -115,16 +117,21 @@ def _store_batch(
     catalog: Catalog,
     ann: AnnIndex,
     encoder: Encoder,
+    region_store: RegionStore | None,
     known: dict[str, CatalogEntry],
     summary: IngestSummary,
 ) -> None:
     decoded = [outcome for outcome in batch if isinstance(outcome, DecodedImage)]
     failures = [outcome for outcome in batch if isinstance(outcome, DecodeFailure)]
+    embeddings = np.empty((0, encoder.embed_dim), dtype=np.float32)
+    region_rows = None
     if decoded:
-        embeddings = encoder.encode_images(torch.stack([image.pixels for image in decoded]))
-    else:
-        embeddings = np.empty((0, encoder.embed_dim), dtype=np.float32)
-    ids, failed_ids = catalog.store(decoded, embeddings, failures, known)
+        grid = region_store.layout.grid if region_store is not None else None
+        features = encoder.encode_image_features(torch.stack([image.pixels for image in decoded]), grid)
+        embeddings = features.vectors
+        if region_store is not None:
+            region_rows = region_store.append(features.regions)  # durable before the commit
+    ids, failed_ids = catalog.store(decoded, embeddings, failures, known, region_rows)
 
     replaced = [known[image.source.path].id for image in decoded
                 if image.source.path in known and known[image.source.path].status == INDEXED]

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_bytes_atomic
-from .config import AnnConfig, DecodeConfig, EncoderSpec
+from .config import AnnConfig, EncoderSpec
 from .errors import IndexFormatError
+from .regions import RegionLayout
 
 MANIFEST_VERSION = 1
 
@@ -26,8 +27,9 @@ class Manifest:
     encoder: EncoderSpec
     embed_dim: int
     preprocess: dict[str, Any]
-    decode: DecodeConfig = field(default_factory=DecodeConfig)
     ann: AnnConfig = field(default_factory=AnnConfig)
+    regions: RegionLayout | None = None  # None: the encoder has no region tokens
+    reranker: dict[str, Any] = field(default_factory=dict)  # summary of reranker.pt
     schema_version: int = MANIFEST_VERSION
     vtsearch_version: str = field(default_factory=_version)
     created: float = field(default_factory=time.time)
@@ -39,8 +41,9 @@ class Manifest:
             "vtsearch_version": self.vtsearch_version,
             "encoder": {**self.encoder.to_dict(), "embed_dim": self.embed_dim,
                         "preprocess": self.preprocess},
-            "decode": self.decode.to_dict(),
             "ann": self.ann.to_dict(),
+            "regions": self.regions.to_dict() if self.regions else None,
+            "reranker": self.reranker,
             "created": self.created,
             "updated": self.updated,
         }
@@ -58,8 +61,9 @@ class Manifest:
             encoder=EncoderSpec.from_dict(encoder),
             embed_dim=int(encoder["embed_dim"]),
             preprocess=dict(encoder.get("preprocess", {})),
-            decode=DecodeConfig.from_dict(data.get("decode", {})),
             ann=AnnConfig.from_dict(data.get("ann", {})),
+            regions=RegionLayout.from_dict(data["regions"]) if data.get("regions") else None,
+            reranker=dict(data.get("reranker") or {}),
             schema_version=version,
             vtsearch_version=str(data.get("vtsearch_version", "")),
             created=float(data.get("created", 0.0)),

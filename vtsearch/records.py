@@ -54,15 +54,27 @@ DecodeOutcome = DecodedImage | DecodeFailure
 
 @dataclass(frozen=True)
 class SearchResult:
-    """One ranked hit."""
+    """One ranked hit: its final score and where stage 1 had put it."""
 
     rank: int
     id: int
     path: str
     score: float
+    stage1_score: float
+    stage1_rank: int
 
     def to_dict(self) -> dict[str, object]:
-        return {"rank": self.rank, "id": self.id, "path": self.path, "score": self.score}
+        return {"rank": self.rank, "id": self.id, "path": self.path, "score": self.score,
+                "stage1_score": self.stage1_score, "stage1_rank": self.stage1_rank}
+
+
+@dataclass(frozen=True)
+class SearchResponse:
+    """Results of one query, whether they were reranked, and time spent per stage."""
+
+    results: list[SearchResult]
+    reranked: bool
+    timings_ms: dict[str, float]
 
 
 @dataclass(frozen=True)

@@ -1,24 +1,29 @@
-"""The query path: a query vector → ann.search → catalog rows → ranked results."""
+"""The query path: query features → ann.search (top recall_k) → rerank → catalog rows."""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 import numpy as np
+import torch
 
 from .ann import AnnIndex
 from .catalog import Catalog
 from .errors import QueryError
-from .records import SearchResult
+from .records import SearchResponse, SearchResult
+from .rerank import RegionSource, Reranker
 
 MAX_K = 10_000
 
 
-def check_k(k: int) -> int:
+def check_k(k: int, name: str = "k") -> int:
     if not isinstance(k, int) or isinstance(k, bool):
-        raise QueryError(f"k must be an integer, got {k!r}")
+        raise QueryError(f"{name} must be an integer, got {k!r}")
     if k < 1:
-        raise QueryError(f"k must be at least 1, got {k}")
+        raise QueryError(f"{name} must be at least 1, got {k}")
     if k > MAX_K:
-        raise QueryError(f"k must be at most {MAX_K}, got {k}")
+        raise QueryError(f"{name} must be at most {MAX_K}, got {k}")
     return k
 
 
@@ -28,13 +33,68 @@ def check_text(text: str) -> str:
     return text.strip()
 
 
-def search_vector(query: np.ndarray, k: int, ann: AnnIndex, catalog: Catalog) -> list[SearchResult]:
-    """Top-``k`` images for one unit query vector (D,)."""
-    hits = ann.search(query.reshape(1, -1), check_k(k))[0]
-    rows = catalog.rows([image_id for image_id, _ in hits])
+@dataclass(frozen=True)
+class Candidate:
+    id: int
+    stage1_score: float
+    stage1_rank: int
+    score: float
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round((now - self._last) * 1000.0, 3)
+        self._last = now
+
+
+def run_query(
+    vector: np.ndarray,
+    k: int,
+    ann: AnnIndex,
+    catalog: Catalog,
+    *,
+    recall_k: int = 100,
+    text_tokens: torch.Tensor | None = None,
+    reranker: Reranker | None = None,
+    region_source: RegionSource | None = None,
+    encode_ms: float = 0.0,
+) -> SearchResponse:
+    """Recall ``max(k, recall_k)`` candidates, rerank them when a scorer is given, keep ``k``.
+
+    Without a scorer (or without text tokens: query by example) only ``k`` are recalled.
+    """
+    check_k(k)
+    check_k(recall_k, "recall_k")
+    clock = _Clock()
+    clock.timings["encode"] = round(encode_ms, 3)
+    rerank = reranker is not None and region_source is not None and text_tokens is not None
+    hits = ann.search(vector.reshape(1, -1), max(k, recall_k) if rerank else k)[0]
+    clock.lap("ann")
+    candidates = [Candidate(image_id, score, rank, score) for rank, (image_id, score) in enumerate(hits, 1)]
+    if rerank and candidates:
+        ids = [c.id for c in candidates]
+        regions = region_source.regions(ids)
+        clock.lap("regions")
+        output = reranker.rerank(text_tokens, np.array([c.stage1_score for c in candidates]), regions)
+        candidates = [
+            Candidate(candidates[i].id, candidates[i].stage1_score, candidates[i].stage1_rank, float(output.final[i]))
+            for i in output.order
+        ]
+        clock.lap("rerank")
+    return SearchResponse(to_results(candidates[:k], catalog), rerank, clock.timings)
+
+
+def to_results(candidates: list[Candidate], catalog: Catalog) -> list[SearchResult]:
+    rows = catalog.rows([c.id for c in candidates])
     # an id the catalog no longer has (removed while this snapshot was loaded) is dropped
-    present = [(image_id, score) for image_id, score in hits if image_id in rows]
+    present = [c for c in candidates if c.id in rows]
     return [
-        SearchResult(rank=rank, id=image_id, path=rows[image_id].path, score=score)
-        for rank, (image_id, score) in enumerate(present, start=1)
+        SearchResult(rank=rank, id=c.id, path=rows[c.id].path, score=c.score,
+                     stage1_score=c.stage1_score, stage1_rank=c.stage1_rank)
+        for rank, c in enumerate(present, start=1)
     ]

@@ -1,0 +1,90 @@
+"""``vtsearch eval``: recall at 1/5/10 before and after reranking, on a captioned set.
+
+Each caption is a query over the whole index as the gallery; its right answer is its
+own image. Stage 1 ranks the top ``recall_k``; the reranker reorders them. The recall
+ceiling is how often the right image is inside the shortlist at all (no reranker can do
+better). Latencies are medians per query and stage.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from .errors import VtsearchError
+from .ingest import NoProgress, Progress
+from .pairs import Pair
+from .train import resolve_pairs
+
+if TYPE_CHECKING:
+    from .index import Index
+
+KS = (1, 5, 10)
+
+
+@dataclass
+class EvalReport:
+    n_queries: int
+    missing: list[str]
+    recall_k: int
+    stage1: dict[str, float]
+    reranked: dict[str, float]
+    recall_ceiling: float
+    latency_ms: dict[str, float]
+    reranker_trained: bool
+
+    def to_dict(self) -> dict:
+        return {
+            "text_to_image": {"stage1": self.stage1, "reranked": self.reranked,
+                              "recall_ceiling": self.recall_ceiling},
+            "n_queries": self.n_queries,
+            "recall_k": self.recall_k,
+            "missing": len(self.missing),
+            "reranker_trained": self.reranker_trained,
+            "latency_ms": self.latency_ms,
+        }
+
+
+def recall_at(ranks: Sequence[int | None], ks: Sequence[int] = KS) -> dict[str, float]:
+    """Fraction of queries whose right answer is within the top k (rank is 1-based)."""
+    return {f"R@{k}": float(np.mean([rank is not None and rank <= k for rank in ranks])) for k in ks}
+
+
+def evaluate(index: "Index", pairs: Sequence[Pair], recall_k: int = 100,
+             progress: Progress | None = None) -> EvalReport:
+    progress = progress or NoProgress()
+    resolved = resolve_pairs(index, pairs)
+    if not resolved.captions:
+        raise VtsearchError(f"none of the {len(pairs)} pairs has its image in the index")
+    stage1_ranks: list[int | None] = []
+    reranked_ranks: list[int | None] = []
+    timings: dict[str, list[float]] = {}
+    progress.start(len(resolved.captions))
+    try:
+        for caption, image_id in zip(resolved.captions, resolved.image_ids):
+            response = index.query(caption, k=recall_k, recall_k=recall_k, rerank=True)
+            rank = next((r.rank for r in response.results if r.id == image_id), None)
+            stage1 = next((r.stage1_rank for r in response.results if r.id == image_id), None)
+            stage1_ranks.append(stage1)
+            reranked_ranks.append(rank)
+            for stage, milliseconds in response.timings_ms.items():
+                timings.setdefault(stage, []).append(milliseconds)
+            progress.advance(1)
+    finally:
+        progress.close()
+    latency = {stage: round(statistics.median(values), 3) for stage, values in timings.items()}
+    latency["stage1"] = round(statistics.median(
+        [a + b for a, b in zip(timings.get("encode", []), timings.get("ann", []))]), 3)
+    if "rerank" in timings:
+        latency["stage2"] = round(statistics.median(
+            [a + b for a, b in zip(timings.get("regions", []), timings["rerank"])]), 3)
+    reranker = index.reranker
+    return EvalReport(
+        n_queries=len(resolved.captions), missing=resolved.missing, recall_k=recall_k,
+        stage1=recall_at(stage1_ranks), reranked=recall_at(reranked_ranks),
+        recall_ceiling=float(np.mean([rank is not None for rank in stage1_ranks])),
+        latency_ms=latency, reranker_trained=bool(reranker and reranker.is_trained),
+    )

@@ -1,0 +1,95 @@
+"""The region store: every indexed image's region features, fp16, memory-mapped.
+
+``regions.f16`` is a flat array of rows, one row per stored image, each row
+``(grid*grid, dim)`` float16. Rows are appended and fsynced *before* the catalog batch
+that references them commits, so a committed catalog row always points at durable
+region bytes. A crash between the two leaves unreferenced rows at the end of the file:
+harmless, and a torn partial row is cut off on the next open. A re-encoded image gets a
+new row; its old row stays as dead space until ``vtsearch rebuild`` compacts the store.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+REGIONS_FILE = "regions.f16"
+
+
+@dataclass(frozen=True)
+class RegionLayout:
+    """How regions are kept: a square ``grid`` of ``dim``-wide features, or not stored."""
+
+    grid: int
+    dim: int
+    stored: bool = True
+    dtype: str = "float16"
+
+    @property
+    def regions(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def row_bytes(self) -> int:
+        return self.regions * self.dim * np.dtype(self.dtype).itemsize
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "bytes_per_image": self.row_bytes if self.stored else 0}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RegionLayout":
+        return cls(grid=int(data["grid"]), dim=int(data["dim"]), stored=bool(data.get("stored", True)),
+                   dtype=str(data.get("dtype", "float16")))
+
+
+class RegionStore:
+    """Append-only rows of region features in one memory-mapped file."""
+
+    def __init__(self, path: Path, layout: RegionLayout):
+        self.path = path
+        self.layout = layout
+        self._map: np.memmap | None = None
+
+    def _shape(self, rows: int) -> tuple[int, int, int]:
+        return (rows, self.layout.regions, self.layout.dim)
+
+    def __len__(self) -> int:
+        try:
+            return self.path.stat().st_size // self.layout.row_bytes
+        except FileNotFoundError:
+            return 0
+
+    def append(self, regions: torch.Tensor | np.ndarray) -> list[int]:
+        """Append (B, R, D) regions durably; returns their row numbers."""
+        values = regions.detach().cpu().numpy() if isinstance(regions, torch.Tensor) else regions
+        values = np.ascontiguousarray(values, dtype=self.layout.dtype)
+        if values.shape[1:] != self._shape(0)[1:]:
+            raise ValueError(f"regions of shape {values.shape[1:]} do not fit layout {self._shape(0)[1:]}")
+        with open(self.path, "ab") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size % self.layout.row_bytes:  # a torn row from a crash: cut it off
+                size -= size % self.layout.row_bytes
+                handle.truncate(size)
+                handle.seek(size)
+            first = size // self.layout.row_bytes
+            handle.write(values.tobytes())
+            handle.flush()
+            os.fsync(handle.fileno())
+        return list(range(first, first + len(values)))
+
+    def read(self, rows: Sequence[int]) -> np.ndarray:
+        """Rows as a (n, R, D) float16 array (a copy)."""
+        if len(rows) == 0:
+            return np.empty(self._shape(0), dtype=self.layout.dtype)
+        needed = max(rows) + 1
+        if self._map is None or len(self._map) < needed:
+            count = len(self)
+            if count < needed:
+                raise IndexError(f"region row {needed - 1} is past the end of {self.path} ({count} rows)")
+            self._map = np.memmap(self.path, dtype=self.layout.dtype, mode="r", shape=self._shape(count))
+        return np.asarray(self._map[np.asarray(rows, dtype=np.int64)])

@@ -1,0 +1,299 @@
+"""Training the fusion scorer from captioned images already in the index.
+
+For each caption the positive is its image; the hard negatives are its stage-1
+neighbours that are not its image (nor another image with the very same caption), mined
+from the index itself. The loss is listwise: a softmax over positive + K negatives,
+applied to the match logits (teaching the scorer) and to the final scores
+``stage1 + w · match_logit`` (teaching ``w`` how far to trust it). The encoder stays
+frozen: only the scorer learns. A validation split of images, held out by image, drives
+early stopping; the best epoch's weights are kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .catalog import INDEXED
+from .device import resolve_device
+from .errors import VtsearchError
+from .fusion import FusionConfig, FusionScorer, pad_tokens
+from .ingest import NoProgress, Progress
+from .pairs import Pair
+from .rerank import RegionSource, Reranker
+
+if TYPE_CHECKING:
+    from .index import Index
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    epochs: int = 8
+    negatives: int = 15
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    val_fraction: float = 0.1
+    patience: int = 2  # epochs without a better validation score before stopping
+    width: int = 128
+    layers: int = 2
+    heads: int = 4
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class ResolvedPairs:
+    captions: list[str]
+    image_ids: list[int]
+    missing: list[str] = field(default_factory=list)  # images not (successfully) indexed
+
+
+@dataclass
+class TrainReport:
+    pairs: int
+    used: int
+    missing: list[str]
+    train_captions: int
+    val_captions: int
+    epochs_run: int
+    best_epoch: int
+    history: list[dict[str, float]]
+    seconds: float
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["missing_count"] = len(self.missing)
+        data["missing"] = self.missing[:20]
+        return data
+
+
+def resolve_pairs(index: "Index", pairs: Sequence[Pair]) -> ResolvedPairs:
+    """Map pair images to catalog ids; images that are not indexed are reported."""
+    entries = index.catalog.entries(sorted({pair.image for pair in pairs}))
+    resolved = ResolvedPairs([], [])
+    missing = set()
+    for pair in pairs:
+        entry = entries.get(pair.image)
+        if entry is None or entry.status != INDEXED:
+            missing.add(pair.image)
+            continue
+        resolved.captions.append(pair.caption)
+        resolved.image_ids.append(entry.id)
+    resolved.missing = sorted(missing)
+    return resolved
+
+
+@dataclass
+class _Examples:
+    """Per caption: its token states, its stage-1 neighbours that are wrong answers, and
+    what is needed to score any candidate at stage 1."""
+
+    tokens: list[torch.Tensor]
+    positives: np.ndarray  # (N,) the caption's image
+    neighbours: list[np.ndarray]  # N × stage-1 ranked wrong answers
+    right: list[set[int]]  # N × every image the caption describes
+    caption_vectors: np.ndarray  # (N, D)
+    image_ids: np.ndarray  # (M,) sorted ids of every indexed image
+    image_vectors: np.ndarray  # (M, D) their stage-1 vectors
+
+    def stage1(self, rows: Sequence[int], candidates: np.ndarray) -> np.ndarray:
+        """(B, C) stage-1 similarities of candidate ids for caption rows."""
+        vectors = self.image_vectors[np.searchsorted(self.image_ids, candidates)]  # (B, C, D)
+        return np.einsum("bd,bcd->bc", self.caption_vectors[list(rows)], vectors).astype(np.float32)
+
+
+def mine_examples(index: "Index", resolved: ResolvedPairs, depth: int, progress: Progress) -> _Examples:
+    """Each caption's stage-1 neighbours (top ``depth``) that are not a right answer."""
+    right: dict[str, set[int]] = defaultdict(set)  # caption → every image it describes
+    for caption, image_id in zip(resolved.captions, resolved.image_ids):
+        right[caption].add(image_id)
+    chunks = list(index.catalog.embeddings(index.manifest.embed_dim))
+    image_ids = np.concatenate([ids for ids, _ in chunks])
+    image_vectors = np.concatenate([vectors for _, vectors in chunks])
+    tokens: list[torch.Tensor] = []
+    vectors = []
+    for start in range(0, len(resolved.captions), 256):
+        features = index.encoder.encode_text_features(resolved.captions[start:start + 256])
+        tokens.extend(features.tokens)
+        vectors.append(features.vectors)
+        progress.advance(min(256, len(resolved.captions) - start))
+    caption_vectors = np.concatenate(vectors)
+    neighbours = []
+    for start in range(0, len(caption_vectors), 1024):
+        for offset, row in enumerate(index.ann.search(caption_vectors[start:start + 1024], depth)):
+            wrong = right[resolved.captions[start + offset]]
+            neighbours.append(np.array([i for i, _ in row if i not in wrong], dtype=np.int64))
+    order = np.argsort(image_ids)
+    return _Examples(tokens, np.asarray(resolved.image_ids, dtype=np.int64), neighbours,
+                     [right[caption] for caption in resolved.captions], caption_vectors,
+                     image_ids[order], image_vectors[order])
+
+
+def sample_candidates(examples: _Examples, rows: Sequence[int], negatives: int,
+                      rng: np.random.Generator | None) -> np.ndarray:
+    """(B, 1 + K) candidate ids, the positive first.
+
+    With ``rng`` (training) the negatives mix three kinds: the hardest stage-1 neighbours
+    (same words, other binding: they teach binding), neighbours drawn from deeper in the
+    shortlist, and random images of the index (other colours and things: they teach the
+    grounding that binding is built on). Without ``rng`` (validation) they are the hardest
+    neighbours only: the real reranking task.
+    """
+    candidates = np.empty((len(rows), negatives + 1), dtype=np.int64)
+    for slot, row in enumerate(rows):
+        pool = examples.neighbours[row]
+        if rng is None:
+            picks = list(pool[:negatives])
+        else:
+            hardest = negatives // 2
+            deeper = (negatives - hardest + 1) // 2
+            picks = list(pool[:hardest])
+            rest = pool[hardest:]
+            if len(rest):
+                picks += rng.choice(rest, size=min(deeper, len(rest)), replace=False).tolist()
+        while len(picks) < negatives:  # random images; also fills in for a small index
+            pick = int(examples.image_ids[(rng or np.random.default_rng(row)).integers(len(examples.image_ids))])
+            if pick not in examples.right[row] and (pick not in picks or len(examples.image_ids) <= negatives):
+                picks.append(pick)
+        candidates[slot] = [examples.positives[row], *picks]
+    return candidates
+
+
+def _batch_loss(scorer: FusionScorer, examples: _Examples, rows: Sequence[int], candidates: np.ndarray,
+                regions: RegionSource, logit_scale: float, device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Loss and final scores (B, C) for caption rows and their candidates (positive first)."""
+    rows = list(rows)
+    batch, count = candidates.shape
+    tokens, lengths = pad_tokens([examples.tokens[row] for row in rows])  # (B, T, D), (B,)
+    tokens = tokens[:, None].expand(-1, count, -1, -1).reshape(batch * count, tokens.shape[1], -1)  # (B*C, T, D)
+    lengths = lengths[:, None].expand(-1, count).reshape(-1)  # (B*C,)
+    image_regions = regions.regions(candidates.reshape(-1).tolist())  # (B*C, R, Dr)
+    match = scorer(tokens.to(device), lengths.to(device), image_regions.to(device))[0].view(batch, count)
+    stage1 = examples.stage1(rows, candidates)  # (B, C)
+    final = scorer.final_scores(torch.from_numpy(stage1).to(device), match)  # (B, C)
+    target = torch.zeros(batch, dtype=torch.long, device=device)  # the positive is column 0
+    loss = F.cross_entropy(match, target) + F.cross_entropy(final * logit_scale, target)
+    return loss, final, stage1
+
+
+def train_reranker(index: "Index", pairs: Sequence[Pair], options: TrainOptions = TrainOptions(),
+                   progress: Progress | None = None) -> tuple[Reranker, TrainReport]:
+    """Train a fusion scorer on ``pairs`` (images already in ``index``)."""
+    started = time.perf_counter()
+    progress = progress or NoProgress()
+    layout, regions = index.manifest.regions, index.region_source
+    if layout is None or regions is None:
+        raise VtsearchError(f"{index.manifest.encoder.describe()} has no region tokens to rerank with")
+    resolved = resolve_pairs(index, pairs)
+    if len(resolved.captions) < 2:
+        raise VtsearchError(f"only {len(resolved.captions)} of {len(pairs)} pairs have their image in the index")
+    device = resolve_device(options.device)
+    torch.manual_seed(options.seed)
+    random.seed(options.seed)
+
+    if len(index.ann) < options.negatives + 1:
+        raise VtsearchError(f"the index holds {len(index.ann)} images; training needs more than {options.negatives}")
+    progress.start(len(resolved.captions))
+    examples = mine_examples(index, resolved, max(100, 4 * options.negatives), progress)
+    progress.close()
+    rng = np.random.default_rng(options.seed)
+    train_rows, val_rows = _split_by_image(resolved.image_ids, options.val_fraction, options.seed)
+
+    config = FusionConfig(text_dim=index.manifest.embed_dim, region_dim=layout.dim, grid=layout.grid,
+                          width=options.width, layers=options.layers, heads=options.heads)
+    scorer = FusionScorer(config).to(device)
+    logit_scale = _logit_scale(index)
+    # w is left out of weight decay and of gradient clipping: its gradient (the stage-1
+    # gap times the logit scale) is large and would otherwise shrink every scorer update
+    body = [p for name, p in scorer.named_parameters() if name != "rerank_weight"]
+    optimizer = torch.optim.AdamW([
+        {"params": body, "weight_decay": options.weight_decay},
+        {"params": [scorer.rerank_weight], "weight_decay": 0.0},
+    ], lr=options.lr)
+    steps = options.epochs * math.ceil(len(train_rows) / options.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=options.lr, total_steps=max(steps, 1),
+                                                    pct_start=0.1)
+    history: list[dict[str, float]] = []
+    best_state, best_epoch, best_score, waited = None, 0, -1.0, 0
+    progress.start(steps)
+    try:
+        for epoch in range(1, options.epochs + 1):
+            scorer.train()
+            random.shuffle(train_rows)
+            losses = []
+            for start in range(0, len(train_rows), options.batch_size):
+                rows = train_rows[start:start + options.batch_size]
+                candidates = sample_candidates(examples, rows, options.negatives, rng)
+                loss, _, _ = _batch_loss(scorer, examples, rows, candidates, regions, logit_scale, device)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(body, 1.0)
+                optimizer.step()
+                scheduler.step()
+                losses.append(float(loss.detach()))
+                progress.advance(1)
+            record = {"epoch": epoch, "train_loss": float(np.mean(losses)),
+                      **_validate(scorer, examples, val_rows or train_rows[:256], options.negatives,
+                                  regions, logit_scale, device)}
+            history.append(record)
+            score = record["val_reranked_top1"] - 1e-3 * record["val_loss"]
+            if score > best_score:
+                best_state, best_epoch, best_score, waited = copy.deepcopy(scorer.state_dict()), epoch, score, 0
+            else:
+                waited += 1
+                if waited >= options.patience:
+                    break
+    finally:
+        progress.close()
+    scorer.load_state_dict(best_state)
+    report = TrainReport(
+        pairs=len(pairs), used=len(resolved.captions), missing=resolved.missing,
+        train_captions=len(train_rows), val_captions=len(val_rows), epochs_run=len(history),
+        best_epoch=best_epoch, history=history, seconds=round(time.perf_counter() - started, 1),
+    )
+    trained = {"pairs": len(resolved.captions), "best_epoch": best_epoch, "negatives": options.negatives,
+               "val": {k: v for k, v in history[best_epoch - 1].items() if k.startswith("val")},
+               "trained_at": time.time()}
+    return Reranker(scorer.cpu(), logit_scale, trained, resolve_device(index.device)), report
+
+
+@torch.no_grad()
+def _validate(scorer: FusionScorer, examples: _Examples, rows: list[int], negatives: int,
+              regions: RegionSource, logit_scale: float, device: torch.device) -> dict[str, float]:
+    """How often the positive beats its hardest stage-1 neighbours, before and after."""
+    scorer.eval()
+    losses, reranked, stage1 = [], [], []
+    for start in range(0, len(rows), 64):
+        chunk = rows[start:start + 64]
+        candidates = sample_candidates(examples, chunk, negatives, None)
+        loss, final, stage1_scores = _batch_loss(scorer, examples, chunk, candidates, regions, logit_scale, device)
+        losses.append(float(loss) * len(chunk))
+        reranked.extend((final.argmax(dim=1) == 0).tolist())
+        stage1.extend((stage1_scores.argmax(axis=1) == 0).tolist())
+    return {"val_loss": sum(losses) / len(rows), "val_reranked_top1": float(np.mean(reranked)),
+            "val_stage1_top1": float(np.mean(stage1)), "w": float(scorer.rerank_weight)}
+
+
+def _split_by_image(image_ids: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    images = sorted(set(image_ids))
+    random.Random(seed).shuffle(images)
+    held_out = set(images[: int(len(images) * fraction)])
+    train = [row for row, image_id in enumerate(image_ids) if image_id not in held_out]
+    val = [row for row, image_id in enumerate(image_ids) if image_id in held_out]
+    return train, val
+
+
+def _logit_scale(index: "Index") -> float:
+    scale = getattr(index.encoder.model, "logit_scale", None)
+    return float(scale.detach().exp()) if isinstance(scale, torch.Tensor) else 100.0
