@@ -20,7 +20,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError, OperationalError
-from sqlalchemy.pool import NullPool
 
 from .errors import IndexFormatError
 from .records import DecodedImage, DecodeFailure, ErrorRecord
@@ -98,7 +97,8 @@ class Catalog:
     def open(cls, path: Path, create: bool = False) -> "Catalog":
         if not create and not path.is_file():
             raise IndexFormatError(f"catalog {path} is missing")
-        engine = create_engine(f"sqlite:///{path}", poolclass=NullPool)
+        # pooled connections: a query must not pay for opening SQLite and its pragmas
+        engine = create_engine(f"sqlite:///{path}", pool_pre_ping=False)
         event.listen(engine, "connect", _sqlite_pragmas)
         catalog = cls(path, engine)
         catalog._ensure_schema(create)

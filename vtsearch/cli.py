@@ -216,7 +216,7 @@ def _with_pairs(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--negatives", type=click.IntRange(1), default=15, show_default=True,
               help="Hard negatives per caption, mined from the index's stage-1 neighbours.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Captions per step.")
-@click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak learning rate.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate.")
 @click.option("--width", type=click.IntRange(8), default=128, show_default=True, help="Scorer width.")
 @click.option("--layers", type=click.IntRange(1), default=2, show_default=True, help="Scorer blocks.")
 @click.option("--patience", type=click.IntRange(1), default=2, show_default=True,

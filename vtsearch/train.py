@@ -2,11 +2,17 @@
 
 For each caption the positive is its image; the hard negatives are its stage-1
 neighbours that are not its image (nor another image with the very same caption), mined
-from the index itself. The loss is listwise: a softmax over positive + K negatives,
-applied to the match logits (teaching the scorer) and to the final scores
-``stage1 + w · match_logit`` (teaching ``w`` how far to trust it). The encoder stays
-frozen: only the scorer learns. A validation split of images, held out by image, drives
-early stopping; the best epoch's weights are kept.
+from the index itself. The loss is listwise: a softmax over the match logits of
+positive + K negatives. The encoder stays frozen: only the scorer learns.
+
+``w`` in ``final = stage1 + w · match_logit`` is a single scalar, so rather than leave it
+to SGD (which moves it from 0 far too slowly, leaving a well-trained scorer unheard) it
+is fitted exactly after each epoch: a 1-D search for the ``w`` that minimises the
+listwise loss of the final scores on the validation split (held out by image), where each
+caption's image is ranked within a realistic shortlist (its top stage-1 neighbours). A
+scorer that does not help there gets ``w = 0``, so training cannot make search worse
+than stage 1 on data like the validation split. Early stopping watches the validation
+top-1 of the final scores; the best epoch is kept.
 """
 
 from __future__ import annotations
@@ -40,10 +46,11 @@ class TrainOptions:
     epochs: int = 8
     negatives: int = 15
     batch_size: int = 32
-    lr: float = 5e-4
+    lr: float = 1e-3
     weight_decay: float = 0.01
     val_fraction: float = 0.1
     patience: int = 2  # epochs without a better validation score before stopping
+    val_shortlist: int = 50  # validation ranks each caption's image among this many
     width: int = 128
     layers: int = 2
     heads: int = 4
@@ -155,7 +162,7 @@ def sample_candidates(examples: _Examples, rows: Sequence[int], negatives: int,
         if rng is None:
             picks = list(pool[:negatives])
         else:
-            hardest = negatives // 2
+            hardest = math.ceil(negatives * 0.6)
             deeper = (negatives - hardest + 1) // 2
             picks = list(pool[:hardest])
             rest = pool[hardest:]
@@ -169,22 +176,29 @@ def sample_candidates(examples: _Examples, rows: Sequence[int], negatives: int,
     return candidates
 
 
-def _batch_loss(scorer: FusionScorer, examples: _Examples, rows: Sequence[int], candidates: np.ndarray,
-                regions: RegionSource, logit_scale: float, device: torch.device
-                ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """Loss and final scores (B, C) for caption rows and their candidates (positive first)."""
+def _match_logits(scorer: FusionScorer, examples: _Examples, rows: Sequence[int], candidates: np.ndarray,
+                  regions: RegionSource, device: torch.device) -> torch.Tensor:
+    """(B, C) match logits for caption rows and their candidates (positive first)."""
     rows = list(rows)
     batch, count = candidates.shape
     tokens, lengths = pad_tokens([examples.tokens[row] for row in rows])  # (B, T, D), (B,)
     tokens = tokens[:, None].expand(-1, count, -1, -1).reshape(batch * count, tokens.shape[1], -1)  # (B*C, T, D)
     lengths = lengths[:, None].expand(-1, count).reshape(-1)  # (B*C,)
     image_regions = regions.regions(candidates.reshape(-1).tolist())  # (B*C, R, Dr)
-    match = scorer(tokens.to(device), lengths.to(device), image_regions.to(device))[0].view(batch, count)
-    stage1 = examples.stage1(rows, candidates)  # (B, C)
-    final = scorer.final_scores(torch.from_numpy(stage1).to(device), match)  # (B, C)
-    target = torch.zeros(batch, dtype=torch.long, device=device)  # the positive is column 0
-    loss = F.cross_entropy(match, target) + F.cross_entropy(final * logit_scale, target)
-    return loss, final, stage1
+    return scorer(tokens.to(device), lengths.to(device), image_regions.to(device))[0].view(batch, count)
+
+
+def listwise_loss(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy with the positive in column 0 of (B, C) scores."""
+    return F.cross_entropy(scores, torch.zeros(len(scores), dtype=torch.long, device=scores.device))
+
+
+def fit_rerank_weight(stage1: np.ndarray, match: np.ndarray, logit_scale: float) -> float:
+    """The w ≥ 0 minimising the listwise loss of ``logit_scale · (stage1 + w · match)``."""
+    stage1_t, match_t = torch.from_numpy(stage1), torch.from_numpy(match)
+    grid = np.concatenate([[0.0], np.logspace(-4, 1, 101)])
+    losses = [float(listwise_loss(logit_scale * (stage1_t + w * match_t))) for w in grid]
+    return float(grid[int(np.argmin(losses))])
 
 
 def train_reranker(index: "Index", pairs: Sequence[Pair], options: TrainOptions = TrainOptions(),
@@ -205,7 +219,7 @@ def train_reranker(index: "Index", pairs: Sequence[Pair], options: TrainOptions 
     if len(index.ann) < options.negatives + 1:
         raise VtsearchError(f"the index holds {len(index.ann)} images; training needs more than {options.negatives}")
     progress.start(len(resolved.captions))
-    examples = mine_examples(index, resolved, max(100, 4 * options.negatives), progress)
+    examples = mine_examples(index, resolved, max(100, 4 * options.negatives, options.val_shortlist + 8), progress)
     progress.close()
     rng = np.random.default_rng(options.seed)
     train_rows, val_rows = _split_by_image(resolved.image_ids, options.val_fraction, options.seed)
@@ -214,13 +228,8 @@ def train_reranker(index: "Index", pairs: Sequence[Pair], options: TrainOptions 
                           width=options.width, layers=options.layers, heads=options.heads)
     scorer = FusionScorer(config).to(device)
     logit_scale = _logit_scale(index)
-    # w is left out of weight decay and of gradient clipping: its gradient (the stage-1
-    # gap times the logit scale) is large and would otherwise shrink every scorer update
-    body = [p for name, p in scorer.named_parameters() if name != "rerank_weight"]
-    optimizer = torch.optim.AdamW([
-        {"params": body, "weight_decay": options.weight_decay},
-        {"params": [scorer.rerank_weight], "weight_decay": 0.0},
-    ], lr=options.lr)
+    body = [p for name, p in scorer.named_parameters() if name != "rerank_weight"]  # w is fitted
+    optimizer = torch.optim.AdamW(body, lr=options.lr, weight_decay=options.weight_decay)
     steps = options.epochs * math.ceil(len(train_rows) / options.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=options.lr, total_steps=max(steps, 1),
                                                     pct_start=0.1)
@@ -235,7 +244,7 @@ def train_reranker(index: "Index", pairs: Sequence[Pair], options: TrainOptions 
             for start in range(0, len(train_rows), options.batch_size):
                 rows = train_rows[start:start + options.batch_size]
                 candidates = sample_candidates(examples, rows, options.negatives, rng)
-                loss, _, _ = _batch_loss(scorer, examples, rows, candidates, regions, logit_scale, device)
+                loss = listwise_loss(_match_logits(scorer, examples, rows, candidates, regions, device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(body, 1.0)
@@ -244,7 +253,7 @@ def train_reranker(index: "Index", pairs: Sequence[Pair], options: TrainOptions 
                 losses.append(float(loss.detach()))
                 progress.advance(1)
             record = {"epoch": epoch, "train_loss": float(np.mean(losses)),
-                      **_validate(scorer, examples, val_rows or train_rows[:256], options.negatives,
+                      **_validate(scorer, examples, val_rows or train_rows[:256], options.val_shortlist - 1,
                                   regions, logit_scale, device)}
             history.append(record)
             score = record["val_reranked_top1"] - 1e-3 * record["val_loss"]
@@ -271,18 +280,27 @@ def train_reranker(index: "Index", pairs: Sequence[Pair], options: TrainOptions 
 @torch.no_grad()
 def _validate(scorer: FusionScorer, examples: _Examples, rows: list[int], negatives: int,
               regions: RegionSource, logit_scale: float, device: torch.device) -> dict[str, float]:
-    """How often the positive beats its hardest stage-1 neighbours, before and after."""
+    """Fit w on the held-out captions, then: how often the positive is first in a shortlist
+    of its top stage-1 neighbours, by stage 1 alone, by the match logit alone, and by the
+    final score."""
     scorer.eval()
-    losses, reranked, stage1 = [], [], []
-    for start in range(0, len(rows), 64):
-        chunk = rows[start:start + 64]
+    stage1_parts, match_parts = [], []
+    for start in range(0, len(rows), 16):
+        chunk = rows[start:start + 16]
         candidates = sample_candidates(examples, chunk, negatives, None)
-        loss, final, stage1_scores = _batch_loss(scorer, examples, chunk, candidates, regions, logit_scale, device)
-        losses.append(float(loss) * len(chunk))
-        reranked.extend((final.argmax(dim=1) == 0).tolist())
-        stage1.extend((stage1_scores.argmax(axis=1) == 0).tolist())
-    return {"val_loss": sum(losses) / len(rows), "val_reranked_top1": float(np.mean(reranked)),
-            "val_stage1_top1": float(np.mean(stage1)), "w": float(scorer.rerank_weight)}
+        match_parts.append(_match_logits(scorer, examples, chunk, candidates, regions, device).cpu().numpy())
+        stage1_parts.append(examples.stage1(chunk, candidates))
+    stage1, match = np.concatenate(stage1_parts), np.concatenate(match_parts)
+    weight = fit_rerank_weight(stage1, match, logit_scale)
+    scorer.rerank_weight.fill_(weight)
+    final = stage1 + weight * match
+    return {
+        "val_loss": float(listwise_loss(torch.from_numpy(logit_scale * final))),
+        "val_stage1_top1": float(np.mean(stage1.argmax(axis=1) == 0)),
+        "val_match_top1": float(np.mean(match.argmax(axis=1) == 0)),
+        "val_reranked_top1": float(np.mean(final.argmax(axis=1) == 0)),
+        "w": weight,
+    }
 
 
 def _split_by_image(image_ids: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -1,0 +1,79 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from vtsearch.errors import VtsearchError
+from vtsearch.evaluate import recall_at
+from vtsearch.pairs import load_pairs
+from vtsearch.regions import RegionLayout, RegionStore
+
+
+def test_json_lines_relative_and_absolute(tmp_path):
+    (tmp_path / "pairs.jsonl").write_text(
+        json.dumps({"image": "a/1.png", "caption": " a cat "}) + "\n\n"
+        + json.dumps({"image": "/abs/2.png", "captions": ["x", "y"]}) + "\n"
+    )
+    pairs = load_pairs(tmp_path / "pairs.jsonl")
+    assert [(p.image, p.caption) for p in pairs] == [
+        (str(tmp_path / "a" / "1.png"), "a cat"), ("/abs/2.png", "x"), ("/abs/2.png", "y")]
+    rooted = load_pairs(tmp_path / "pairs.jsonl", images_root="/data")
+    assert rooted[0].image == "/data/a/1.png"
+
+
+def test_coco_captions(tmp_path):
+    coco = {"images": [{"id": 7, "file_name": "000007.jpg"}, {"id": 9, "file_name": "000009.jpg"}],
+            "annotations": [{"image_id": 7, "caption": "a dog"}, {"image_id": 9, "caption": "a bus"},
+                            {"image_id": 7, "caption": "a brown dog"}]}
+    (tmp_path / "captions_val2017.json").write_text(json.dumps(coco))
+    pairs = load_pairs(tmp_path / "captions_val2017.json", images_root=tmp_path / "val2017")
+    assert [(os.path.basename(p.image), p.caption) for p in pairs] == [
+        ("000007.jpg", "a dog"), ("000009.jpg", "a bus"), ("000007.jpg", "a brown dog")]
+    assert pairs[0].image.startswith(str(tmp_path / "val2017"))
+
+
+def test_karpathy_splits(tmp_path):
+    data = {"images": [
+        {"filepath": "val2014", "filename": "a.jpg", "split": "test", "sentences": [{"raw": "one"}]},
+        {"filepath": "train2014", "filename": "b.jpg", "split": "train", "sentences": [{"raw": "two"}, {"raw": "2"}]},
+        {"filepath": "val2014", "filename": "c.jpg", "split": "restval", "sentences": [{"raw": "three"}]},
+    ]}
+    (tmp_path / "dataset_coco.json").write_text(json.dumps(data))
+    train = load_pairs(tmp_path / "dataset_coco.json", split="train")
+    assert [p.caption for p in train] == ["two", "2", "three"]
+    test = load_pairs(tmp_path / "dataset_coco.json", split="test")
+    assert [(p.image, p.caption) for p in test] == [(str(tmp_path / "val2014" / "a.jpg"), "one")]
+    with pytest.raises(VtsearchError, match="no captioned images"):
+        load_pairs(tmp_path / "dataset_coco.json", split="nope")
+
+
+def test_malformed_pairs_are_clear_errors(tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"image": "x.png"}\n')
+    with pytest.raises(VtsearchError, match="line 1"):
+        load_pairs(tmp_path / "bad.jsonl")
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(VtsearchError, match="empty"):
+        load_pairs(tmp_path / "empty.jsonl")
+
+
+def test_recall_on_a_known_case():
+    ranks = [1, 3, None, 10, 2]
+    assert recall_at(ranks) == {"R@1": 0.2, "R@5": 0.6, "R@10": 0.8}
+
+
+def test_region_store_appends_durably_and_cuts_torn_rows(tmp_path):
+    layout = RegionLayout(grid=2, dim=3)
+    store = RegionStore(tmp_path / "regions.f16", layout)
+    first = np.arange(24, dtype=np.float32).reshape(2, 4, 3)
+    assert store.append(first) == [0, 1]
+    with open(tmp_path / "regions.f16", "ab") as handle:  # a crash mid-append
+        handle.write(b"\x00" * 5)
+    second = np.full((1, 4, 3), 7, dtype=np.float32)
+    assert store.append(second) == [2]
+    np.testing.assert_array_equal(store.read([2, 0]), np.concatenate([second, first[:1]]).astype(np.float16))
+    assert len(store) == 3 and layout.row_bytes == 24
+    with pytest.raises(IndexError):
+        store.read([5])
+    with pytest.raises(ValueError):
+        store.append(np.zeros((1, 2, 3)))

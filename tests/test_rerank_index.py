@@ -1,0 +1,125 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_images
+from vtsearch import Index, IngestOptions
+from vtsearch.evaluate import evaluate
+from vtsearch.pairs import Pair
+from vtsearch.train import (
+    TrainOptions, _match_logits, fit_rerank_weight, listwise_loss, mine_examples, resolve_pairs,
+    sample_candidates,
+)
+
+OPTIONS = IngestOptions(batch_size=8, workers=0)
+
+
+@pytest.fixture
+def captioned(tmp_path, tiny_encoder):
+    paths = make_images(tmp_path / "photos", 40)
+    index = Index.create(tmp_path / "index", encoder=tiny_encoder)
+    index.add([tmp_path / "photos"], OPTIONS)
+    words = ["red", "green", "blue", "yellow", "black", "white", "tall", "small"]
+    pairs = [Pair(str(p), f"a {words[i % 8]} thing number {i}") for i, p in enumerate(paths)]
+    yield index, pairs
+    index.close()
+
+
+def test_regions_are_stored_and_recorded(captioned):
+    index, _ = captioned
+    layout = index.manifest.regions
+    assert (layout.grid, layout.dim, layout.stored) == (4, 64, True)  # the tiny ViT's 4 × 4 patches
+    info = index.info().to_dict()
+    assert info["regions"]["bytes_per_image"] == 16 * 64 * 2
+    regions = index.region_source.regions([1, 2])
+    assert regions.shape == (2, 16, 64) and regions.dtype == torch.float32
+
+
+def test_untrained_rerank_equals_stage1(captioned):
+    index, _ = captioned
+    for text in ["a red thing", "something small and blue"]:
+        reranked = index.query(text, k=10, recall_k=40)
+        plain = index.query(text, k=10, rerank=False)
+        assert reranked.reranked and not plain.reranked
+        assert [r.id for r in reranked.results] == [r.id for r in plain.results]
+        assert [r.stage1_rank for r in reranked.results] == list(range(1, 11))
+        assert [r.score for r in reranked.results] == [r.stage1_score for r in reranked.results]
+        assert set(reranked.timings_ms) == {"encode", "ann", "regions", "rerank"}
+
+
+def test_a_training_step_lowers_the_loss(captioned):
+    index, pairs = captioned
+    from vtsearch.fusion import FusionConfig, FusionScorer
+
+    resolved = resolve_pairs(index, pairs)
+    examples = mine_examples(index, resolved, depth=20, progress=__import__("vtsearch.ingest").ingest.NoProgress())
+    rows = list(range(16))
+    candidates = sample_candidates(examples, rows, 5, np.random.default_rng(0))
+    assert (candidates[:, 0] == examples.positives[rows]).all()
+    assert all(len(set(row)) == 6 for row in candidates.tolist())
+    torch.manual_seed(0)
+    scorer = FusionScorer(FusionConfig(text_dim=64, region_dim=64, grid=4, width=32, dropout=0.0))
+    optimizer = torch.optim.AdamW(scorer.parameters(), lr=3e-3)
+    source, device = index.region_source, torch.device("cpu")
+    def loss():
+        return listwise_loss(_match_logits(scorer, examples, rows, candidates, source, device))
+
+    before = float(loss())
+    for _ in range(15):
+        step = loss()
+        optimizer.zero_grad()
+        step.backward()
+        optimizer.step()
+    assert float(loss()) < before * 0.8
+
+
+def test_fitted_weight_is_zero_for_a_useless_scorer_and_large_for_a_perfect_one():
+    stage1 = np.array([[0.30, 0.32, 0.31], [0.20, 0.25, 0.21]], dtype=np.float32)
+    perfect = np.array([[5.0, -5.0, -5.0], [5.0, -5.0, -5.0]], dtype=np.float32)
+    backwards = -perfect
+    assert fit_rerank_weight(stage1, backwards, 50.0) == 0.0
+    assert fit_rerank_weight(stage1, perfect, 50.0) > 0.01
+
+
+def test_train_save_and_keep_weights_as_the_index_grows(captioned, tmp_path):
+    index, pairs = captioned
+    from vtsearch.train import train_reranker
+
+    reranker, report = train_reranker(index, pairs + [Pair("/not/indexed.png", "x")],
+                                      TrainOptions(epochs=2, negatives=5, width=32, device="cpu"))
+    assert report.missing == ["/not/indexed.png"] and report.used == 40
+    assert report.train_captions + report.val_captions == 40 and 1 <= report.best_epoch <= 2
+    index.save_reranker(reranker)
+    manifest = json.loads((index.path / "manifest.json").read_text())
+    assert manifest["reranker"]["config"]["width"] == 32
+    make_images(tmp_path / "more", 4, seed=9)
+    index.add([tmp_path / "more"], OPTIONS)
+    with Index.open(index.path, device="cpu") as reopened:
+        assert reopened.reranker.is_trained
+        assert reopened.query("a red thing", k=3).reranked
+
+
+def test_eval_reports_the_documented_shape(captioned):
+    index, pairs = captioned
+    report = evaluate(index, pairs[:10], recall_k=20).to_dict()
+    assert set(report["text_to_image"]) == {"stage1", "reranked", "recall_ceiling"}
+    assert set(report["text_to_image"]["stage1"]) == {"R@1", "R@5", "R@10"}
+    assert report["text_to_image"]["stage1"] == report["text_to_image"]["reranked"]  # untrained
+    assert report["n_queries"] == 10
+    assert {"encode", "ann", "rerank", "stage1", "stage2"} <= set(report["latency_ms"])
+
+
+def test_no_regions_index_computes_the_same_regions(tmp_path, tiny_encoder):
+    make_images(tmp_path / "photos", 12)
+    stored = Index.create(tmp_path / "stored", encoder=tiny_encoder)
+    computed = Index.create(tmp_path / "computed", encoder=tiny_encoder, store_regions=False)
+    for index in (stored, computed):
+        index.add([tmp_path / "photos"], OPTIONS)
+    assert not (tmp_path / "computed" / "regions.f16").exists()
+    ids = [1, 5, 7]
+    torch.testing.assert_close(stored.region_source.regions(ids), computed.region_source.regions(ids),
+                               atol=2e-2, rtol=1e-2)  # fp16 storage
+    stored.close()
+    computed.close()
