@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 DEMO_DIR=${DEMO_DIR:-demo}
 CLIP_EPOCHS=${CLIP_EPOCHS:-8}
 RERANK_EPOCHS=${RERANK_EPOCHS:-6}
-PYTHON=${PYTHON:-python}
+PYTHON=${PYTHON:-python3}
 DATA="$DEMO_DIR/data"
 MODEL="$DEMO_DIR/clip"
 INDEX="$DEMO_DIR/index"

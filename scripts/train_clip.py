@@ -92,7 +92,7 @@ def train(pairs_path: Path, out: Path, epochs: int, batch_size: int, lr: float, 
                 scheduler.step()
                 with torch.no_grad():
                     model.logit_scale.clamp_(0, math.log(100))
-                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", refresh=False)
                 bar.update()
     print(f"trained in {time.perf_counter() - started:.0f} s")
 
@@ -112,8 +112,8 @@ def main() -> None:
     parser.add_argument("pairs", type=Path, help="JSON Lines of {image, caption}")
     parser.add_argument("out", type=Path, help="model folder to write (local-dir layout)")
     parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

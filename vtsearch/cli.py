@@ -320,10 +320,29 @@ def info_command(index_dir, as_json):
         ("encoder", f"{encoder['model']}" + (f" ({encoder['pretrained']})" if encoder["pretrained"] else "")),
         ("embed dim", encoder["embed_dim"]),
         ("ann", f"{info['ann']['factory']} ({info['ann']['metric']}), {info['ann_vectors']} vectors"),
+        ("regions", _describe_regions(info["regions"])),
+        ("reranker", _describe_reranker(info["reranker"])),
         ("vtsearch", info["vtsearch_version"]),
     ]
     for name, value in rows:
         click.echo(f"{name:>10}  {value}")
+
+
+def _describe_regions(regions: dict | None) -> str:
+    if not regions:
+        return "none (this encoder has no region tokens: no reranking)"
+    grid, dim = regions["grid"], regions["dim"]
+    if not regions["stored"]:
+        return f"{grid}x{grid}x{dim}, computed per query (--no-regions)"
+    return f"{grid}x{grid}x{dim} fp16, {regions['bytes_per_image']} bytes per image"
+
+
+def _describe_reranker(reranker: dict) -> str:
+    if not reranker:
+        return "untrained (results in stage-1 order; see vtsearch train-reranker)"
+    val = reranker.get("val", {})
+    return (f"trained on {reranker.get('pairs')} captions, w = {val.get('w', 0):.3g}, "
+            f"validation top-1 {val.get('val_stage1_top1', 0):.3f} -> {val.get('val_reranked_top1', 0):.3f}")
 
 
 @main.command("errors")

@@ -30,7 +30,7 @@ from .config import AnnConfig, DecodeConfig, EncoderSpec, IngestOptions
 from .decode import decode_query_image
 from .device import resolve_device
 from .encode import Encoder
-from .errors import IndexExistsError, IndexNotFoundError, ModelMismatchError, QueryError
+from .errors import IndexExistsError, IndexLockedError, IndexNotFoundError, ModelMismatchError, QueryError
 from .ingest import Progress, ingest
 from .lock import WriterLock
 from .manifest import Manifest
@@ -251,7 +251,7 @@ class Index:
                              self.catalog.embeddings(self.manifest.embed_dim), use_gpu)
         try:
             self._lock.acquire()
-        except Exception:
+        except IndexLockedError:
             return ann  # someone else writes; keep the rebuilt copy in memory only
         try:
             ann.save(ann_path)
@@ -271,6 +271,8 @@ class Index:
         options = options or IngestOptions()
         self._lock.acquire()
         try:
+            # another process may have written since we opened (a trained reranker, say)
+            self.manifest = Manifest.load(self.path / MANIFEST)
             self.ann = self._load_ann_locked()
             summary = ingest(
                 [os.fspath(p) for p in paths], self.catalog, self.ann, self.encoder,

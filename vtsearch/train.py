@@ -193,12 +193,20 @@ def listwise_loss(scores: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(scores, torch.zeros(len(scores), dtype=torch.long, device=scores.device))
 
 
+MIN_GAIN = 0.01  # a w > 0 must lower the validation loss by 1 % over w = 0, or stay 0
+
+
 def fit_rerank_weight(stage1: np.ndarray, match: np.ndarray, logit_scale: float) -> float:
-    """The w ≥ 0 minimising the listwise loss of ``logit_scale · (stage1 + w · match)``."""
+    """The w ≥ 0 minimising the listwise loss of ``logit_scale · (stage1 + w · match)``.
+
+    A gain within noise of stage 1 alone is no gain: w stays 0 unless it lowers the loss
+    by ``MIN_GAIN``, so a scorer that has not learned enough leaves search as it was.
+    """
     stage1_t, match_t = torch.from_numpy(stage1), torch.from_numpy(match)
     grid = np.concatenate([[0.0], np.logspace(-4, 1, 101)])
     losses = [float(listwise_loss(logit_scale * (stage1_t + w * match_t))) for w in grid]
-    return float(grid[int(np.argmin(losses))])
+    best = int(np.argmin(losses))
+    return float(grid[best]) if losses[best] < losses[0] * (1 - MIN_GAIN) else 0.0
 
 
 def train_reranker(index: "Index", pairs: Sequence[Pair], options: TrainOptions = TrainOptions(),
