@@ -153,8 +153,8 @@ def sample_candidates(examples: _Examples, rows: Sequence[int], negatives: int,
     With ``rng`` (training) the negatives mix three kinds: the hardest stage-1 neighbours
     (same words, other binding: they teach binding), neighbours drawn from deeper in the
     shortlist, and random images of the index (other colours and things: they teach the
-    grounding that binding is built on). Without ``rng`` (validation) they are the hardest
-    neighbours only: the real reranking task.
+    grounding that binding is built on). Without ``rng`` (validation) they are the top
+    stage-1 neighbours in order: with enough of them, a realistic shortlist.
     """
     candidates = np.empty((len(rows), negatives + 1), dtype=np.int64)
     for slot, row in enumerate(rows):
