@@ -211,3 +211,12 @@ def test_manifest_records_the_encoder(tmp_path, tiny_encoder, tiny_spec):
     # the manifest alone is enough to search: no encoder passed in
     with Index.open(tmp_path / "index", device="cpu") as index:
         assert index.encoder.spec == tiny_spec
+
+
+def test_search_by_vector_finds_the_image_it_came_from(tmp_path, tiny_encoder):
+    make_images(tmp_path / "photos", 10)
+    with Index.create(tmp_path / "index", encoder=tiny_encoder) as index:
+        index.add([tmp_path / "photos"], OPTIONS)
+        vector = index.catalog.vectors([4], 64)[0] * 3.0  # any scale: normalised inside
+        [first, *_] = index.search_vector(vector, k=3)
+        assert first.id == 4 and first.score == pytest.approx(1.0, abs=1e-5)

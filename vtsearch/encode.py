@@ -139,9 +139,6 @@ class Encoder:
 
     # texts
 
-    def tokenize(self, texts: list[str]) -> torch.Tensor:
-        return self.tokenizer(texts)
-
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """Texts → (N, D) float32 unit vectors."""

@@ -8,7 +8,6 @@ computed for the shortlist from the image files at query time.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -154,9 +153,3 @@ class Reranker:
         final = self.scorer.final_scores(stage1_tensor, match_logit).cpu().numpy()
         order = np.argsort(-final, kind="stable")  # ties keep stage-1 order
         return RerankOutput(order, final, match_logit.cpu().numpy(), attention)
-
-
-def timed(function, *args, **kwargs) -> tuple[Any, float]:
-    started = time.perf_counter()
-    result = function(*args, **kwargs)
-    return result, (time.perf_counter() - started) * 1000.0
