@@ -53,11 +53,11 @@ def main() -> None:
                 paths.extend(o.source.path for o in decoded)
         reference = np.concatenate(vectors)
         print(f"re-encoded {len(paths)} images for the reference in {time.perf_counter() - started:.1f} s")
+        texts = (QUERIES * (1 + args.queries // len(QUERIES)))[: args.queries]
+        query_vectors = encoder.encode_texts(texts)
 
     mismatches = 0
-    for text in (QUERIES * (1 + args.queries // len(QUERIES)))[: args.queries]:
-        with Index.open(args.index, device="cpu") as index:
-            query = index.encoder.encode_texts([text])[0]
+    for text, query in zip(texts, query_vectors):
         scores = reference @ query
         expected = [paths[i] for i in np.argsort(-scores, kind="stable")[: args.k]]
         output = subprocess.run(

@@ -98,7 +98,7 @@ class Catalog:
         if not create and not path.is_file():
             raise IndexFormatError(f"catalog {path} is missing")
         # pooled connections: a query must not pay for opening SQLite and its pragmas
-        engine = create_engine(f"sqlite:///{path}", pool_pre_ping=False)
+        engine = create_engine(f"sqlite:///{path}")
         event.listen(engine, "connect", _sqlite_pragmas)
         catalog = cls(path, engine)
         catalog._ensure_schema(create)
@@ -150,15 +150,18 @@ class Catalog:
                     found[path] = CatalogEntry(*rest)
         return found
 
-    def rows(self, ids: Sequence[int]) -> dict[int, ImageRow]:
-        columns = (images_table.c.id, images_table.c.path, images_table.c.width,
-                   images_table.c.height, images_table.c.format)
-        found: dict[int, ImageRow] = {}
+    def _by_id(self, ids: Sequence[int], *columns) -> dict[int, tuple]:
+        """{id: (columns...)} for the ids present, queried in chunks."""
+        found: dict[int, tuple] = {}
         with self.engine.connect() as connection:
             for chunk in _chunks(list(ids), _IN_CHUNK):
-                for row in connection.execute(select(*columns).where(images_table.c.id.in_(chunk))):
-                    found[row.id] = ImageRow(*row)
+                query = select(images_table.c.id, *columns).where(images_table.c.id.in_(chunk))
+                found.update({row_id: tuple(rest) for row_id, *rest in connection.execute(query)})
         return found
+
+    def rows(self, ids: Sequence[int]) -> dict[int, ImageRow]:
+        columns = (images_table.c.path, images_table.c.width, images_table.c.height, images_table.c.format)
+        return {row_id: ImageRow(row_id, *rest) for row_id, rest in self._by_id(ids, *columns).items()}
 
     def embeddings(self, dim: int, chunk_size: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """All stored embeddings as (ids int64 (n,), vectors float32 (n, dim)) chunks."""
@@ -172,24 +175,16 @@ class Catalog:
                 yield ids, vectors.reshape(len(rows), dim)
 
     def region_rows(self, ids: Sequence[int]) -> dict[int, int | None]:
-        found: dict[int, int | None] = {}
-        with self.engine.connect() as connection:
-            for chunk in _chunks(list(ids), _IN_CHUNK):
-                query = select(images_table.c.id, images_table.c.region_row).where(images_table.c.id.in_(chunk))
-                found.update({row_id: region_row for row_id, region_row in connection.execute(query)})
-        return found
+        return {row_id: rest[0] for row_id, rest in self._by_id(ids, images_table.c.region_row).items()}
 
     def vectors(self, ids: Sequence[int], dim: int) -> np.ndarray:
         """Stored embeddings for ids, in order ((n, dim) float32; zeros where absent)."""
-        found: dict[int, bytes] = {}
-        with self.engine.connect() as connection:
-            for chunk in _chunks(list(ids), _IN_CHUNK):
-                query = select(images_table.c.id, images_table.c.embedding).where(images_table.c.id.in_(chunk))
-                found.update({row_id: blob for row_id, blob in connection.execute(query) if blob})
+        found = self._by_id(ids, images_table.c.embedding)
         result = np.zeros((len(ids), dim), dtype=np.float32)
         for position, image_id in enumerate(ids):
-            if image_id in found:
-                result[position] = np.frombuffer(found[image_id], dtype=np.float32)
+            blob = found.get(image_id, (None,))[0]
+            if blob:
+                result[position] = np.frombuffer(blob, dtype=np.float32)
         return result
 
     def count(self, status: str | None = None) -> int:

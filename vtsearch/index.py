@@ -226,6 +226,7 @@ class Index:
         self._lock.acquire()
         try:
             reranker.save(self.path / RERANKER_FILE)
+            self.manifest = Manifest.load(self.path / MANIFEST)  # another writer may have saved it
             self.manifest.reranker = {"config": reranker.scorer.config.to_dict(), **reranker.trained}
             self.manifest.save(self.path / MANIFEST)
         finally:
@@ -235,11 +236,10 @@ class Index:
     def _load_ann(self) -> AnnIndex:
         """Load ``ann.faiss``; rebuild it from the catalog when missing or out of step."""
         ann_path = self.path / ANN
-        use_gpu = _use_gpu(self.device)
         ann = None
         if ann_path.is_file():
             try:
-                ann = AnnIndex.load(ann_path, self.manifest.ann, use_gpu)
+                ann = AnnIndex.load(ann_path, self.manifest.ann, _use_gpu(self.device))
             except Exception as error:  # damaged file: derived data, rebuild below
                 log.warning("%s is unreadable (%s); rebuilding it from the catalog", ann_path, error)
         if ann is not None and len(ann) == self.catalog.count(INDEXED):
@@ -247,8 +247,7 @@ class Index:
         if ann is not None and self._lock.is_held_elsewhere():
             return ann  # a writer is mid-run; its snapshot is consistent enough to read
         log.info("rebuilding %s from the catalog", ann_path)
-        ann = AnnIndex.build(self.manifest.embed_dim, self.manifest.ann,
-                             self.catalog.embeddings(self.manifest.embed_dim), use_gpu)
+        ann = self._rebuild_ann()
         try:
             self._lock.acquire()
         except IndexLockedError:
@@ -288,9 +287,12 @@ class Index:
         """Under the lock, make sure the in-memory FAISS index matches the catalog."""
         if len(self.ann) == self.catalog.count(INDEXED):
             return self.ann
+        return self._rebuild_ann()
+
+    def _rebuild_ann(self) -> AnnIndex:
+        """The FAISS index built afresh from the catalog's embeddings (its source of truth)."""
         return AnnIndex.build(self.manifest.embed_dim, self.manifest.ann,
-                              self.catalog.embeddings(self.manifest.embed_dim),
-                              _use_gpu(self.device))
+                              self.catalog.embeddings(self.manifest.embed_dim), _use_gpu(self.device))
 
     # reading
 

@@ -1,9 +1,10 @@
 """The build path: scan → decode → encode → store (region store + catalog) → ann.
 
 Unchanged files (same size and mtime, or same content hash after a touch) are never
-decoded or encoded again. Each decoded batch is encoded and committed to the catalog in
-one transaction before the FAISS index is updated, so the catalog always leads and the
-FAISS index can be rebuilt from it after a crash.
+decoded or encoded again. Each decoded batch is encoded, its regions appended durably
+to the region store, and the batch committed to the catalog in one transaction before
+the FAISS index is updated: the catalog always leads, and the FAISS index can be
+rebuilt from it after a crash.
 """
 
 from __future__ import annotations

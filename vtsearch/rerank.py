@@ -104,8 +104,10 @@ class Reranker:
     @classmethod
     def untrained(cls, config: FusionConfig, logit_scale: float = 100.0, seed: int = 0,
                   device: torch.device | None = None) -> "Reranker":
-        torch.manual_seed(seed)
-        return cls(FusionScorer(config), logit_scale, None, device)
+        with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
+            torch.manual_seed(seed)
+            scorer = FusionScorer(config)
+        return cls(scorer, logit_scale, None, device)
 
     @classmethod
     def load(cls, path: Path, device: torch.device | None = None) -> "Reranker":
