@@ -181,8 +181,8 @@ def _text_states(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.Te
 
     For open_clip's ``CLIP`` (a causal text tower pooled at the end-of-text token) the
     tower runs only up to the longest end-of-text position: with a causal mask the states
-    there do not depend on the padding after them, so this is exact and ~3× faster than
-    running all 77 positions.
+    there do not depend on the padding after them, so this is exact and 2.4× faster than
+    running all 77 positions (ViT-B-32, one short query, 2-core CPU).
     """
     if hasattr(model, "token_embedding") and getattr(model, "text_pool_type", "") == "argmax" \
             and model.attn_mask is not None:
