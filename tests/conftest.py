@@ -52,6 +52,21 @@ def tiny_encoder(tiny_spec):
     return Encoder.load(tiny_spec, torch.device("cpu"))
 
 
+class CountingEncoder:
+    """Wraps a real encoder and counts the images it encodes."""
+
+    def __init__(self, encoder):
+        self._encoder = encoder
+        self.images_encoded = 0
+
+    def __getattr__(self, name):
+        return getattr(self._encoder, name)
+
+    def encode_image_features(self, pixels, region_grid):
+        self.images_encoded += len(pixels)
+        return self._encoder.encode_image_features(pixels, region_grid)
+
+
 def make_images(folder: Path, count: int, seed: int = 0, size: tuple[int, int] = (72, 56)) -> list[Path]:
     """Distinct little pictures: random colour blocks on random backgrounds."""
     rng = np.random.default_rng(seed)

@@ -33,7 +33,7 @@ def test_index_summary_then_rerun_is_unchanged(run, built, image_folder):
     assert summary["skipped"] == 3 and summary["not_images"] == 1
     assert summary["skipped_reasons"] == {"empty file": 1, "not an image": 1, "truncated": 1}
     table = run("index", image_folder, "--index", built, "--workers", 0)
-    assert "indexed 0 (0 updated), unchanged 30, skipped 3, not images 1" in table.stdout
+    assert "indexed 0 (0 updated), unchanged 30, moved 0, removed 0, skipped 3, not images 1" in table.stdout
 
 
 def test_search_json_and_table(run, built, image_folder):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_images
+from conftest import CountingEncoder, make_images
 from vtsearch import (
     EncoderSpec, Index, IndexExistsError, IndexLockedError, IndexNotFoundError, IngestOptions,
     ModelMismatchError, QueryError,
@@ -18,21 +18,6 @@ from vtsearch.records import DecodedImage
 from vtsearch.scan import scan
 
 OPTIONS = IngestOptions(batch_size=8, workers=0)
-
-
-class CountingEncoder:
-    """Wraps a real encoder and counts the images it encodes."""
-
-    def __init__(self, encoder):
-        self._encoder = encoder
-        self.images_encoded = 0
-
-    def __getattr__(self, name):
-        return getattr(self._encoder, name)
-
-    def encode_image_features(self, pixels, region_grid):
-        self.images_encoded += len(pixels)
-        return self._encoder.encode_image_features(pixels, region_grid)
 
 
 def brute_force_paths(encoder, folder, query_vector, k):

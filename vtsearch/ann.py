@@ -78,6 +78,15 @@ class AnnIndex:
         id_map = faiss.downcast_index(self.cpu_index)
         return faiss.vector_to_array(id_map.id_map).astype(np.int64)
 
+    def reconstruct(self, ids: np.ndarray) -> np.ndarray | None:
+        """Stored vectors for ids, when this index type keeps them exactly (else None)."""
+        if "Flat" not in self.config.factory or "IDMap2" not in self.config.factory:
+            return None
+        try:
+            return np.stack([self.cpu_index.reconstruct(int(i)) for i in ids])
+        except RuntimeError:  # an id the index does not hold
+            return None
+
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids) == 0:
             return

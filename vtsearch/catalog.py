@@ -4,10 +4,16 @@ One row per image file: its path, stat, content hash, size in pixels, status
 (``indexed`` or ``error``), the reason for an error, and the global embedding (float32
 bytes). The FAISS index is derived from the rows with an embedding; its ids are the
 rows' primary keys, which SQLite's AUTOINCREMENT never reuses.
+
+Every write transaction also bumps the ``revision`` in the ``meta`` table. The revision
+the saved FAISS index reflects is recorded beside it (``ann_revision``) after the FAISS
+file is in place, so an index that is behind the catalog — a run killed between a commit
+and the FAISS save, say — is recognised even when its vector count happens to match.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +24,7 @@ from sqlalchemy import (
     Column, Float, Integer, LargeBinary, MetaData, String, Table, Text, bindparam,
     create_engine, event, func, select, update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError, OperationalError
 
 from .errors import IndexFormatError
@@ -136,6 +142,34 @@ class Catalog:
     def close(self) -> None:
         self.engine.dispose()
 
+    # revisions
+
+    def revision(self) -> int:
+        """How many write transactions the catalog has seen."""
+        return self._meta_int("revision")
+
+    def ann_revision(self) -> int:
+        """The catalog revision the saved FAISS index reflects (-1: unknown)."""
+        return self._meta_int("ann_revision", default=-1)
+
+    def set_ann_revision(self, revision: int) -> None:
+        with self.engine.begin() as connection:
+            _set_meta(connection, "ann_revision", revision)
+
+    def _meta_int(self, key: str, default: int = 0) -> int:
+        with self.engine.connect() as connection:
+            value = connection.scalar(select(meta_table.c.value).where(meta_table.c.key == key))
+        return default if value is None else int(value)
+
+    def integrity_problems(self) -> list[str]:
+        """SQLite's own quick check of the file (empty when sound)."""
+        try:
+            with self.engine.connect() as connection:
+                rows = [row[0] for row in connection.exec_driver_sql("PRAGMA quick_check")]
+        except (DatabaseError, OperationalError) as error:
+            return [str(error.orig if hasattr(error, "orig") else error)]
+        return [] if rows == ["ok"] else rows
+
     # reads
 
     def entries(self, paths: Sequence[str]) -> dict[str, CatalogEntry]:
@@ -149,6 +183,22 @@ class Catalog:
                 for path, *rest in rows:
                     found[path] = CatalogEntry(*rest)
         return found
+
+    def under(self, root: str) -> dict[str, CatalogEntry]:
+        """Entries whose path is ``root`` or lies below the folder ``root``.
+
+        A range query on the path index (``root/`` ≤ path < ``root0``, ``0`` being the
+        character after ``/``), so it stays fast on large catalogs.
+        """
+        root = root.rstrip(os.sep) or os.sep
+        prefix = root if root.endswith(os.sep) else root + os.sep
+        upper = prefix[:-1] + chr(ord(os.sep) + 1)
+        path = images_table.c.path
+        columns = (path, images_table.c.id, images_table.c.size, images_table.c.mtime_ns,
+                   images_table.c.content_hash, images_table.c.status)
+        query = select(*columns).where((path == root) | ((path >= prefix) & (path < upper)))
+        with self.engine.connect() as connection:
+            return {row_path: CatalogEntry(*rest) for row_path, *rest in connection.execute(query)}
 
     def _by_id(self, ids: Sequence[int], *columns) -> dict[int, tuple]:
         """{id: (columns...)} for the ids present, queried in chunks."""
@@ -176,6 +226,14 @@ class Catalog:
 
     def region_rows(self, ids: Sequence[int]) -> dict[int, int | None]:
         return {row_id: rest[0] for row_id, rest in self._by_id(ids, images_table.c.region_row).items()}
+
+    def indexed_layout(self) -> Iterator[tuple[int, int, int | None]]:
+        """(id, embedding bytes, region row) of every indexed row, for integrity checks."""
+        query = (select(images_table.c.id, func.length(images_table.c.embedding), images_table.c.region_row)
+                 .where(images_table.c.status == INDEXED).order_by(images_table.c.id))
+        with self.engine.connect() as connection:
+            for row_id, length, region_row in connection.execute(query):
+                yield int(row_id), int(length or 0), region_row
 
     def vectors(self, ids: Sequence[int], dim: int) -> np.ndarray:
         """Stored embeddings for ids, in order ((n, dim) float32; zeros where absent)."""
@@ -248,6 +306,7 @@ class Catalog:
 
         ids_by_path: dict[str, int] = {}
         with self.engine.begin() as connection:
+            _bump_revision(connection)
             if new_rows:
                 inserted = connection.execute(
                     images_table.insert().returning(
@@ -273,9 +332,63 @@ class Catalog:
                 for row_id, size, mtime_ns in stats]
         if rows:
             with self.engine.begin() as connection:
+                _bump_revision(connection)
                 connection.execute(
                     update(images_table).where(images_table.c.id == bindparam("row_id")), rows
                 )
+
+    def move(self, moves: Iterable[tuple[int, str, int, int]]) -> None:
+        """Give rows a new (path, size, mtime_ns): the same content found at a new path.
+
+        The id, embedding and region row stay, so nothing is re-encoded and the FAISS
+        index does not change.
+        """
+        rows = [{"row_id": row_id, "path": path, "size": size, "mtime_ns": mtime_ns, "updated_at": time.time()}
+                for row_id, path, size, mtime_ns in moves]
+        if rows:
+            with self.engine.begin() as connection:
+                _bump_revision(connection)
+                connection.execute(
+                    update(images_table).where(images_table.c.id == bindparam("row_id")), rows
+                )
+
+    def remove(self, ids: Sequence[int]) -> list[int]:
+        """Delete rows; returns the ids among them that were indexed (in FAISS)."""
+        indexed: list[int] = []
+        with self.engine.begin() as connection:
+            _bump_revision(connection)
+            for chunk in _chunks(list(ids), _IN_CHUNK):
+                where = images_table.c.id.in_(chunk)
+                indexed.extend(connection.scalars(
+                    select(images_table.c.id).where(where & (images_table.c.status == INDEXED))
+                ))
+                connection.execute(images_table.delete().where(where))
+        return indexed
+
+    def mark_for_reencoding(self, ids: Sequence[int], reason: str) -> None:
+        """Turn indexed rows into errors that the next ``index`` run re-encodes (same ids)."""
+        with self.engine.begin() as connection:
+            _bump_revision(connection)
+            for chunk in _chunks(list(ids), _IN_CHUNK):
+                connection.execute(
+                    update(images_table).where(images_table.c.id.in_(chunk)).values(
+                        status=ERROR, error=reason, embedding=None, region_row=None,
+                        content_hash=None, updated_at=time.time(),
+                    )
+                )
+
+
+def _bump_revision(connection: Connection) -> None:
+    current = connection.scalar(select(meta_table.c.value).where(meta_table.c.key == "revision"))
+    _set_meta(connection, "revision", int(current or 0) + 1)
+
+
+def _set_meta(connection: Connection, key: str, value: object) -> None:
+    changed = connection.execute(
+        update(meta_table).where(meta_table.c.key == key).values(value=str(value))
+    ).rowcount
+    if not changed:
+        connection.execute(meta_table.insert(), {"key": key, "value": str(value)})
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:

@@ -107,6 +107,8 @@ def main(verbose: bool) -> None:
               show_default=True, help="Refuse images with more pixels (decompression bombs).")
 @click.option("--allow-truncated", is_flag=True,
               help="Index truncated files from the part that decodes instead of skipping them.")
+@click.option("--keep-missing", is_flag=True,
+              help="Keep indexed files that are gone from disk (e.g. on an unmounted drive).")
 @click.option("--no-regions", is_flag=True,
               help="New index: keep no region features; the reranker computes them per query.")
 @click.option("--region-grid", type=click.IntRange(1, 32), default=None,
@@ -115,10 +117,12 @@ def main(verbose: bool) -> None:
 @json_option
 @_fail_cleanly
 def index_command(paths, index_dir, model, pretrained, batch_size, workers, max_pixels,
-                  allow_truncated, no_regions, region_grid, device, as_json):
+                  allow_truncated, keep_missing, no_regions, region_grid, device, as_json):
     """Index the images under PATHS (files or folders, walked recursively).
 
-    Running it again adds new and changed files only; nothing is encoded twice.
+    Running it again brings the index up to date with PATHS: new and changed files are
+    encoded, moved or renamed files keep their vectors, and files gone from disk are
+    removed (unless --keep-missing). Nothing is encoded twice.
 
     \b
     Example:
@@ -130,7 +134,7 @@ def index_command(paths, index_dir, model, pretrained, batch_size, workers, max_
     index_dir = index_dir or default_index_dir()
     spec = EncoderSpec.parse(model, pretrained) if (model or pretrained) else None
     options = IngestOptions(batch_size=batch_size, max_pixels=max_pixels,
-                            allow_truncated=allow_truncated,
+                            allow_truncated=allow_truncated, keep_missing=keep_missing,
                             **({} if workers is None else {"workers": workers}))
     with Index.open_or_create(index_dir, spec, device=device, store_regions=not no_regions,
                               region_grid=region_grid) as index:
@@ -142,9 +146,12 @@ def index_command(paths, index_dir, model, pretrained, batch_size, workers, max_
     rate = summary.indexed / summary.seconds if summary.seconds else 0.0
     click.echo(
         f"indexed {summary.indexed} ({summary.updated} updated), unchanged {summary.unchanged}, "
-        f"skipped {len(summary.skipped)}, not images {summary.not_images} "
-        f"in {summary.seconds:.1f} s ({rate:.1f} images/s) -> {index_dir}"
+        f"moved {summary.moved}, removed {summary.removed}, skipped {len(summary.skipped)}, "
+        f"not images {summary.not_images} in {summary.seconds:.1f} s ({rate:.1f} images/s) "
+        f"-> {index_dir}"
     )
+    if summary.kept_missing:
+        click.echo(f"  kept {summary.kept_missing} indexed files that are gone from disk (--keep-missing)")
     for reason, count in sorted(summary.reasons().items()):
         click.echo(f"  skipped, {reason}: {count}")
     if summary.skipped:
@@ -343,6 +350,69 @@ def _describe_reranker(reranker: dict) -> str:
     val = reranker.get("val", {})
     return (f"trained on {reranker.get('pairs')} captions, w = {val.get('w', 0):.3g}, "
             f"validation top-1 {val.get('val_stage1_top1', 0):.3f} -> {val.get('val_reranked_top1', 0):.3f}")
+
+
+@main.command("remove")
+@click.argument("paths", nargs=-1, required=True)
+@index_option
+@json_option
+@_fail_cleanly
+def remove_command(paths, index_dir, as_json):
+    """Remove PATHS (files, or everything under folders) from the index.
+
+    The files on disk are not touched; they need not exist any more.
+
+    \b
+    Example:
+      vtsearch remove ~/Pictures/2019/drafts
+    """
+    from .index import Index
+
+    with Index.open(index_dir or default_index_dir(), device="cpu") as index:
+        summary = index.remove(paths)
+    if as_json:
+        _print_json(summary.to_dict())
+        return
+    click.echo(f"removed {len(summary.removed)} files from the index")
+    for path in summary.not_indexed:
+        click.echo(f"  nothing indexed at {path}", err=True)
+
+
+@main.command("check")
+@click.option("--repair", is_flag=True,
+              help="Fix what was found: rebuild ann.faiss, cut torn region rows, mark lost images "
+                   "for re-encoding.")
+@index_option
+@json_option
+@_fail_cleanly
+def check_command(repair, index_dir, as_json):
+    """Check that the catalog, the FAISS index and the region store agree.
+
+    Exits with status 1 when problems remain (after --repair: when they could not be
+    fixed).
+
+    \b
+    Example:
+      vtsearch check --repair
+    """
+    from .index import Index
+
+    with Index.open(index_dir or default_index_dir(), device="cpu", rebuild_stale=False) as index:
+        report = index.check(repair=repair)
+        remaining = index.check() if repair and report.repaired else report
+    if as_json:
+        _print_json({**report.to_dict(), "ok_after_repair": remaining.ok})
+    else:
+        click.echo(f"{report.images} images, {report.ann_vectors} FAISS vectors, "
+                   f"{report.region_rows} region rows ({report.dead_region_rows} unused)")
+        for problem in report.problems:
+            click.echo(f"  problem ({problem.part}): {problem.message}")
+        for action in report.repaired:
+            click.echo(f"  repaired: {action}")
+        click.echo("ok" if remaining.ok else
+                   "problems remain" + ("" if repair else " (vtsearch check --repair fixes drift)"))
+    if not remaining.ok:
+        sys.exit(EXIT_ERROR)
 
 
 @main.command("errors")

@@ -105,6 +105,7 @@ class IngestOptions:
     workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
     max_pixels: int = DecodeConfig.max_pixels
     allow_truncated: bool = False
+    keep_missing: bool = False  # keep files that vanished from disk (unmounted drives)
 
 
 def default_index_dir() -> Path:

@@ -26,6 +26,7 @@ import numpy as np
 
 from .ann import AnnIndex, gpu_count
 from .catalog import ERROR, INDEXED, Catalog
+from .check import LOST, CheckReport, Findings, inspect
 from .config import AnnConfig, DecodeConfig, EncoderSpec, IngestOptions
 from .decode import decode_query_image
 from .device import resolve_device
@@ -46,6 +47,15 @@ MANIFEST = "manifest.json"
 CATALOG = "catalog.sqlite"
 ANN = "ann.faiss"
 DEFAULT_REGION_GRID = 7  # larger native grids are average-pooled down to 7 × 7
+
+
+@dataclass(frozen=True)
+class RemoveSummary:
+    removed: list[str]  # paths removed from the index
+    not_indexed: list[str]  # given paths with nothing indexed at or under them
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"removed": len(self.removed), "paths": self.removed, "not_indexed": self.not_indexed}
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,7 @@ class Index:
         self._encoder = encoder
         self._lock = WriterLock(path)
         self._reranker: Reranker | None = None
+        self._ann_revision = -1  # the catalog revision the in-memory FAISS index reflects
         self._region_store = (RegionStore(path / REGIONS_FILE, manifest.regions)
                               if manifest.regions and manifest.regions.stored else None)
 
@@ -132,10 +143,13 @@ class Index:
             catalog = Catalog.open(path / CATALOG, create=True)
             ann = AnnIndex.empty(encoder.embed_dim, manifest.ann, use_gpu=_use_gpu(device))
             ann.save(path / ANN)
+            catalog.set_ann_revision(catalog.revision())
             manifest.save(path / MANIFEST)  # last: its presence marks a complete index
         finally:
             lock.release()
-        return cls(path, manifest, catalog, ann, device, encoder)
+        index = cls(path, manifest, catalog, ann, device, encoder)
+        index._ann_revision = catalog.revision()
+        return index
 
     @classmethod
     def open(
@@ -143,8 +157,10 @@ class Index:
         path: str | os.PathLike[str],
         device: str = "auto",
         encoder: Encoder | None = None,
+        rebuild_stale: bool = True,
     ) -> "Index":
-        """Open an existing index; a missing or stale FAISS index is rebuilt from the catalog."""
+        """Open an existing index; a missing or stale FAISS index is rebuilt from the catalog
+        (unless ``rebuild_stale`` is false: ``vtsearch check`` wants to see it as it is)."""
         path = Path(path)
         if not (path / MANIFEST).is_file():
             raise IndexNotFoundError(
@@ -155,7 +171,7 @@ class Index:
         if encoder is not None and encoder.spec != manifest.encoder:
             raise ModelMismatchError(_mismatch_message(path, manifest.encoder, encoder.spec))
         index = cls(path, manifest, catalog, _placeholder_ann(manifest), device, encoder)
-        index.ann = index._load_ann()
+        index.ann = index._load_ann(rebuild_stale)
         return index
 
     @classmethod
@@ -233,30 +249,60 @@ class Index:
             self._lock.release()
         self._reranker = reranker
 
-    def _load_ann(self) -> AnnIndex:
-        """Load ``ann.faiss``; rebuild it from the catalog when missing or out of step."""
+    def _load_ann(self, rebuild_stale: bool = True) -> AnnIndex:
+        """Load ``ann.faiss``; rebuild it from the catalog when missing, damaged or behind.
+
+        Behind means the catalog has committed writes the saved file does not reflect
+        (a run was killed before its final save). While another process holds the
+        writer lock the saved file is used as it is: a consistent, slightly older
+        snapshot, which the writer brings up to date when it finishes.
+        """
         ann_path = self.path / ANN
-        ann = None
-        if ann_path.is_file():
-            try:
-                ann = AnnIndex.load(ann_path, self.manifest.ann, _use_gpu(self.device))
-            except Exception as error:  # damaged file: derived data, rebuild below
-                log.warning("%s is unreadable (%s); rebuilding it from the catalog", ann_path, error)
-        if ann is not None and len(ann) == self.catalog.count(INDEXED):
+        revision = self.catalog.revision()
+        ann, problem = self._read_ann_file()
+        if ann is not None:
+            problem = "is behind the catalog (an interrupted run?)"
+        if ann is not None and self._ann_is_current(ann, revision):
+            self._ann_revision = revision
             return ann
-        if ann is not None and self._lock.is_held_elsewhere():
-            return ann  # a writer is mid-run; its snapshot is consistent enough to read
-        log.info("rebuilding %s from the catalog", ann_path)
-        ann = self._rebuild_ann()
+        if ann is not None and (not rebuild_stale or self._lock.is_held_elsewhere()):
+            self._ann_revision = -1
+            return ann
+        if not rebuild_stale:
+            self._ann_revision = -1
+            return _placeholder_ann(self.manifest)
+        log.warning("%s %s; rebuilding it from the catalog", ann_path, problem)
         try:
             self._lock.acquire()
-        except IndexLockedError:
-            return ann  # someone else writes; keep the rebuilt copy in memory only
+        except IndexLockedError:  # someone else writes; keep a rebuilt copy in memory only
+            self._ann_revision = -1
+            return self._rebuild_ann()
         try:
-            ann.save(ann_path)
+            self.ann = self._rebuild_ann()
+            self._save_ann()
         finally:
             self._lock.release()
-        return ann
+        return self.ann
+
+    def _read_ann_file(self) -> tuple[AnnIndex | None, str]:
+        """The saved FAISS index, or None and why not."""
+        ann_path = self.path / ANN
+        if not ann_path.is_file():
+            return None, "is missing"
+        try:
+            return AnnIndex.load(ann_path, self.manifest.ann, _use_gpu(self.device)), ""
+        except Exception as error:  # damaged file: derived data, rebuildable
+            return None, f"is unreadable ({error})"
+
+    def _ann_is_current(self, ann: AnnIndex, revision: int) -> bool:
+        return self.catalog.ann_revision() == revision and len(ann) == self.catalog.count(INDEXED)
+
+    def _save_ann(self) -> None:
+        """Save ``ann.faiss``, then record the catalog revision it reflects (lock held)."""
+        revision = self.catalog.revision()
+        self.ann.save(self.path / ANN)
+        self.catalog.set_ann_revision(revision)
+        self._ann_revision = revision
 
     # writing
 
@@ -272,22 +318,44 @@ class Index:
         try:
             # another process may have written since we opened (a trained reranker, say)
             self.manifest = Manifest.load(self.path / MANIFEST)
-            self.ann = self._load_ann_locked()
+            self._sync_ann_locked()
             summary = ingest(
                 [os.fspath(p) for p in paths], self.catalog, self.ann, self.encoder,
                 options, progress, self._region_store,
             )
-            self.ann.save(self.path / ANN)
+            self._save_ann()
             self.manifest.save(self.path / MANIFEST)
         finally:
             self._lock.release()
         return summary
 
-    def _load_ann_locked(self) -> AnnIndex:
-        """Under the lock, make sure the in-memory FAISS index matches the catalog."""
-        if len(self.ann) == self.catalog.count(INDEXED):
-            return self.ann
-        return self._rebuild_ann()
+    def remove(self, paths: Iterable[str | os.PathLike[str]]) -> RemoveSummary:
+        """Remove files (or everything under folders) from the index, whether or not
+        they still exist on disk."""
+        self._lock.acquire()
+        try:
+            self._sync_ann_locked()
+            found: dict[str, int] = {}
+            not_indexed: list[str] = []
+            for given in paths:
+                root = os.path.abspath(os.path.expanduser(os.fspath(given)))
+                entries = self.catalog.under(root)
+                if not entries:
+                    not_indexed.append(root)
+                found.update({path: entry.id for path, entry in entries.items()})
+            if found:
+                self.ann.remove(self.catalog.remove(list(found.values())))
+                self._save_ann()
+        finally:
+            self._lock.release()
+        return RemoveSummary(removed=sorted(found), not_indexed=not_indexed)
+
+    def _sync_ann_locked(self) -> None:
+        """Under the lock, make sure the in-memory FAISS index reflects the catalog."""
+        revision = self.catalog.revision()
+        if self._ann_revision != revision or len(self.ann) != self.catalog.count(INDEXED):
+            self.ann = self._rebuild_ann()
+            self._ann_revision = revision
 
     def _rebuild_ann(self) -> AnnIndex:
         """The FAISS index built afresh from the catalog's embeddings (its source of truth)."""
@@ -346,6 +414,41 @@ class Index:
 
     def errors(self) -> list[ErrorRecord]:
         return self.catalog.errors()
+
+    def check(self, repair: bool = False) -> CheckReport:
+        """Check that catalog, FAISS index and region store agree; ``repair`` fixes drift.
+
+        Takes the writer lock, so the parts do not move while they are compared.
+        """
+        self._lock.acquire()
+        try:
+            saved, problem = self._read_ann_file()  # the file as it is, not a rebuilt copy
+            findings = inspect(self.catalog, saved or _placeholder_ann(self.manifest),
+                               self.manifest.embed_dim, self._region_store)
+            if saved is None:
+                findings.problem("ann", f"{self.path / ANN} {problem}")
+                findings.rebuild_ann = True
+            if repair:
+                self._repair(findings)
+        finally:
+            self._lock.release()
+        return findings.report
+
+    def _repair(self, findings: Findings) -> None:
+        report = findings.report
+        if findings.cut_region_tail:
+            self._region_store.cut_torn_tail()
+            report.repaired.append("cut the torn tail off the region store")
+        by_loss: dict[str, list[int]] = {}
+        for row_id, what in findings.reencode.items():
+            by_loss.setdefault(what, []).append(row_id)
+        for what, ids in by_loss.items():
+            self.catalog.mark_for_reencoding(ids, LOST.format(what=what))
+            report.repaired.append(f"marked {len(ids)} images whose {what} were lost for re-encoding")
+        if findings.rebuild_ann or findings.reencode:
+            self.ann = self._rebuild_ann()
+            self._save_ann()
+            report.repaired.append(f"rebuilt ann.faiss from the catalog ({len(self.ann)} vectors)")
 
     def info(self) -> IndexInfo:
         return IndexInfo(

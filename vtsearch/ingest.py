@@ -1,7 +1,11 @@
-"""The build path: scan → decode → encode → store (region store + catalog) → ann.
+"""The build path: scan → plan → decode → encode → store (region store + catalog) → ann.
 
-Unchanged files (same size and mtime, or same content hash after a touch) are never
-decoded or encoded again. Each decoded batch is encoded, its regions appended durably
+The plan compares the scan with the catalog. Unchanged files (same size and mtime, or
+same content hash after a touch) are never decoded or encoded again. Indexed content
+that appears at a new path while its old path vanished is a move: the row takes the new
+path and keeps its id, vectors and regions. Catalog rows under the scanned paths whose
+files are gone are removed (kept with ``keep_missing``), except inside folders the scan
+could not list. Each decoded batch is encoded, its regions appended durably
 to the region store, and the batch committed to the catalog in one transaction before
 the FAISS index is updated: the catalog always leads, and the FAISS index can be
 rebuilt from it after a crash.
@@ -20,7 +24,7 @@ from .catalog import INDEXED, Catalog, CatalogEntry
 from .config import DecodeConfig, IngestOptions
 from .decode import decode_batches, hash_file
 from .encode import Encoder
-from .records import DecodedImage, DecodeFailure, ErrorRecord, IngestSummary, ScannedFile
+from .records import DecodedImage, DecodeFailure, ErrorRecord, IngestSummary, ScannedFile, ScanReport
 from .regions import RegionStore
 from .scan import scan
 
@@ -74,6 +78,48 @@ def plan(
     return to_decode, touched
 
 
+def vanished(report: ScanReport, catalog: Catalog) -> dict[str, CatalogEntry]:
+    """Catalog entries under the scanned roots that the scan did not find on disk."""
+    seen = {candidate.path for candidate in report.candidates}
+    gone: dict[str, CatalogEntry] = {}
+    for root in report.roots:
+        for path, entry in catalog.under(root).items():
+            if path not in seen and report.covers(path):
+                gone[path] = entry
+    return gone
+
+
+def find_moves(
+    to_decode: list[ScannedFile], gone: dict[str, CatalogEntry], known: dict[str, CatalogEntry]
+) -> tuple[list[tuple[int, str, int, int]], list[ScannedFile]]:
+    """Match new files to vanished indexed rows by content; returns (moves, still to decode).
+
+    Only new files whose size equals a vanished row's are hashed, so a run without
+    vanished files reads nothing extra. Each vanished row is matched at most once.
+    """
+    by_hash: dict[str, list[tuple[str, CatalogEntry]]] = {}
+    for path, entry in gone.items():
+        if entry.status == INDEXED and entry.content_hash:
+            by_hash.setdefault(entry.content_hash, []).append((path, entry))
+    sizes = {entry.size for entries in by_hash.values() for _path, entry in entries}
+    moves: list[tuple[int, str, int, int]] = []
+    remaining: list[ScannedFile] = []
+    for candidate in to_decode:
+        matches = None
+        if candidate.path not in known and candidate.size in sizes:
+            try:
+                matches = by_hash.get(hash_file(candidate.path))
+            except OSError:
+                matches = None  # decoding will record why it cannot be read
+        if matches:
+            old_path, entry = matches.pop()
+            del gone[old_path]
+            moves.append((entry.id, candidate.path, candidate.size, candidate.mtime_ns))
+        else:
+            remaining.append(candidate)
+    return moves, remaining
+
+
 def ingest(
     paths: Iterable[str],
     catalog: Catalog,
@@ -94,6 +140,15 @@ def ingest(
     to_decode, touched = plan(report.candidates, known)
     catalog.touch(touched)
     summary.unchanged = len(report.candidates) - len(to_decode)
+    gone = vanished(report, catalog)
+    moves, to_decode = find_moves(to_decode, gone, known)
+    catalog.move(moves)
+    summary.moved = len(moves)
+    if options.keep_missing:
+        summary.kept_missing = len(gone)
+    elif gone:
+        ann.remove(catalog.remove([entry.id for entry in gone.values()]))
+        summary.removed = len(gone)
 
     decode_config = DecodeConfig(
         image_size=encoder.image_size,

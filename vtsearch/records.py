@@ -25,6 +25,16 @@ class ScanReport:
     not_images: int = 0
     missing: list[str] = field(default_factory=list)  # paths given that do not exist
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (dir, reason)
+    roots: list[str] = field(default_factory=list)  # the given paths that exist, absolute
+
+    def covers(self, path: str) -> bool:
+        """True when the scan looked at every file that could be at ``path``.
+
+        A path inside a folder that could not be listed was not looked at: its absence
+        from the candidates says nothing about whether it still exists.
+        """
+        return not any(path == blind or path.startswith(blind.rstrip("/") + "/")
+                       for blind, _reason in self.unreadable)
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,9 @@ class IngestSummary:
     indexed: int = 0  # newly encoded (new files and changed files)
     updated: int = 0  # of ``indexed``: files already in the index whose content changed
     unchanged: int = 0  # already indexed and untouched (nothing re-encoded)
+    moved: int = 0  # indexed content found at a new path: vectors reused, nothing encoded
+    removed: int = 0  # files gone from disk, removed from the index
+    kept_missing: int = 0  # files gone from disk, kept in the index (--keep-missing)
     skipped: list[ErrorRecord] = field(default_factory=list)  # could not decode
     not_images: int = 0  # files without an image extension
     missing: list[str] = field(default_factory=list)  # given paths that do not exist
@@ -113,6 +126,9 @@ class IngestSummary:
             "indexed": self.indexed,
             "updated": self.updated,
             "unchanged": self.unchanged,
+            "moved": self.moved,
+            "removed": self.removed,
+            "kept_missing": self.kept_missing,
             "skipped": len(self.skipped),
             "skipped_reasons": self.reasons(),
             "not_images": self.not_images,

@@ -64,6 +64,21 @@ class RegionStore:
         except FileNotFoundError:
             return 0
 
+    def torn_bytes(self) -> int:
+        """Bytes past the last whole row (a crash mid-append leaves them)."""
+        try:
+            return self.path.stat().st_size % self.layout.row_bytes
+        except FileNotFoundError:
+            return 0
+
+    def cut_torn_tail(self) -> None:
+        """Drop bytes past the last whole row (``append`` does this too)."""
+        torn = self.torn_bytes()
+        if torn:
+            with open(self.path, "r+b") as handle:
+                handle.truncate(self.path.stat().st_size - torn)
+                os.fsync(handle.fileno())
+
     def append(self, regions: torch.Tensor | np.ndarray) -> list[int]:
         """Append (B, R, D) regions durably; returns their row numbers."""
         values = regions.detach().cpu().numpy() if isinstance(regions, torch.Tensor) else regions

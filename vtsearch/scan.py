@@ -35,6 +35,7 @@ def scan(paths: Iterable[str | os.PathLike[str]]) -> ScanReport:
     not_images = 0
     missing: list[str] = []
     unreadable: list[tuple[str, str]] = []
+    roots: list[str] = []
     seen_dirs: set[tuple[int, int]] = set()
     seen_files: set[tuple[int, int]] = set()
 
@@ -83,13 +84,15 @@ def scan(paths: Iterable[str | os.PathLike[str]]) -> ScanReport:
         except OSError as error:
             unreadable.append((path, error.strerror or str(error)))
             continue
+        roots.append(path)
         if _is_dir(stat):
             visit_dir(path, stat)
         elif _is_regular(stat):
             visit_file(path, stat)
 
     return ScanReport(
-        candidates=candidates, not_images=not_images, missing=missing, unreadable=unreadable
+        candidates=candidates, not_images=not_images, missing=missing, unreadable=unreadable,
+        roots=roots,
     )
 
 
