@@ -135,7 +135,8 @@ def test_check_finds_drift_and_repair_restores_agreement(tmp_path, tiny_encoder)
         parts = sorted({problem.part for problem in report.problems})
         assert parts == ["ann", "catalog", "regions"], report.problems
         messages = " ".join(problem.message for problem in report.problems)
-        assert "torn row" in messages and "missing from ann.faiss" in messages
+        assert "no region row" in messages and "missing from ann.faiss" in messages
+        assert report.torn_region_bytes > 0
         repaired = index.check(repair=True)
         assert repaired.repaired and index.check().ok
         lost = {os.path.basename(e.path) for e in index.errors()}

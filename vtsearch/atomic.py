@@ -31,6 +31,22 @@ def atomic_path(target: Path) -> Iterator[Path]:
             temp.unlink()
 
 
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete temporary files that a killed writer left in ``folder``.
+
+    Only call this while holding the folder's writer lock: a live writer's temporary
+    file looks the same.
+    """
+    removed = []
+    for temp in Path(folder).glob(".*.tmp"):
+        try:
+            temp.unlink()
+            removed.append(temp)
+        except OSError:
+            pass
+    return removed
+
+
 def write_bytes_atomic(target: Path, data: bytes) -> None:
     with atomic_path(target) as temp:
         temp.write_bytes(data)

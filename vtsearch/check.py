@@ -6,12 +6,14 @@ The catalog is the source of truth; everything else is checked against it:
 - every indexed row has an embedding of the manifest's width;
 - ``ann.faiss`` reflects the catalog's latest revision and holds exactly the indexed ids,
   once each, with the catalog's vectors (compared on a sample when FAISS can return them);
-- every indexed row points at its own, complete region row (when regions are stored), and
-  the region file ends on a row boundary.
+- every indexed row points at its own, complete region row (when regions are stored).
 
-``repair`` fixes what can be fixed without the images: the FAISS index is rebuilt from
-the catalog, a torn region tail is cut off, and rows whose embedding or regions are lost
-are turned into errors that the next ``vtsearch index`` run re-encodes under the same id.
+Left-overs of a killed run are noted but are not problems: region rows no catalog row
+points at, a torn row at the end of the region file, temporary files. ``repair`` fixes
+what can be fixed without the images: the FAISS index is rebuilt from the catalog, the
+left-overs are cleared (unused rows stay until the store is compacted), and rows whose
+embedding or regions are lost are turned into errors that the next ``vtsearch index`` run
+re-encodes under the same id.
 A damaged catalog cannot be repaired here: restore it from a backup or index again.
 """
 
@@ -45,6 +47,7 @@ class CheckReport:
     ann_vectors: int = 0
     region_rows: int = 0
     dead_region_rows: int = 0  # rows no catalog row points at (space, not an error)
+    torn_region_bytes: int = 0  # a partial row at the end of the region file (harmless)
     problems: list[Problem] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
 
@@ -56,6 +59,7 @@ class CheckReport:
         return {
             "ok": self.ok, "images": self.images, "ann_vectors": self.ann_vectors,
             "region_rows": self.region_rows, "dead_region_rows": self.dead_region_rows,
+            "torn_region_bytes": self.torn_region_bytes,
             "problems": [problem.to_dict() for problem in self.problems],
             "repaired": self.repaired,
         }
@@ -137,10 +141,8 @@ def _check_ann(catalog: Catalog, ann: AnnIndex, layout: list[tuple[int, int, int
 def _check_regions(store: RegionStore, layout: list[tuple[int, int, int | None]], findings: Findings) -> None:
     rows = len(store)
     findings.report.region_rows = rows
-    torn = store.torn_bytes()
-    if torn:
-        findings.problem("regions", f"{store.path} ends with {torn} bytes of a torn row")
-        findings.cut_region_tail = True
+    findings.report.torn_region_bytes = store.torn_bytes()
+    findings.cut_region_tail = findings.report.torn_region_bytes > 0
     owners: dict[int, int] = {}
     lost: list[int] = []
     for row_id, _length, region_row in layout:

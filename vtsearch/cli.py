@@ -404,7 +404,9 @@ def check_command(repair, index_dir, as_json):
         _print_json({**report.to_dict(), "ok_after_repair": remaining.ok})
     else:
         click.echo(f"{report.images} images, {report.ann_vectors} FAISS vectors, "
-                   f"{report.region_rows} region rows ({report.dead_region_rows} unused)")
+                   f"{report.region_rows} region rows ({report.dead_region_rows} unused"
+                   + (f", {report.torn_region_bytes} bytes of a torn row" if report.torn_region_bytes else "")
+                   + ")")
         for problem in report.problems:
             click.echo(f"  problem ({problem.part}): {problem.message}")
         for action in report.repaired:

@@ -25,6 +25,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .ann import AnnIndex, gpu_count
+from .atomic import remove_stale_temps
 from .catalog import ERROR, INDEXED, Catalog
 from .check import LOST, CheckReport, Findings, inspect
 from .config import AnnConfig, DecodeConfig, EncoderSpec, IngestOptions
@@ -316,6 +317,7 @@ class Index:
         options = options or IngestOptions()
         self._lock.acquire()
         try:
+            remove_stale_temps(self.path)  # a killed writer's, never ours: we hold the lock
             # another process may have written since we opened (a trained reranker, say)
             self.manifest = Manifest.load(self.path / MANIFEST)
             self._sync_ann_locked()
@@ -436,9 +438,11 @@ class Index:
 
     def _repair(self, findings: Findings) -> None:
         report = findings.report
+        for temp in remove_stale_temps(self.path):
+            report.repaired.append(f"deleted {temp.name}, left by an interrupted write")
         if findings.cut_region_tail:
             self._region_store.cut_torn_tail()
-            report.repaired.append("cut the torn tail off the region store")
+            report.repaired.append("cut the torn row off the end of the region store")
         by_loss: dict[str, list[int]] = {}
         for row_id, what in findings.reencode.items():
             by_loss.setdefault(what, []).append(row_id)
