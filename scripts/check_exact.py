@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from vtsearch import Index
-from vtsearch.config import DecodeConfig
 from vtsearch.decode import decode_batches
 from vtsearch.records import DecodedImage
 from vtsearch.scan import scan
@@ -42,7 +41,7 @@ def main() -> None:
 
     with Index.open(args.index, device="cpu") as index:
         encoder = index.encoder
-        config = DecodeConfig(image_size=encoder.image_size)
+        config = encoder.decode_config()
         paths, vectors = [], []
         started = time.perf_counter()
         files = scan([args.folder]).candidates

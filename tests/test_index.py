@@ -205,3 +205,19 @@ def test_search_by_vector_finds_the_image_it_came_from(tmp_path, tiny_encoder):
         vector = index.catalog.vectors([4], 64)[0] * 3.0  # any scale: normalised inside
         [first, *_] = index.search_vector(vector, k=3)
         assert first.id == 4 and first.score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_long_and_non_ascii_queries(tmp_path, tiny_encoder):
+    make_images(tmp_path / "photos", 6)
+    with Index.create(tmp_path / "index", encoder=tiny_encoder) as index:
+        index.add([tmp_path / "photos"], OPTIONS)
+        short = index.query("a red square")
+        assert short.notices == [] and len(short.results) == 6
+        long = index.query("a red square " * 40, k=3)
+        assert len(long.results) == 3
+        assert long.notices == ["the query is 122 tokens long; the model reads the first 77 "
+                                "and ignores the rest"]
+        huge = index.query("word " * 1_000_000, k=2)  # cut to 10,000 characters before tokenizing
+        assert len(huge.results) == 2 and "at least 308 tokens" in huge.notices[0]
+        for text in ["ein grünes Quadrat", "赤い四角", "🟥 + 🟦", "مربع أحمر"]:
+            assert len(index.search_text(text, k=500)) == 6  # k past the index size: all of it

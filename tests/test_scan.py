@@ -26,6 +26,7 @@ def test_symlink_loops_end_and_linked_files_count_once(tmp_path):
     os.symlink(tmp_path / "nowhere", root / "dangling.png")
     report = scan([root])
     assert len(report.candidates) == 1
+    assert report.unreadable == [(str(root / "dangling.png"), "broken symbolic link")]
 
 
 def test_directory_named_like_an_image_is_walked(tmp_path):

@@ -190,8 +190,11 @@ def search_command(query, image_path, index_dir, k, recall_k, no_rerank, device,
     if as_json:
         _print_json({"query": image_path if image_path is not None else query,
                      "reranked": response.reranked, "timings_ms": response.timings_ms,
+                     "notices": response.notices,
                      "results": [result.to_dict() for result in response.results]})
         return
+    for notice in response.notices:
+        click.echo(f"note: {notice}", err=True)
     if not response.results:
         click.echo("no results (the index is empty)")
         return

@@ -67,12 +67,19 @@ class DecodeConfig:
     ``max_pixels``: images with more pixels are refused as decompression bombs
     (Pillow's default limit unless overridden). ``draft``: let JPEG decode at a reduced
     scale that is still at least the model's input size (much faster on big photos).
+    ``max_aspect``: for models whose preprocessing scales the short side to the input
+    size and crops the centre, an image longer than this many times its width (or wider
+    than its height) is first cut to that ratio around its centre: the crop keeps every
+    pixel the model would see, and a 30000 × 3 strip no longer scales to gigabytes.
+    ``timeout_s``: a single file that takes longer is skipped.
     """
 
     image_size: int = 224
     max_pixels: int = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS
     allow_truncated: bool = False
     draft: bool = True
+    max_aspect: float | None = None  # None: never crop (the preprocessing does not crop)
+    timeout_s: float = 60.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -4,7 +4,9 @@ Decoding is defensive: EXIF orientation is applied, every Pillow mode becomes RG
 (alpha is composited on white, 16-bit and float images are rescaled rather than
 clipped), animations give their first frame, images above a pixel cap are refused as
 decompression bombs before their pixels are read, and JPEGs decode in draft mode at the
-smallest scale that still covers the model's input. A file that fails becomes a
+smallest scale that still covers the model's input. Extremely long or wide images are cut
+around the centre before scaling (see :func:`limit_aspect`), and one file may take at most
+``timeout_s`` seconds, so each file is bounded in memory and time. A file that fails becomes a
 :class:`DecodeFailure` with a reason; nothing here raises for a bad file.
 
 Files are decoded in worker processes (a torch ``DataLoader``), overlapped with encoding.
@@ -15,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import signal
+import threading
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Callable, Iterator, Sequence
@@ -36,6 +40,11 @@ ROTATED_ORIENTATIONS = {5, 6, 7, 8}  # these swap width and height
 
 class _Skip(Exception):
     """Internal: a file is not decodable; the message is the recorded reason."""
+
+
+class _TooSlow(BaseException):
+    """Internal: the time limit expired (a BaseException, so no ``except Exception``
+    inside the decoding path can swallow it)."""
 
 
 @contextmanager
@@ -103,6 +112,51 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def limit_aspect(image: Image.Image, max_aspect: float | None) -> Image.Image:
+    """Cut an extremely long or wide image to ``max_aspect`` around its centre.
+
+    Only for preprocessing that scales the short side and crops the centre square: that
+    square lies inside the cut, so the model sees the same pixels, while the scaled
+    image stays small (a 30000 × 3 strip would otherwise scale to 2,240,000 × 224).
+    """
+    if max_aspect is None:
+        return image
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    keep = max(1, int(round(short * max_aspect)))
+    if long <= keep:
+        return image
+    start = (long - keep) // 2
+    box = (start, 0, start + keep, height) if width > height else (0, start, width, start + keep)
+    return image.crop(box)
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise ``_TooSlow`` when the block runs longer than ``seconds`` (SIGALRM).
+
+    Active only in a process's main thread while nothing else uses SIGALRM: decode
+    worker processes, or the CLI. Pillow decodes in chunks, returning to Python between
+    them, so a slow file is interrupted within a chunk.
+    """
+    usable = (threading.current_thread() is threading.main_thread()
+              and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None))
+    if not usable or seconds <= 0:
+        yield
+        return
+
+    def expire(_signum, _frame):
+        raise _TooSlow(f"too slow: decoding took over {seconds:g} s (a hostile or broken file?)")
+
+    signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+
 def load_image(data: bytes, config: DecodeConfig) -> tuple[Image.Image, int, int, str]:
     """Decode bytes to an upright RGB image; returns (image, width, height, format).
 
@@ -154,7 +208,7 @@ def load_image(data: bytes, config: DecodeConfig) -> tuple[Image.Image, int, int
         except Exception:  # an odd orientation tag: keep the pixels as stored
             pass
         try:
-            return to_rgb(image), width, height, image_format
+            return to_rgb(limit_aspect(image, config.max_aspect)), width, height, image_format
         except (OSError, ValueError) as error:
             raise _Skip(f"decode error: cannot convert mode {image.mode}: {error}") from None
 
@@ -165,9 +219,10 @@ def decode_file(source: ScannedFile, config: DecodeConfig, transform: Transform)
     try:
         data, mtime_ns = _read(source.path)
         digest = content_hash(data)
-        image, width, height, image_format = load_image(data, config)
-        pixels = transform(image)
-    except _Skip as skip:
+        with time_limit(config.timeout_s):
+            image, width, height, image_format = load_image(data, config)
+            pixels = transform(image)
+    except (_Skip, _TooSlow) as skip:
         return DecodeFailure(source=source, reason=str(skip), content_hash=digest)
     except MemoryError:
         return DecodeFailure(source=source, reason="too large: out of memory while decoding")

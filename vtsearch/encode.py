@@ -22,11 +22,13 @@ import open_clip
 import torch
 from PIL import Image
 
-from .config import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, EncoderSpec
+from .config import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, DecodeConfig, EncoderSpec
 from .errors import ModelLoadError
 from .records import ImageFeatures, TextFeatures
 
 Transform = Callable[[Image.Image], torch.Tensor]
+
+MAX_ASPECT = 3.0  # longer images are centre-cut to this ratio before a centre-crop preprocess
 
 WEIGHT_FILES = (
     "open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
@@ -84,6 +86,12 @@ class Encoder:
         except Exception as error:  # open_clip raises RuntimeError/ValueError/OSError
             raise ModelLoadError(_explain_load_failure(spec, error)) from None
         return cls(spec, model, preprocess, tokenizer, device)
+
+    def decode_config(self, **options: Any) -> DecodeConfig:
+        """How files must be decoded for this model (``options``: per-run limits)."""
+        center_crop = self.preprocess_config.get("resize_mode", "shortest") == "shortest"
+        return DecodeConfig(image_size=self.image_size, max_aspect=MAX_ASPECT if center_crop else None,
+                            **options)
 
     def describe(self) -> dict[str, Any]:
         """What the manifest records about this encoder."""
@@ -143,6 +151,24 @@ class Encoder:
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """Texts → (N, D) float32 unit vectors."""
         return self.encode_text_features(texts).vectors
+
+    @property
+    def context_length(self) -> int:
+        """How many tokens the text tower reads (start and end tokens included)."""
+        return int(getattr(self.tokenizer, "context_length", None) or getattr(self.model, "context_length", 77))
+
+    def token_count(self, text: str) -> int | None:
+        """Tokens ``text`` needs, start and end included (None: the tokenizer cannot tell).
+
+        Counted in a context four times the model's; a text that does not fit even there
+        counts as that long context.
+        """
+        try:
+            rows = self.tokenizer(["", text], context_length=4 * self.context_length)
+        except TypeError:
+            return None
+        pad = rows[0, -1]  # the empty text's far end is padding, whatever the pad id
+        return int((rows[1] != pad).sum())
 
     @torch.inference_mode()
     def encode_text_features(self, texts: list[str]) -> TextFeatures:

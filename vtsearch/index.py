@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -28,7 +28,7 @@ from .ann import AnnIndex, gpu_count
 from .atomic import remove_stale_temps
 from .catalog import ERROR, INDEXED, Catalog
 from .check import LOST, CheckReport, Findings, inspect
-from .config import AnnConfig, DecodeConfig, EncoderSpec, IngestOptions
+from .config import AnnConfig, EncoderSpec, IngestOptions
 from .decode import decode_query_image
 from .device import resolve_device
 from .encode import Encoder
@@ -40,7 +40,7 @@ from .fusion import FusionConfig
 from .records import ErrorRecord, IngestSummary, SearchResponse, SearchResult
 from .regions import REGIONS_FILE, RegionLayout, RegionStore
 from .rerank import RERANKER_FILE, ComputedRegions, RegionSource, Reranker, StoredRegions
-from .search import check_k, check_text, run_query
+from .search import MAX_QUERY_CHARS, check_k, check_text, run_query
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,8 @@ class Index:
         self._lock = WriterLock(path)
         self._reranker: Reranker | None = None
         self._ann_revision = -1  # the catalog revision the in-memory FAISS index reflects
+        self._ann_file: tuple[int, int, int] | None = None  # the ann.faiss last read (inode, size, mtime)
+        self._manifest_file = _file_identity(path / MANIFEST)
         self._region_store = (RegionStore(path / REGIONS_FILE, manifest.regions)
                               if manifest.regions and manifest.regions.stored else None)
 
@@ -245,7 +247,7 @@ class Index:
             reranker.save(self.path / RERANKER_FILE)
             self.manifest = Manifest.load(self.path / MANIFEST)  # another writer may have saved it
             self.manifest.reranker = {"config": reranker.scorer.config.to_dict(), **reranker.trained}
-            self.manifest.save(self.path / MANIFEST)
+            self._save_manifest()
         finally:
             self._lock.release()
         self._reranker = reranker
@@ -285,9 +287,30 @@ class Index:
             self._lock.release()
         return self.ann
 
+    def refresh(self) -> bool:
+        """Pick up what another process wrote since this one looked: a newer ``ann.faiss``
+        (after an ``index`` run) or manifest (a trained reranker). Cheap when nothing
+        changed (a catalog query and two stats); ``query`` calls it. Returns True when
+        something was reloaded."""
+        if self._lock.held:
+            return False  # this process is the writer: what it holds is the newest
+        reloaded = False
+        manifest_file = _file_identity(self.path / MANIFEST)
+        if manifest_file != self._manifest_file:
+            self.manifest = Manifest.load(self.path / MANIFEST)
+            self._manifest_file = manifest_file
+            self._reranker = None
+            reloaded = True
+        if (self.catalog.revision() != self._ann_revision
+                and _file_identity(self.path / ANN) != self._ann_file):
+            self.ann = self._load_ann()
+            reloaded = True
+        return reloaded
+
     def _read_ann_file(self) -> tuple[AnnIndex | None, str]:
         """The saved FAISS index, or None and why not."""
         ann_path = self.path / ANN
+        self._ann_file = _file_identity(ann_path)
         if not ann_path.is_file():
             return None, "is missing"
         try:
@@ -304,6 +327,11 @@ class Index:
         self.ann.save(self.path / ANN)
         self.catalog.set_ann_revision(revision)
         self._ann_revision = revision
+        self._ann_file = _file_identity(self.path / ANN)
+
+    def _save_manifest(self) -> None:
+        self.manifest.save(self.path / MANIFEST)
+        self._manifest_file = _file_identity(self.path / MANIFEST)
 
     # writing
 
@@ -326,7 +354,7 @@ class Index:
                 options, progress, self._region_store,
             )
             self._save_ann()
-            self.manifest.save(self.path / MANIFEST)
+            self._save_manifest()
         finally:
             self._lock.release()
         return summary
@@ -379,21 +407,34 @@ class Index:
         check_k(k)
         if (text is None) == (image is None):
             raise QueryError("give a query text or a query image (one of them)")
+        self.refresh()
         started = time.perf_counter()
+        notices: list[str] = []
         if text is not None:
-            features = self.encoder.encode_text_features([check_text(text)])
+            text = check_text(text)[:MAX_QUERY_CHARS]
+            notices = self._length_notices(text)
+            features = self.encoder.encode_text_features([text])
             vector, tokens = features.vectors[0], features.tokens[0]
         else:
-            config = DecodeConfig(image_size=self.encoder.image_size)
+            config = self.encoder.decode_config()
             pixels = decode_query_image(os.fspath(image), config, self.encoder.preprocess)
             vector, tokens = self.encoder.encode_images(pixels.unsqueeze(0))[0], None
         encode_ms = (time.perf_counter() - started) * 1000.0
         use_scorer = rerank and tokens is not None
-        return run_query(
+        response = run_query(
             vector, k, self.ann, self.catalog, recall_k=recall_k, text_tokens=tokens,
             reranker=self.reranker if use_scorer else None,
             region_source=self.region_source if use_scorer else None, encode_ms=encode_ms,
         )
+        return replace(response, notices=notices) if notices else response
+
+    def _length_notices(self, text: str) -> list[str]:
+        count, context = self.encoder.token_count(text), self.encoder.context_length
+        if count is None or count <= context:
+            return []
+        at_least = "at least " if count >= 4 * context else ""
+        return [f"the query is {at_least}{count} tokens long; the model reads the first {context} "
+                "and ignores the rest"]
 
     def search(self, query: str | os.PathLike[str], k: int = 10, *, image: bool = False,
                recall_k: int = 100, rerank: bool = True) -> list[SearchResult]:
@@ -472,6 +513,15 @@ def _region_layout(encoder: Encoder, store: bool, grid: int | None) -> RegionLay
     side = min(native)
     grid = min(grid or DEFAULT_REGION_GRID, side)
     return RegionLayout(grid=grid, dim=encoder.embed_dim, stored=store)
+
+
+def _file_identity(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of a file, or None: an atomic replace changes the inode."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def _use_gpu(device: str) -> bool:

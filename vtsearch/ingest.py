@@ -21,7 +21,7 @@ import torch
 
 from .ann import AnnIndex
 from .catalog import INDEXED, Catalog, CatalogEntry
-from .config import DecodeConfig, IngestOptions
+from .config import IngestOptions
 from .decode import decode_batches, hash_file
 from .encode import Encoder
 from .records import DecodedImage, DecodeFailure, ErrorRecord, IngestSummary, ScannedFile, ScanReport
@@ -150,11 +150,8 @@ def ingest(
         ann.remove(catalog.remove([entry.id for entry in gone.values()]))
         summary.removed = len(gone)
 
-    decode_config = DecodeConfig(
-        image_size=encoder.image_size,
-        max_pixels=options.max_pixels,
-        allow_truncated=options.allow_truncated,
-    )
+    decode_config = encoder.decode_config(max_pixels=options.max_pixels,
+                                          allow_truncated=options.allow_truncated)
     progress.start(len(to_decode))
     try:
         for batch in decode_batches(

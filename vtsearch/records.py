@@ -85,6 +85,7 @@ class SearchResponse:
     results: list[SearchResult]
     reranked: bool
     timings_ms: dict[str, float]
+    notices: list[str] = field(default_factory=list)  # e.g. the query text was cut
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ import torch
 
 from .atomic import atomic_path
 from .catalog import Catalog
-from .config import DecodeConfig
 from .decode import decode_file
 from .encode import Encoder
 from .errors import IndexFormatError, VtsearchError
@@ -60,7 +59,7 @@ class ComputedRegions:
         self.catalog = catalog
         self.layout = layout
         self.batch_size = batch_size
-        self.config = DecodeConfig(image_size=encoder.image_size)
+        self.config = encoder.decode_config()
 
     def regions(self, ids: Sequence[int]) -> torch.Tensor:
         rows = self.catalog.rows(ids)

@@ -3,7 +3,8 @@
 A candidate is any file whose extension Pillow registers (any letter case). Folders are
 walked recursively in sorted order; symbolic links are followed, but a folder already
 visited (by device and inode) is never entered twice, so link loops end. A file reached
-twice through links is listed once.
+twice through links is listed once. Broken links and entries that cannot be read are
+reported as unreadable, with the reason.
 """
 
 from __future__ import annotations
@@ -65,9 +66,10 @@ def scan(paths: Iterable[str | os.PathLike[str]]) -> ScanReport:
             try:
                 child_stat = entry.stat(follow_symlinks=True)
             except OSError as error:  # dangling link, vanished file, no permission
-                if entry.is_symlink():
-                    continue
-                unreadable.append((entry.path, error.strerror or str(error)))
+                if entry.is_symlink() and isinstance(error, FileNotFoundError):
+                    unreadable.append((entry.path, "broken symbolic link"))
+                elif not isinstance(error, FileNotFoundError):  # a vanished file is simply gone
+                    unreadable.append((entry.path, error.strerror or str(error)))
                 continue
             if _is_dir(child_stat):
                 visit_dir(entry.path, child_stat)

@@ -15,6 +15,7 @@ from .records import SearchResponse, SearchResult
 from .rerank import RegionSource, Reranker
 
 MAX_K = 10_000
+MAX_QUERY_CHARS = 10_000  # far past any text tower's context; longer input is cut first
 
 
 def check_k(k: int, name: str = "k") -> int:
