@@ -63,6 +63,8 @@ elif point == "batch-committed": kill_after(catalog.Catalog, "store")
 elif point == "moves-committed": kill_after(catalog.Catalog, "move")
 elif point == "removals-committed": kill_after(catalog.Catalog, "remove")
 elif point == "faiss-saved": kill_after(ann.AnnIndex, "save")
+elif point == "regions-copied": kill_after(regions.RegionStore, "copy_rows")
+elif point == "regions-relocated": kill_after(catalog.Catalog, "relocate_regions")
 elif point.startswith("replacing:"): kill_before_replacing(point.split(":", 1)[1])
 sys.argv = ["vtsearch", *sys.argv[3:]]
 main()
@@ -74,7 +76,7 @@ class Case:
     name: str
     point: str  # where the wrapper kills; "outside": the test kills it
     nth: int = 1
-    incremental: bool = False  # start from an index, then change the folder
+    incremental: str = ""  # "update" or "prune": start from an index, then change the folder
     expected_encodes: int = 0  # images the resumed run must encode
     workers: int = 0
     folder: Path | None = None
@@ -89,15 +91,22 @@ CASES = [
     Case("batch committed, FAISS not updated", "batch-committed", nth=3, expected_encodes=FRESH - 12),
     Case("FAISS written, not renamed into place", "replacing:ann.faiss", nth=2, expected_encodes=0),
     Case("FAISS saved, revision not recorded", "faiss-saved", nth=2, expected_encodes=0),
-    Case("moves committed", "moves-committed", incremental=True, expected_encodes=7),
-    Case("removals committed", "removals-committed", incremental=True, expected_encodes=7),
-    Case("first batch of an update committed", "batch-committed", incremental=True, expected_encodes=3),
+    Case("moves committed", "moves-committed", incremental="update", expected_encodes=7),
+    Case("removals committed", "removals-committed", incremental="update", expected_encodes=7),
+    Case("first batch of an update committed", "batch-committed", incremental="update", expected_encodes=3),
+    Case("compaction copied, not committed", "regions-copied", incremental="prune"),
+    Case("compaction committed, old file not deleted", "regions-relocated", incremental="prune"),
     Case("killed from outside mid-run", "outside", workers=2),
 ]
 
 
-def change_folder(folder: Path) -> None:
-    """2 moved, 2 deleted, 1 changed, 6 new: 16 images, 7 to encode."""
+def change_folder(folder: Path, how: str) -> None:
+    """update: 2 moved, 2 deleted, 1 changed, 6 new (16 images, 7 to encode).
+    prune: 7 of 12 deleted (the region store is then compacted)."""
+    if how == "prune":
+        for path in sorted(folder.iterdir())[:7]:
+            path.unlink()
+        return
     os.rename(folder / "image_0000.jpg", folder / "moved_0000.jpg")
     (folder / "sub").mkdir()
     os.rename(folder / "image_0001.png", folder / "sub" / "image_0001.png")
@@ -142,7 +151,7 @@ def killed_runs(tmp_path_factory, tiny_model_dir, tiny_encoder):
         if case.incremental:
             with Index.create(case.index, encoder=tiny_encoder) as index:
                 index.add([case.folder], OPTIONS)
-            change_folder(case.folder)
+            change_folder(case.folder, case.incremental)
     for case in CASES:
         launch(case, tiny_model_dir)
     for case in CASES:
@@ -194,6 +203,7 @@ def test_killed_run_leaves_a_usable_index_and_resumes(killed_runs, name, tiny_en
         assert max(region_rows) < len(index._region_store)
         assert index.check().ok
         assert not list(case.index.glob(".*.tmp"))  # a killed writer's temp files are gone
+        assert [p.name for p in case.index.glob("regions*.f16")] == [index._region_store.path.name]
         paths = [r.path for r in index.search_text("x", k=files)]
         assert len(paths) == len(set(paths)) == files
         np.testing.assert_allclose(  # FAISS holds the catalog's vectors

@@ -195,3 +195,31 @@ def test_damaged_manifest_or_catalog_is_a_clear_error(tmp_path, tiny_encoder, ba
     result = CliRunner().invoke(main, ["search", "x", "--index", str(tmp_path / "index")])
     assert result.exit_code == 1
     assert str(target) in result.stderr and "damaged" in result.stderr
+
+
+def test_removals_compact_the_region_store_under_a_reader(tmp_path, tiny_encoder):
+    paths = make_images(tmp_path / "photos", 12)
+    with Index.create(tmp_path / "index", encoder=tiny_encoder) as index:
+        index.add([tmp_path / "photos"], OPTIONS)
+    reader = Index.open(tmp_path / "index", encoder=tiny_encoder)
+    source = reader.region_source
+    before = source.regions(list(range(1, 13))).numpy()
+
+    with Index.open(tmp_path / "index", encoder=tiny_encoder) as writer:
+        writer.remove(paths[:2])  # 2 of 12 unused: under the threshold, left alone
+        assert writer._region_store.path.name == "regions.f16"
+        for path in paths[:6]:  # (a removed file still on disk would be indexed again)
+            path.unlink()
+        summary = writer.add([tmp_path / "photos"], OPTIONS)  # 6 of 12 unused: compacted
+        assert summary.removed == 4
+        report = writer.check()
+        assert report.ok and (report.region_rows, report.dead_region_rows) == (6, 0)
+    assert [p.name for p in (tmp_path / "index").glob("regions*.f16")] == ["regions.1.f16"]
+
+    kept = list(range(7, 13))
+    np.testing.assert_array_equal(source.regions(kept).numpy(), before[6:])  # the old reader follows
+    assert [r.path for r in reader.search_text("x", k=20)] != []
+    reader.close()
+    with Index.open(tmp_path / "index", encoder=tiny_encoder) as index:
+        np.testing.assert_array_equal(index.region_source.regions(kept).numpy(), before[6:])
+        assert index.compact_regions() == 0

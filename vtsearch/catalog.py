@@ -224,8 +224,41 @@ class Catalog:
                 vectors = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32)
                 yield ids, vectors.reshape(len(rows), dim)
 
-    def region_rows(self, ids: Sequence[int]) -> dict[int, int | None]:
-        return {row_id: rest[0] for row_id, rest in self._by_id(ids, images_table.c.region_row).items()}
+    def regions_file(self, default: str) -> str:
+        """The region store's file name (compaction writes a new file under a new name)."""
+        with self.engine.connect() as connection:
+            return connection.scalar(_REGIONS_FILE_QUERY) or default
+
+    def region_locations(self, ids: Sequence[int], default: str) -> tuple[str, dict[int, int | None]]:
+        """(region file name, {id: row}) as of one moment.
+
+        Each statement reads the rows together with the file name, so a compaction that
+        commits in between is noticed (the names differ) and the read is repeated.
+        """
+        if not ids:
+            return self.regions_file(default), {}
+        name_column = _REGIONS_FILE_QUERY.scalar_subquery().label("regions_file")
+        while True:
+            names: set[str] = set()
+            found: dict[int, int | None] = {}
+            with self.engine.connect() as connection:
+                for chunk in _chunks(list(ids), _IN_CHUNK):
+                    query = (select(images_table.c.id, images_table.c.region_row, name_column)
+                             .where(images_table.c.id.in_(chunk)))
+                    rows = connection.execute(query).all()
+                    names.update(name or default for _id, _row, name in rows)
+                    found.update({row_id: region_row for row_id, region_row, _name in rows})
+            if len(names) == 1:
+                return names.pop(), found
+            if not names:  # none of the ids is in the catalog
+                return self.regions_file(default), found
+
+    def live_region_rows(self) -> list[tuple[int, int]]:
+        """(id, region row) of every row that points at the region store, by row."""
+        query = (select(images_table.c.id, images_table.c.region_row)
+                 .where(images_table.c.region_row.is_not(None)).order_by(images_table.c.region_row))
+        with self.engine.connect() as connection:
+            return [(int(row_id), int(row)) for row_id, row in connection.execute(query)]
 
     def indexed_layout(self) -> Iterator[tuple[int, int, int | None]]:
         """(id, embedding bytes, region row) of every indexed row, for integrity checks."""
@@ -365,6 +398,17 @@ class Catalog:
                 connection.execute(images_table.delete().where(where))
         return indexed
 
+    def relocate_regions(self, rows: dict[int, int], file_name: str) -> None:
+        """Point rows at a compacted region file, in one transaction with its name."""
+        updates = [{"row_id": row_id, "region_row": row} for row_id, row in rows.items()]
+        with self.engine.begin() as connection:
+            _bump_revision(connection)
+            if updates:
+                connection.execute(
+                    update(images_table).where(images_table.c.id == bindparam("row_id")), updates
+                )
+            _set_meta(connection, "regions_file", file_name)
+
     def mark_for_reencoding(self, ids: Sequence[int], reason: str) -> None:
         """Turn indexed rows into errors that the next ``index`` run re-encodes (same ids)."""
         with self.engine.begin() as connection:
@@ -376,6 +420,9 @@ class Catalog:
                         content_hash=None, updated_at=time.time(),
                     )
                 )
+
+
+_REGIONS_FILE_QUERY = select(meta_table.c.value).where(meta_table.c.key == "regions_file")
 
 
 def _bump_revision(connection: Connection) -> None:

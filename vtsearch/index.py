@@ -38,7 +38,7 @@ from .lock import WriterLock
 from .manifest import Manifest
 from .fusion import FusionConfig
 from .records import ErrorRecord, IngestSummary, SearchResponse, SearchResult
-from .regions import REGIONS_FILE, RegionLayout, RegionStore
+from .regions import REGIONS_FILE, RegionLayout, RegionStore, compacted_name
 from .rerank import RERANKER_FILE, ComputedRegions, RegionSource, Reranker, StoredRegions
 from .search import MAX_QUERY_CHARS, check_k, check_text, run_query
 
@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 CATALOG = "catalog.sqlite"
 ANN = "ann.faiss"
+COMPACT_WHEN_UNUSED = 0.25  # compact the region store when more of it than this is unused
 DEFAULT_REGION_GRID = 7  # larger native grids are average-pooled down to 7 × 7
 
 
@@ -107,7 +108,7 @@ class Index:
         self._ann_revision = -1  # the catalog revision the in-memory FAISS index reflects
         self._ann_file: tuple[int, int, int] | None = None  # the ann.faiss last read (inode, size, mtime)
         self._manifest_file = _file_identity(path / MANIFEST)
-        self._region_store = (RegionStore(path / REGIONS_FILE, manifest.regions)
+        self._region_store = (RegionStore(path / catalog.regions_file(REGIONS_FILE), manifest.regions)
                               if manifest.regions and manifest.regions.stored else None)
 
     # lifecycle
@@ -346,6 +347,7 @@ class Index:
         self._lock.acquire()
         try:
             remove_stale_temps(self.path)  # a killed writer's, never ours: we hold the lock
+            self._remove_stale_region_files()
             # another process may have written since we opened (a trained reranker, say)
             self.manifest = Manifest.load(self.path / MANIFEST)
             self._sync_ann_locked()
@@ -355,6 +357,7 @@ class Index:
             )
             self._save_ann()
             self._save_manifest()
+            self._compact_regions_if_sparse()
         finally:
             self._lock.release()
         return summary
@@ -376,9 +379,57 @@ class Index:
             if found:
                 self.ann.remove(self.catalog.remove(list(found.values())))
                 self._save_ann()
+                self._compact_regions_if_sparse()
         finally:
             self._lock.release()
         return RemoveSummary(removed=sorted(found), not_indexed=not_indexed)
+
+    def compact_regions(self) -> int:
+        """Copy the live region rows to a new file and drop the old one; returns the rows
+        dropped. Searches keep reading the old file until the catalog points at the new."""
+        self._lock.acquire()
+        try:
+            return self._compact_regions_locked()
+        finally:
+            self._lock.release()
+
+    def _compact_regions_if_sparse(self) -> None:
+        store = self._region_store
+        if store is not None and len(store) > 0:
+            if len(store) - len(self.catalog.live_region_rows()) > len(store) * COMPACT_WHEN_UNUSED:
+                self._compact_regions_locked()
+
+    def _compact_regions_locked(self) -> int:
+        old = self._region_store
+        if old is None:
+            return 0
+        live = self.catalog.live_region_rows()
+        if live and live[-1][1] >= len(old):
+            log.warning("some images point past the end of %s; not compacting it "
+                        "(vtsearch check --repair fixes this)", old.path)
+            return 0
+        new = RegionStore(old.path.with_name(compacted_name(old.path.name)), old.layout)
+        new.path.unlink(missing_ok=True)  # a compaction killed before its commit left it
+        placed = old.copy_rows([row for _id, row in live], new)
+        new.path.touch()  # exists even when nothing is live
+        ann_was_current = self._ann_revision == self.catalog.revision()
+        self.catalog.relocate_regions({row_id: row for (row_id, _old), row in zip(live, placed)}, new.path.name)
+        if ann_was_current:  # FAISS holds the same vectors: it stays current
+            self._ann_revision = self.catalog.revision()
+            self.catalog.set_ann_revision(self._ann_revision)
+        self._region_store = new
+        dropped = len(old) - len(live)
+        self._remove_stale_region_files()
+        log.info("compacted the region store: %d unused rows dropped", dropped)
+        return dropped
+
+    def _remove_stale_region_files(self) -> list[str]:
+        """Delete region files the catalog does not name (lock held)."""
+        current = self._region_store.path.name if self._region_store else None
+        stale = [path for path in self.path.glob("regions*.f16") if path.name != current]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return [path.name for path in stale]
 
     def _sync_ann_locked(self) -> None:
         """Under the lock, make sure the in-memory FAISS index reflects the catalog."""
@@ -420,10 +471,11 @@ class Index:
             pixels = decode_query_image(os.fspath(image), config, self.encoder.preprocess)
             vector, tokens = self.encoder.encode_images(pixels.unsqueeze(0))[0], None
         encode_ms = (time.perf_counter() - started) * 1000.0
-        use_scorer = rerank and tokens is not None
+        reranker = self.reranker if rerank and tokens is not None else None
+        use_scorer = reranker is not None and reranker.changes_order
         response = run_query(
             vector, k, self.ann, self.catalog, recall_k=recall_k, text_tokens=tokens,
-            reranker=self.reranker if use_scorer else None,
+            reranker=reranker if use_scorer else None,
             region_source=self.region_source if use_scorer else None, encode_ms=encode_ms,
         )
         return replace(response, notices=notices) if notices else response
@@ -494,6 +546,12 @@ class Index:
             self.ann = self._rebuild_ann()
             self._save_ann()
             report.repaired.append(f"rebuilt ann.faiss from the catalog ({len(self.ann)} vectors)")
+        if self._region_store is not None:
+            if report.dead_region_rows or findings.reencode:
+                dropped = self._compact_regions_locked()
+                report.repaired.append(f"compacted the region store ({dropped} unused rows dropped)")
+            for name in self._remove_stale_region_files():
+                report.repaired.append(f"deleted {name}, left by an interrupted compaction")
 
     def info(self) -> IndexInfo:
         return IndexInfo(

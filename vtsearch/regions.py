@@ -4,8 +4,11 @@
 ``(grid*grid, dim)`` float16. Rows are appended and fsynced *before* the catalog batch
 that references them commits, so a committed catalog row always points at durable
 region bytes. A crash between the two leaves unreferenced rows at the end of the file:
-harmless, and a torn partial row is cut off on the next open. A re-encoded image gets a
-new row; its old row stays as dead space until ``vtsearch rebuild`` compacts the store.
+harmless, and a torn partial row is cut off on the next append. A re-encoded image gets a
+new row; its old row, like a removed image's, stays as unused space until the store is
+compacted: the live rows are copied to a new file (``regions.N.f16``), and one catalog
+transaction points the rows at it and records its name. Readers read a row number and
+the file name in one statement, so they never read a row from the wrong file.
 """
 
 from __future__ import annotations
@@ -19,6 +22,14 @@ import numpy as np
 import torch
 
 REGIONS_FILE = "regions.f16"
+COPY_CHUNK = 1024  # rows per read/append while compacting
+
+
+def compacted_name(current: str) -> str:
+    """regions.f16 → regions.1.f16 → regions.2.f16 ..."""
+    parts = current.split(".")
+    generation = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else 0
+    return f"regions.{generation + 1}.f16"
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,13 @@ class RegionStore:
             handle.flush()
             os.fsync(handle.fileno())
         return list(range(first, first + len(values)))
+
+    def copy_rows(self, rows: Sequence[int], target: "RegionStore") -> list[int]:
+        """Append the given rows, in order, to ``target``; returns their new row numbers."""
+        placed: list[int] = []
+        for start in range(0, len(rows), COPY_CHUNK):
+            placed.extend(target.append(self.read(rows[start:start + COPY_CHUNK])))
+        return placed
 
     def read(self, rows: Sequence[int]) -> np.ndarray:
         """Rows as a (n, R, D) float16 array (a copy)."""

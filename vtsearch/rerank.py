@@ -22,7 +22,7 @@ from .encode import Encoder
 from .errors import IndexFormatError, VtsearchError
 from .fusion import FusionConfig, FusionScorer
 from .records import DecodedImage, ScannedFile
-from .regions import RegionLayout, RegionStore
+from .regions import REGIONS_FILE, RegionLayout, RegionStore
 
 RERANKER_FILE = "reranker.pt"
 CHECKPOINT_FORMAT = 1
@@ -34,21 +34,27 @@ class RegionSource(Protocol):
 
 
 class StoredRegions:
-    """Regions read from the memory-mapped store."""
+    """Regions read from the memory-mapped store (following it when it is compacted)."""
 
     def __init__(self, store: RegionStore, catalog: Catalog):
         self.store = store
         self.catalog = catalog
 
     def regions(self, ids: Sequence[int]) -> torch.Tensor:
-        rows = self.catalog.region_rows(ids)
+        name, rows = self.catalog.region_locations(ids, default=REGIONS_FILE)
         missing = [image_id for image_id in ids if rows.get(image_id) is None]
         if missing:
             raise IndexFormatError(
                 f"{len(missing)} images have no stored regions (e.g. id {missing[0]}); "
-                "run vtsearch check to repair the index"
+                "run vtsearch check --repair"
             )
-        return torch.from_numpy(self.store.read([rows[i] for i in ids]).astype(np.float32))
+        if name != self.store.path.name:  # compacted since this reader looked
+            self.store = RegionStore(self.store.path.with_name(name), self.store.layout)
+        try:
+            values = self.store.read([rows[i] for i in ids])
+        except FileNotFoundError:  # compacted between the lookup and the read: look again
+            return self.regions(ids)
+        return torch.from_numpy(values.astype(np.float32))
 
 
 class ComputedRegions:
@@ -99,6 +105,12 @@ class Reranker:
     @property
     def is_trained(self) -> bool:
         return bool(self.trained)
+
+    @property
+    def changes_order(self) -> bool:
+        """False when ``w`` is 0 (untrained, or training found no gain): the final scores
+        then equal stage 1 exactly, so a query need not run the scorer at all."""
+        return float(self.scorer.rerank_weight.detach()) != 0.0
 
     @classmethod
     def untrained(cls, config: FusionConfig, logit_scale: float = 100.0, seed: int = 0,
