@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from vtsearch.errors import VtsearchError
+from vtsearch.errors import IndexFormatError, VtsearchError
 from vtsearch.evaluate import recall_at
 from vtsearch.pairs import load_pairs
 from vtsearch.regions import RegionLayout, RegionStore
@@ -73,7 +73,7 @@ def test_region_store_appends_durably_and_cuts_torn_rows(tmp_path):
     assert store.append(second) == [2]
     np.testing.assert_array_equal(store.read([2, 0]), np.concatenate([second, first[:1]]).astype(np.float16))
     assert len(store) == 3 and layout.row_bytes == 24
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexFormatError, match="past the end"):
         store.read([5])
     with pytest.raises(ValueError):
         store.append(np.zeros((1, 2, 3)))

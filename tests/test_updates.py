@@ -223,3 +223,52 @@ def test_removals_compact_the_region_store_under_a_reader(tmp_path, tiny_encoder
     with Index.open(tmp_path / "index", encoder=tiny_encoder) as index:
         np.testing.assert_array_equal(index.region_source.regions(kept).numpy(), before[6:])
         assert index.compact_regions() == 0
+
+
+def test_a_catalog_damaged_inside_is_a_clear_error_not_an_empty_result(tmp_path, tiny_encoder):
+    make_images(tmp_path / "photos", 40)
+    with Index.create(tmp_path / "index", encoder=tiny_encoder) as index:
+        index.add([tmp_path / "photos"], OPTIONS)
+    catalog = tmp_path / "index" / "catalog.sqlite"
+    with sqlite3.connect(catalog) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    data = bytearray(catalog.read_bytes())
+    pages = len(data) // page_size
+    for page in range(pages // 2, pages):  # the schema and meta pages stay: the file opens
+        data[page * page_size:(page + 1) * page_size] = b"\xff" * page_size
+    catalog.write_bytes(bytes(data))
+    runner = CliRunner()
+    for args in (["search", "a red square"], ["info"], ["errors"], ["check"]):
+        result = runner.invoke(main, [*args, "--index", str(tmp_path / "index")])
+        assert result.exit_code == 1, (args, result.output)
+        assert f"catalog {catalog} is damaged (database disk image is malformed)" in result.stderr, args
+
+
+def test_newer_manifest_and_changed_model_weights_are_clear_errors(tmp_path, tiny_encoder):
+    import open_clip
+    from safetensors.torch import save_file
+
+    from conftest import TINY_MODEL_CFG, write_tiny_model
+    from vtsearch import EncoderSpec, ModelMismatchError
+
+    model_dir = write_tiny_model(tmp_path / "model")
+    from vtsearch.encode import Encoder
+
+    encoder = Encoder.load(EncoderSpec.parse(f"local-dir:{model_dir}"), tiny_encoder.device)
+    make_images(tmp_path / "photos", 3)
+    with Index.create(tmp_path / "index", encoder=encoder) as index:
+        index.add([tmp_path / "photos"], OPTIONS)
+
+    wider = {**TINY_MODEL_CFG, "embed_dim": 32}  # the folder's model is replaced by another
+    (model_dir / "open_clip_config.json").write_text(json.dumps({"model_cfg": wider, "preprocess_cfg": {}}))
+    save_file({k: v.contiguous() for k, v in open_clip.CLIP(**wider).state_dict().items()},
+              str(model_dir / "open_clip_model.safetensors"))
+    with Index.open(tmp_path / "index", device="cpu") as index:
+        with pytest.raises(ModelMismatchError, match="now gives 32-wide vectors.*holds 64-wide"):
+            index.search_text("x")
+
+    manifest = tmp_path / "index" / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "schema_version": 99}))
+    result = CliRunner().invoke(main, ["info", "--index", str(tmp_path / "index")])
+    assert result.exit_code == 1 and "schema version 99, newer than this vtsearch" in result.stderr

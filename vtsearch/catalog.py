@@ -13,11 +13,13 @@ and the FAISS save, say — is recognised even when its vector count happens to 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from sqlalchemy import (
@@ -27,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError, OperationalError
 
-from .errors import IndexFormatError
+from .errors import IndexFormatError, VtsearchError
 from .records import DecodedImage, DecodeFailure, ErrorRecord
 
 SCHEMA_VERSION = 1
@@ -92,8 +94,50 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+def _guarded(method: Callable) -> Callable:
+    """Turn a SQLite failure inside a catalog method into a message naming the file."""
+    if inspect.isgeneratorfunction(method):
+        @functools.wraps(method)
+        def generator(self: "Catalog", *args: Any, **kwargs: Any) -> Iterator[Any]:
+            try:
+                yield from method(self, *args, **kwargs)
+            except DatabaseError as error:
+                raise _catalog_error(self.path, error) from None
+        return generator
+
+    @functools.wraps(method)
+    def wrapper(self: "Catalog", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except DatabaseError as error:
+            raise _catalog_error(self.path, error) from None
+    return wrapper
+
+
+def _catalog_error(path: Path, error: DatabaseError) -> VtsearchError:
+    reason = str(getattr(error, "orig", None) or error)
+    if "locked" in reason or "busy" in reason:
+        return VtsearchError(f"catalog {path} is busy ({reason}); try again when the other process is done")
+    return IndexFormatError(
+        f"catalog {path} is damaged ({reason}); restore it from a backup, or index again into "
+        "a new --index"
+    )
+
+
+def _guard_public_methods(cls: type) -> type:
+    for name, member in list(vars(cls).items()):
+        if callable(member) and not name.startswith("_") and name not in ("open", "close"):
+            setattr(cls, name, _guarded(member))
+    return cls
+
+
+@_guard_public_methods
 class Catalog:
-    """Rows of images and their embeddings in ``catalog.sqlite``."""
+    """Rows of images and their embeddings in ``catalog.sqlite``.
+
+    Every public method turns a SQLite failure into a :class:`VtsearchError` that names
+    the file: a damaged catalog is never mistaken for an empty one.
+    """
 
     def __init__(self, path: Path, engine: Engine):
         self.path = path

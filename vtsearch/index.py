@@ -214,7 +214,14 @@ class Index:
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
-            self._encoder = Encoder.load(self.manifest.encoder, resolve_device(self.device))
+            encoder = Encoder.load(self.manifest.encoder, resolve_device(self.device))
+            if encoder.embed_dim != self.manifest.embed_dim:
+                raise ModelMismatchError(
+                    f"{encoder.spec.describe()} now gives {encoder.embed_dim}-wide vectors, but index "
+                    f"{self.path} holds {self.manifest.embed_dim}-wide ones: its weights changed "
+                    "since the index was built; restore them or index again into a new --index"
+                )
+            self._encoder = encoder
         return self._encoder
 
     @property

@@ -21,6 +21,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .errors import IndexFormatError
+
 REGIONS_FILE = "regions.f16"
 COPY_CHUNK = 1024  # rows per read/append while compacting
 
@@ -123,6 +125,7 @@ class RegionStore:
         if self._map is None or len(self._map) < needed:
             count = len(self)
             if count < needed:
-                raise IndexError(f"region row {needed - 1} is past the end of {self.path} ({count} rows)")
+                raise IndexFormatError(f"region row {needed - 1} is past the end of {self.path} "
+                                       f"({count} rows); run vtsearch check --repair")
             self._map = np.memmap(self.path, dtype=self.layout.dtype, mode="r", shape=self._shape(count))
         return np.asarray(self._map[np.asarray(rows, dtype=np.int64)])
