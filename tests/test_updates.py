@@ -219,6 +219,10 @@ def test_removals_compact_the_region_store_under_a_reader(tmp_path, tiny_encoder
     kept = list(range(7, 13))
     np.testing.assert_array_equal(source.regions(kept).numpy(), before[6:])  # the old reader follows
     assert [r.path for r in reader.search_text("x", k=20)] != []
+    make_images(tmp_path / "photos" / "later", 2, seed=4)
+    assert reader.add([tmp_path / "photos"], OPTIONS).indexed == 2  # appends to the new file
+    assert reader.check().ok and len(reader._region_store) == 8
+    assert [p.name for p in (tmp_path / "index").glob("regions*.f16")] == ["regions.1.f16"]
     reader.close()
     with Index.open(tmp_path / "index", encoder=tiny_encoder) as index:
         np.testing.assert_array_equal(index.region_source.regions(kept).numpy(), before[6:])

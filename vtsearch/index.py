@@ -353,11 +353,11 @@ class Index:
         options = options or IngestOptions()
         self._lock.acquire()
         try:
-            remove_stale_temps(self.path)  # a killed writer's, never ours: we hold the lock
-            self._remove_stale_region_files()
             # another process may have written since we opened (a trained reranker, say)
             self.manifest = Manifest.load(self.path / MANIFEST)
-            self._sync_ann_locked()
+            self._sync_locked()
+            remove_stale_temps(self.path)  # a killed writer's, never ours: we hold the lock
+            self._remove_stale_region_files()
             summary = ingest(
                 [os.fspath(p) for p in paths], self.catalog, self.ann, self.encoder,
                 options, progress, self._region_store,
@@ -374,7 +374,7 @@ class Index:
         they still exist on disk."""
         self._lock.acquire()
         try:
-            self._sync_ann_locked()
+            self._sync_locked()
             found: dict[str, int] = {}
             not_indexed: list[str] = []
             for given in paths:
@@ -396,6 +396,7 @@ class Index:
         dropped. Searches keep reading the old file until the catalog points at the new."""
         self._lock.acquire()
         try:
+            self._sync_locked()
             return self._compact_regions_locked()
         finally:
             self._lock.release()
@@ -430,16 +431,26 @@ class Index:
         log.info("compacted the region store: %d unused rows dropped", dropped)
         return dropped
 
+    def _sync_region_store(self) -> None:
+        """Follow the region file the catalog names (another process may have compacted)."""
+        if self._region_store is not None:
+            name = self.catalog.regions_file(REGIONS_FILE)
+            if name != self._region_store.path.name:
+                self._region_store = RegionStore(self.path / name, self._region_store.layout)
+
     def _remove_stale_region_files(self) -> list[str]:
         """Delete region files the catalog does not name (lock held)."""
-        current = self._region_store.path.name if self._region_store else None
+        current = self.catalog.regions_file(REGIONS_FILE) if self._region_store else None
         stale = [path for path in self.path.glob("regions*.f16") if path.name != current]
         for path in stale:
             path.unlink(missing_ok=True)
         return [path.name for path in stale]
 
-    def _sync_ann_locked(self) -> None:
-        """Under the lock, make sure the in-memory FAISS index reflects the catalog."""
+    def _sync_locked(self) -> None:
+        """Under the lock, catch up with writes other processes made since we looked: the
+        FAISS index must reflect the catalog, and appends must go to the region file the
+        catalog names."""
+        self._sync_region_store()
         revision = self.catalog.revision()
         if self._ann_revision != revision or len(self.ann) != self.catalog.count(INDEXED):
             self.ann = self._rebuild_ann()
@@ -524,6 +535,7 @@ class Index:
         """
         self._lock.acquire()
         try:
+            self._sync_region_store()
             saved, problem = self._read_ann_file()  # the file as it is, not a rebuilt copy
             findings = inspect(self.catalog, saved or _placeholder_ann(self.manifest),
                                self.manifest.embed_dim, self._region_store)
