@@ -17,12 +17,13 @@ from .errors import (  # noqa: E402
     IndexExistsError, IndexFormatError, IndexLockedError, IndexNotFoundError, ModelLoadError,
     ModelMismatchError, QueryError, VtsearchError,
 )
+from .filters import SearchFilter  # noqa: E402
 from .index import Index, IndexInfo  # noqa: E402
 from .records import ErrorRecord, IngestSummary, SearchResult  # noqa: E402
 
 __all__ = [
     "__version__",
-    "Index", "IndexInfo", "EncoderSpec", "AnnConfig", "IngestOptions",
+    "Index", "IndexInfo", "EncoderSpec", "AnnConfig", "IngestOptions", "SearchFilter",
     "SearchResult", "IngestSummary", "ErrorRecord",
     "VtsearchError", "ModelLoadError", "IndexNotFoundError", "IndexExistsError",
     "IndexLockedError", "ModelMismatchError", "IndexFormatError", "QueryError",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError, OperationalError
 
 from .errors import IndexFormatError, VtsearchError
+from .filters import SearchFilter
 from .records import DecodedImage, DecodeFailure, ErrorRecord
 
 SCHEMA_VERSION = 1
@@ -196,9 +198,19 @@ class Catalog:
         """The catalog revision the saved FAISS index reflects (-1: unknown)."""
         return self._meta_int("ann_revision", default=-1)
 
-    def set_ann_revision(self, revision: int) -> None:
+    def set_ann_revision(self, revision: int, config: dict[str, Any] | None = None) -> None:
+        """Record which revision the saved FAISS file reflects, and its config (kind,
+        calibrated search settings), in one transaction."""
         with self.engine.begin() as connection:
             _set_meta(connection, "ann_revision", revision)
+            if config is not None:
+                _set_meta(connection, "ann_config", json.dumps(config, sort_keys=True))
+
+    def ann_config(self) -> dict[str, Any] | None:
+        """The config of the saved FAISS file (None: recorded in the manifest only)."""
+        with self.engine.connect() as connection:
+            value = connection.scalar(select(meta_table.c.value).where(meta_table.c.key == "ann_config"))
+        return json.loads(value) if value else None
 
     def _meta_int(self, key: str, default: int = 0) -> int:
         with self.engine.connect() as connection:
@@ -229,20 +241,36 @@ class Catalog:
         return found
 
     def under(self, root: str) -> dict[str, CatalogEntry]:
-        """Entries whose path is ``root`` or lies below the folder ``root``.
-
-        A range query on the path index (``root/`` ≤ path < ``root0``, ``0`` being the
-        character after ``/``), so it stays fast on large catalogs.
-        """
-        root = root.rstrip(os.sep) or os.sep
-        prefix = root if root.endswith(os.sep) else root + os.sep
-        upper = prefix[:-1] + chr(ord(os.sep) + 1)
-        path = images_table.c.path
-        columns = (path, images_table.c.id, images_table.c.size, images_table.c.mtime_ns,
+        """Entries whose path is ``root`` or lies below the folder ``root`` (a range
+        query on the path index, fast on large catalogs)."""
+        columns = (images_table.c.path, images_table.c.id, images_table.c.size, images_table.c.mtime_ns,
                    images_table.c.content_hash, images_table.c.status)
-        query = select(*columns).where((path == root) | ((path >= prefix) & (path < upper)))
+        query = select(*columns).where(_at_or_under(root))
         with self.engine.connect() as connection:
             return {row_path: CatalogEntry(*rest) for row_path, *rest in connection.execute(query)}
+
+    def filtered_ids(self, conditions: SearchFilter) -> np.ndarray:
+        """Ids of the indexed rows that meet every condition (int64, ascending)."""
+        table = images_table.c
+        where = [table.status == INDEXED]
+        if conditions.path_prefix:
+            where.append(_at_or_under(conditions.path_prefix))
+        if conditions.glob:
+            pattern = conditions.glob if "/" in conditions.glob else "*/" + conditions.glob
+            where.append(table.path.op("GLOB")(pattern))
+        if conditions.formats:
+            where.append(table.format.in_(conditions.formats))
+        if conditions.min_width is not None:
+            where.append(table.width >= conditions.min_width)
+        if conditions.min_height is not None:
+            where.append(table.height >= conditions.min_height)
+        if conditions.modified_after is not None:
+            where.append(table.mtime_ns >= int(conditions.modified_after * 1e9))
+        if conditions.modified_before is not None:
+            where.append(table.mtime_ns < int(conditions.modified_before * 1e9))
+        query = select(table.id).where(*where).order_by(table.id)
+        with self.engine.connect() as connection:
+            return np.fromiter(connection.scalars(query), dtype=np.int64)
 
     def _by_id(self, ids: Sequence[int], *columns) -> dict[int, tuple]:
         """{id: (columns...)} for the ids present, queried in chunks."""
@@ -296,6 +324,12 @@ class Catalog:
                 return names.pop(), found
             if not names:  # none of the ids is in the catalog
                 return self.regions_file(default), found
+
+    def indexed_ids(self) -> np.ndarray:
+        """Ids of every indexed row (int64, ascending)."""
+        query = select(images_table.c.id).where(images_table.c.status == INDEXED).order_by(images_table.c.id)
+        with self.engine.connect() as connection:
+            return np.fromiter(connection.scalars(query), dtype=np.int64)
 
     def live_region_rows(self) -> list[tuple[int, int]]:
         """(id, region row) of every row that points at the region store, by row."""
@@ -464,6 +498,16 @@ class Catalog:
                         content_hash=None, updated_at=time.time(),
                     )
                 )
+
+
+def _at_or_under(root: str):
+    """``path`` is ``root`` or lies below the folder ``root``: a range on the path index
+    (``root/`` ≤ path < ``root0``, ``0`` being the character after ``/``)."""
+    root = root.rstrip(os.sep) or os.sep
+    prefix = root if root.endswith(os.sep) else root + os.sep
+    upper = prefix[:-1] + chr(ord(os.sep) + 1)
+    path = images_table.c.path
+    return (path == root) | ((path >= prefix) & (path < upper))
 
 
 _REGIONS_FILE_QUERY = select(meta_table.c.value).where(meta_table.c.key == "regions_file")

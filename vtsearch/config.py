@@ -91,10 +91,29 @@ class DecodeConfig:
 
 @dataclass(frozen=True)
 class AnnConfig:
-    """The FAISS index kind. Ids are always the catalog's primary keys."""
+    """The FAISS index kind and its per-query settings. Ids are always catalog keys.
+
+    With ``auto`` (the default) the kind follows the collection size (exact search for
+    small collections, IVF with 4-bit scalar-quantized codes above a threshold: see
+    :func:`vtsearch.annbuild.choose_config`) and the index is retrained when the
+    collection has grown tenfold since ``trained_on``. ``nprobe`` and ``k_factor`` (IVF
+    lists probed; candidates re-scored exactly from the catalog per result wanted) are
+    calibrated at build time to reach ``recall_target`` recall@10 against exact search;
+    ``calibrated_recall`` is what the calibration measured.
+    """
 
     factory: str = "IDMap2,Flat"
     metric: str = "inner_product"
+    auto: bool = True
+    nprobe: int = 0
+    k_factor: int = 1
+    trained_on: int = 0
+    recall_target: float = 0.95
+    calibrated_recall: float | None = None
+
+    @property
+    def exact(self) -> bool:
+        return "IVF" not in self.factory
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -24,7 +24,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from . import annbuild
 from .ann import AnnIndex, gpu_count
+from .annbuild import choose_config, needs_rebuild
 from .atomic import remove_stale_temps
 from .catalog import ERROR, INDEXED, Catalog
 from .check import LOST, CheckReport, Findings, inspect
@@ -36,6 +38,7 @@ from .errors import IndexExistsError, IndexLockedError, IndexNotFoundError, Mode
 from .ingest import Progress, ingest
 from .lock import WriterLock
 from .manifest import Manifest
+from .filters import SearchFilter
 from .fusion import FusionConfig
 from .records import ErrorRecord, IngestSummary, SearchResponse, SearchResult
 from .regions import REGIONS_FILE, RegionLayout, RegionStore, compacted_name
@@ -147,7 +150,7 @@ class Index:
             catalog = Catalog.open(path / CATALOG, create=True)
             ann = AnnIndex.empty(encoder.embed_dim, manifest.ann, use_gpu=_use_gpu(device))
             ann.save(path / ANN)
-            catalog.set_ann_revision(catalog.revision())
+            catalog.set_ann_revision(catalog.revision(), manifest.ann.to_dict())
             manifest.save(path / MANIFEST)  # last: its presence marks a complete index
         finally:
             lock.release()
@@ -321,10 +324,23 @@ class Index:
         self._ann_file = _file_identity(ann_path)
         if not ann_path.is_file():
             return None, "is missing"
+        saved = self.catalog.ann_config()
+        config = AnnConfig.from_dict(saved) if saved else self.manifest.ann
         try:
-            return AnnIndex.load(ann_path, self.manifest.ann, _use_gpu(self.device)), ""
+            # readers map a large index instead of reading it; the writer needs it in memory
+            ann = AnnIndex.load(ann_path, config, _use_gpu(self.device), mmap=not self._lock.held)
         except Exception as error:  # damaged file: derived data, rebuildable
             return None, f"is unreadable ({error})"
+        ann.refine = self._exact_vectors
+        return ann, ""
+
+    def _exact_vectors(self, ids: list[int]) -> np.ndarray:
+        return self.catalog.vectors(ids, self.manifest.embed_dim)
+
+    def _sample_vectors(self, count: int) -> np.ndarray:
+        ids = self.catalog.indexed_ids()
+        chosen = np.random.default_rng(len(ids)).choice(ids, size=min(count, len(ids)), replace=False)
+        return self.catalog.vectors(np.sort(chosen).tolist(), self.manifest.embed_dim)
 
     def _ann_is_current(self, ann: AnnIndex, revision: int) -> bool:
         return self.catalog.ann_revision() == revision and len(ann) == self.catalog.count(INDEXED)
@@ -333,9 +349,12 @@ class Index:
         """Save ``ann.faiss``, then record the catalog revision it reflects (lock held)."""
         revision = self.catalog.revision()
         self.ann.save(self.path / ANN)
-        self.catalog.set_ann_revision(revision)
+        self.catalog.set_ann_revision(revision, self.ann.config.to_dict())
         self._ann_revision = revision
         self._ann_file = _file_identity(self.path / ANN)
+        if self.manifest.ann != self.ann.config:  # the manifest describes it too
+            self.manifest = replace(Manifest.load(self.path / MANIFEST), ann=self.ann.config)
+            self._save_manifest()
 
     def _save_manifest(self) -> None:
         self.manifest.save(self.path / MANIFEST)
@@ -362,8 +381,12 @@ class Index:
                 [os.fspath(p) for p in paths], self.catalog, self.ann, self.encoder,
                 options, progress, self._region_store,
             )
-            self._save_ann()
+            count = self.catalog.count(INDEXED)
+            if needs_rebuild(self.ann.config, count, self.manifest.embed_dim):
+                log.info("%d images: rebuilding the FAISS index for this size", count)
+                self.ann = self._rebuild_ann(retrain=True)
             self._save_manifest()
+            self._save_ann()
             self._compact_regions_if_sparse()
         finally:
             self._lock.release()
@@ -452,14 +475,40 @@ class Index:
         catalog names."""
         self._sync_region_store()
         revision = self.catalog.revision()
-        if self._ann_revision != revision or len(self.ann) != self.catalog.count(INDEXED):
-            self.ann = self._rebuild_ann()
-            self._ann_revision = revision
+        if self._ann_revision == revision and len(self.ann) == self.catalog.count(INDEXED):
+            if self.ann.writable:
+                return
+            saved, _problem = self._read_ann_file()  # mapped read-only: load it to change it
+            if saved is not None and len(saved) == len(self.ann):
+                self.ann = saved
+                return
+        self.ann = self._rebuild_ann()
+        self._ann_revision = revision
 
-    def _rebuild_ann(self) -> AnnIndex:
-        """The FAISS index built afresh from the catalog's embeddings (its source of truth)."""
-        return AnnIndex.build(self.manifest.embed_dim, self.manifest.ann,
-                              self.catalog.embeddings(self.manifest.embed_dim), _use_gpu(self.device))
+    def _rebuild_ann(self, retrain: bool = False) -> AnnIndex:
+        """The FAISS index built afresh from the catalog's embeddings (its source of truth).
+
+        An auto index is retrained, changing kind if the collection's size calls for it,
+        when ``retrain`` is set or when no calibrated settings exist yet.
+        """
+        dim, count = self.manifest.embed_dim, self.catalog.count(INDEXED)
+        config = self.ann.config if self.ann.config.factory == self.manifest.ann.factory else self.manifest.ann
+        if retrain or needs_rebuild(config, count, dim) or (not config.exact and not config.nprobe):
+            config = choose_config(count, dim, config)
+        return annbuild.build(dim, config, count, lambda: self.catalog.embeddings(dim),
+                              self._sample_vectors, self._exact_vectors, _use_gpu(self.device))
+
+    def rebuild(self) -> AnnConfig:
+        """Retrain the FAISS index from the catalog for the collection's current size and
+        swap it in atomically; searches use the old one until the swap. Returns its config."""
+        self._lock.acquire()
+        try:
+            self._sync_region_store()
+            self.ann = self._rebuild_ann(retrain=True)
+            self._save_ann()
+        finally:
+            self._lock.release()
+        return self.ann.config
 
     # reading
 
@@ -471,8 +520,11 @@ class Index:
         k: int = 10,
         recall_k: int = 100,
         rerank: bool = True,
+        filters: SearchFilter | None = None,
     ) -> SearchResponse:
-        """Search by text (reranked) or by example image (stage 1), with timings."""
+        """Search by text (reranked) or by example image (stage 1), with timings.
+
+        ``filters`` restricts the results to images that meet its conditions."""
         check_k(k)
         if (text is None) == (image is None):
             raise QueryError("give a query text or a query image (one of them)")
@@ -495,6 +547,7 @@ class Index:
             vector, k, self.ann, self.catalog, recall_k=recall_k, text_tokens=tokens,
             reranker=reranker if use_scorer else None,
             region_source=self.region_source if use_scorer else None, encode_ms=encode_ms,
+            conditions=filters,
         )
         return replace(response, notices=notices) if notices else response
 
@@ -507,23 +560,29 @@ class Index:
                 "and ignores the rest"]
 
     def search(self, query: str | os.PathLike[str], k: int = 10, *, image: bool = False,
-               recall_k: int = 100, rerank: bool = True) -> list[SearchResult]:
+               recall_k: int = 100, rerank: bool = True, filters: SearchFilter | None = None,
+               ) -> list[SearchResult]:
         """Search by text, or by example when ``image`` is true (``query`` is then a path)."""
         if image:
-            return self.query(image=query, k=k).results
-        return self.query(str(query), k=k, recall_k=recall_k, rerank=rerank).results
+            return self.query(image=query, k=k, filters=filters).results
+        return self.query(str(query), k=k, recall_k=recall_k, rerank=rerank, filters=filters).results
 
-    def search_text(self, text: str, k: int = 10, recall_k: int = 100, rerank: bool = True) -> list[SearchResult]:
-        return self.query(text, k=k, recall_k=recall_k, rerank=rerank).results
+    def search_text(self, text: str, k: int = 10, recall_k: int = 100, rerank: bool = True,
+                    filters: SearchFilter | None = None) -> list[SearchResult]:
+        return self.query(text, k=k, recall_k=recall_k, rerank=rerank, filters=filters).results
 
-    def search_image(self, path: str | os.PathLike[str], k: int = 10) -> list[SearchResult]:
-        return self.query(image=path, k=k).results
+    def search_image(self, path: str | os.PathLike[str], k: int = 10,
+                     filters: SearchFilter | None = None) -> list[SearchResult]:
+        return self.query(image=path, k=k, filters=filters).results
 
-    def search_vector(self, vector: np.ndarray, k: int = 10) -> list[SearchResult]:
+    def search_vector(self, vector: np.ndarray, k: int = 10,
+                      filters: SearchFilter | None = None) -> list[SearchResult]:
         """Search with a query vector in the encoder's space (normalised here)."""
         vector = np.asarray(vector, dtype=np.float32).reshape(-1)
         norm = float(np.linalg.norm(vector))
-        return run_query(vector / norm if norm else vector, k, self.ann, self.catalog).results
+        self.refresh()
+        return run_query(vector / norm if norm else vector, k, self.ann, self.catalog,
+                         conditions=filters).results
 
     def errors(self) -> list[ErrorRecord]:
         return self.catalog.errors()
@@ -606,7 +665,8 @@ def _use_gpu(device: str) -> bool:
 
 
 def _placeholder_ann(manifest: Manifest) -> AnnIndex:
-    return AnnIndex.empty(manifest.embed_dim, manifest.ann)
+    """An empty exact index, until the real one is loaded or built."""
+    return AnnIndex.empty(manifest.embed_dim, AnnConfig())
 
 
 def _same_encoder(stored: EncoderSpec, requested: EncoderSpec) -> bool:

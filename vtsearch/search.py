@@ -1,21 +1,27 @@
-"""The query path: query features → ann.search (top recall_k) → rerank → catalog rows."""
+"""The query path: query features → ann.search (top recall_k, within the filter's ids) →
+rerank → catalog rows."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 import torch
 
-from .ann import AnnIndex
+from .ann import AnnIndex, Hits
 from .catalog import Catalog
 from .errors import QueryError
+from .filters import SearchFilter
 from .records import SearchResponse, SearchResult
 from .rerank import RegionSource, Reranker
 
 MAX_K = 10_000
 MAX_QUERY_CHARS = 10_000  # far past any text tower's context; longer input is cut first
+EXACT_FILTER_LIMIT = 20_000  # a filter keeping at most this many images is searched exactly
+EXACT_CHUNK = 5_000
 
 
 def check_k(k: int, name: str = "k") -> int:
@@ -64,6 +70,7 @@ def run_query(
     reranker: Reranker | None = None,
     region_source: RegionSource | None = None,
     encode_ms: float = 0.0,
+    conditions: SearchFilter | None = None,
 ) -> SearchResponse:
     """Recall ``max(k, recall_k)`` candidates, rerank them when a scorer is given, keep ``k``.
 
@@ -74,7 +81,11 @@ def run_query(
     clock = _Clock()
     clock.timings["encode"] = round(encode_ms, 3)
     rerank = reranker is not None and region_source is not None and text_tokens is not None
-    hits = ann.search(vector.reshape(1, -1), max(k, recall_k) if rerank else k)[0]
+    wanted = max(k, recall_k) if rerank else k
+    if conditions is not None and conditions.active:
+        hits = filtered_recall(vector, wanted, ann, catalog, catalog.filtered_ids(conditions))
+    else:
+        hits = ann.search(vector.reshape(1, -1), wanted)[0]
     clock.lap("ann")
     candidates = [Candidate(image_id, score, rank, score) for rank, (image_id, score) in enumerate(hits, 1)]
     if rerank and candidates:
@@ -88,6 +99,29 @@ def run_query(
         ]
         clock.lap("rerank")
     return SearchResponse(to_results(candidates[:k], catalog), rerank, clock.timings)
+
+
+def filtered_recall(vector: np.ndarray, k: int, ann: AnnIndex, catalog: Catalog, allowed: np.ndarray) -> Hits:
+    """Top ``k`` among the ``allowed`` ids.
+
+    An exact index searches with an id selector (still exact). An approximate one does
+    too when the filter keeps many images, probing more lists the fewer it keeps; when
+    it keeps at most :data:`EXACT_FILTER_LIMIT`, their vectors are scored exactly, so
+    nothing the filter allows is missed.
+    """
+    if len(allowed) == 0:
+        return []
+    if ann.config.exact or len(allowed) > EXACT_FILTER_LIMIT:
+        fraction = len(allowed) / max(len(ann), 1)
+        nprobe = None if ann.config.exact else math.ceil(max(ann.config.nprobe, 1) / min(1.0, fraction))
+        return ann.search(vector.reshape(1, -1), k, selector=faiss.IDSelectorBatch(allowed), nprobe=nprobe)[0]
+    best: Hits = []
+    for start in range(0, len(allowed), EXACT_CHUNK):
+        ids = allowed[start:start + EXACT_CHUNK].tolist()
+        scores = catalog.vectors(ids, len(vector)) @ vector
+        top = np.argsort(-scores, kind="stable")[:k]
+        best = sorted(best + [(ids[i], float(scores[i])) for i in top], key=lambda hit: -hit[1])[:k]
+    return best
 
 
 def to_results(candidates: list[Candidate], catalog: Catalog) -> list[SearchResult]:
