@@ -193,3 +193,16 @@ def test_exact_index_file_is_read_whole(tmp_path):
     ann.save(tmp_path / "ann.faiss")
     assert AnnIndex.load(tmp_path / "ann.faiss", AnnConfig(), mmap=True).writable
     Image.new("RGB", (1, 1))  # keeps the Pillow import used by fixtures honest
+
+
+def test_a_pinned_index_kind_is_kept_and_trained_once_there_is_data(tmp_path, tiny_encoder):
+    pinned = AnnConfig(factory="IVF4,SQ4", auto=False)
+    make_images(tmp_path / "photos", 30, size=(24, 24))
+    with Index.create(tmp_path / "index", encoder=tiny_encoder, ann_config=pinned) as index:
+        index.add([tmp_path / "nothing yet"], OPTIONS)
+        assert not index.ann.is_trained
+        index.add([tmp_path / "photos"], OPTIONS)
+        assert index.ann.config.factory == "IVF4,SQ4" and index.ann.is_trained and len(index.ann) == 30
+        assert index.ann.config.calibrated_recall is not None
+        assert index.check().ok
+        assert index.rebuild().factory == "IVF4,SQ4"

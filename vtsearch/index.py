@@ -377,12 +377,14 @@ class Index:
             self._sync_locked()
             remove_stale_temps(self.path)  # a killed writer's, never ours: we hold the lock
             self._remove_stale_region_files()
+            # an untrained index (a pinned IVF kind, still empty) is trained after the run
+            target = self.ann if self.ann.is_trained else _placeholder_ann(self.manifest)
             summary = ingest(
-                [os.fspath(p) for p in paths], self.catalog, self.ann, self.encoder,
+                [os.fspath(p) for p in paths], self.catalog, target, self.encoder,
                 options, progress, self._region_store,
             )
             count = self.catalog.count(INDEXED)
-            if needs_rebuild(self.ann.config, count, self.manifest.embed_dim):
+            if not self.ann.is_trained or needs_rebuild(self.ann.config, count, self.manifest.embed_dim):
                 log.info("%d images: rebuilding the FAISS index for this size", count)
                 self.ann = self._rebuild_ann(retrain=True)
             self._save_manifest()
