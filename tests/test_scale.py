@@ -169,6 +169,23 @@ def test_index_switches_to_ivf_when_it_grows_and_readers_map_it(tmp_path, tiny_e
         assert all("/b/" in r.path for r in reader.search_text("x", k=20, filters=only_b))
 
 
+def test_filtered_search_on_an_ivf_index_keeps_its_recall(tmp_path, tiny_encoder, small_ivf_threshold, monkeypatch):
+    make_images(tmp_path / "a", 80, size=(24, 24))
+    make_images(tmp_path / "b", 80, seed=5, size=(24, 24))
+    monkeypatch.setattr(search_module, "EXACT_FILTER_LIMIT", 0)  # always the FAISS id selector
+    with Index.create(tmp_path / "index", encoder=tiny_encoder) as index:
+        index.add([tmp_path], OPTIONS)
+        assert not index.ann.config.exact
+        only_b = SearchFilter(path_prefix=str(tmp_path / "b"))
+        recalls = []
+        for text in ("red", "a blue square", "green and yellow", "dark", "bright"):
+            vector = index.encoder.encode_texts([text])[0]
+            expected = brute_force(index, vector, lambda row: "/b/" in row[1], 10)
+            found = [r.id for r in index.search_text(text, k=10, filters=only_b)]
+            recalls.append(len(set(found) & set(expected)) / 10)
+        assert np.mean(recalls) >= 0.95, recalls
+
+
 def test_rebuild_command_and_filtered_cli_search(tmp_path, tiny_model_dir, small_ivf_threshold):
     make_images(tmp_path / "photos", 130, size=(24, 24))
     runner = CliRunner()
