@@ -126,6 +126,13 @@ def test_eval_reports_the_documented_shape(captioned):
     assert report["n_queries"] == 10
     assert {"encode", "ann", "stage1"} <= set(report["latency_ms"])
     assert "stage2" not in report["latency_ms"]  # w = 0: the scorer is not run
+    reverse = report["image_to_text"]
+    assert reverse["candidate_source"] == "captions" and reverse["n_images"] >= 1
+    assert set(reverse["stage1"]) == {"R@1", "R@5", "R@10"} and reverse["stage1"] == reverse["reranked"]
+    index.add_texts([pair.caption for pair in pairs[:10]] + ["an unrelated text"])
+    with_collection = evaluate(index, pairs[:10], recall_k=20).to_dict()["image_to_text"]
+    assert with_collection["candidate_source"] == "collection" and with_collection["candidates"] == len(
+        {pair.caption for pair in pairs[:10]}) + 1
 
 
 def test_no_regions_index_computes_the_same_regions(tmp_path, tiny_encoder):

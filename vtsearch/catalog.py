@@ -33,10 +33,12 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from .errors import IndexFormatError, VtsearchError
 from .filters import SearchFilter
 from .records import DecodedImage, DecodeFailure, ErrorRecord
+from .texts import TextRow
 
 SCHEMA_VERSION = 1
 INDEXED = "indexed"
 ERROR = "error"
+TEXTS_REVISION = "texts_revision"
 _IN_CHUNK = 900  # stays under SQLite's bound-parameter limit
 
 metadata = MetaData()
@@ -63,6 +65,18 @@ images_table = Table(
     Column("region_row", Integer),  # row in the region store, when regions are stored
     Column("updated_at", Float, nullable=False),
     sqlite_autoincrement=True,  # ids are FAISS ids: never reuse a deleted one
+)
+
+
+texts_table = Table(
+    "texts", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("text", Text, nullable=False, unique=True),  # the collection is deduplicated
+    Column("key", Text),  # the caller's own id
+    Column("meta", Text),  # JSON object
+    Column("embedding", LargeBinary, nullable=False),
+    Column("added_at", Float, nullable=False),
+    sqlite_autoincrement=True,
 )
 
 
@@ -193,6 +207,10 @@ class Catalog:
     def revision(self) -> int:
         """How many write transactions the catalog has seen."""
         return self._meta_int("revision")
+
+    def texts_revision(self) -> int:
+        """How many writes the text collection has seen (the image revision ignores them)."""
+        return self._meta_int(TEXTS_REVISION)
 
     def ann_revision(self) -> int:
         """The catalog revision the saved FAISS index reflects (-1: unknown)."""
@@ -487,6 +505,89 @@ class Catalog:
                 )
             _set_meta(connection, "regions_file", file_name)
 
+    # the text collection (image → text matching)
+
+    def add_texts(self, records: Sequence[Any], embeddings: np.ndarray) -> list[int]:
+        """Insert texts not already in the collection; returns the new ids (duplicates of
+        stored texts, and repeats within ``records``, are left out)."""
+        texts_table.create(self.engine, checkfirst=True)  # catalogs from before texts existed
+        known = set(self._existing_texts([record.text for record in records]))
+        rows, seen = [], set()
+        for record, vector in zip(records, embeddings):
+            if record.text in known or record.text in seen:
+                continue
+            seen.add(record.text)
+            rows.append({"text": record.text, "key": record.key,
+                         "meta": json.dumps(record.meta, ensure_ascii=False) if record.meta else None,
+                         "embedding": np.ascontiguousarray(vector, dtype=np.float32).tobytes(),
+                         "added_at": time.time()})
+        if not rows:
+            return []
+        with self.engine.begin() as connection:
+            _bump_revision(connection, TEXTS_REVISION)
+            inserted = connection.execute(
+                texts_table.insert().returning(texts_table.c.id, sort_by_parameter_order=True), rows)
+            return [row_id for (row_id,) in inserted]
+
+    def _existing_texts(self, texts: Sequence[str]) -> list[str]:
+        if not self._has_texts_table():
+            return []
+        found: list[str] = []
+        with self.engine.connect() as connection:
+            for chunk in _chunks(list(texts), _IN_CHUNK):
+                found.extend(connection.scalars(select(texts_table.c.text).where(texts_table.c.text.in_(chunk))))
+        return found
+
+    def _has_texts_table(self) -> bool:
+        with self.engine.connect() as connection:
+            return self.engine.dialect.has_table(connection, "texts")
+
+    def text_rows(self, ids: Sequence[int] | None = None, limit: int | None = None,
+                  offset: int = 0) -> list[TextRow]:
+        """Texts by id (in that order), or all of them by id (``limit``/``offset`` page them)."""
+        if not self._has_texts_table():
+            return []
+        columns = (texts_table.c.id, texts_table.c.text, texts_table.c.key, texts_table.c.meta)
+        with self.engine.connect() as connection:
+            if ids is None:
+                query = select(*columns).order_by(texts_table.c.id).offset(offset)
+                rows = connection.execute(query.limit(limit) if limit is not None else query).all()
+            else:
+                rows = []
+                for chunk in _chunks(list(ids), _IN_CHUNK):
+                    rows.extend(connection.execute(select(*columns).where(texts_table.c.id.in_(chunk))))
+                by_id = {row[0]: row for row in rows}
+                rows = [by_id[i] for i in ids if i in by_id]
+        return [TextRow(row_id, text, key, json.loads(meta) if meta else {}) for row_id, text, key, meta in rows]
+
+    def text_embeddings(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64 (n,), vectors float32 (n, dim)) of the whole collection."""
+        if not self._has_texts_table():
+            return np.empty(0, dtype=np.int64), np.empty((0, dim), dtype=np.float32)
+        with self.engine.connect() as connection:
+            rows = connection.execute(select(texts_table.c.id, texts_table.c.embedding).order_by(texts_table.c.id)).all()
+        ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+        vectors = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32).reshape(len(rows), dim)
+        return ids, vectors
+
+    def text_count(self) -> int:
+        if not self._has_texts_table():
+            return 0
+        with self.engine.connect() as connection:
+            return int(connection.scalar(select(func.count()).select_from(texts_table)) or 0)
+
+    def remove_texts(self, ids: Sequence[int] = (), texts: Sequence[str] = (), keys: Sequence[str] = ()) -> int:
+        """Delete texts by id, by exact text or by key; returns how many went."""
+        if not self._has_texts_table():
+            return 0
+        removed = 0
+        with self.engine.begin() as connection:
+            _bump_revision(connection, TEXTS_REVISION)
+            for column, values in ((texts_table.c.id, ids), (texts_table.c.text, texts), (texts_table.c.key, keys)):
+                for chunk in _chunks(list(values), _IN_CHUNK):
+                    removed += connection.execute(texts_table.delete().where(column.in_(chunk))).rowcount
+        return removed
+
     def mark_for_reencoding(self, ids: Sequence[int], reason: str) -> None:
         """Turn indexed rows into errors that the next ``index`` run re-encodes (same ids)."""
         with self.engine.begin() as connection:
@@ -513,9 +614,9 @@ def _at_or_under(root: str):
 _REGIONS_FILE_QUERY = select(meta_table.c.value).where(meta_table.c.key == "regions_file")
 
 
-def _bump_revision(connection: Connection) -> None:
-    current = connection.scalar(select(meta_table.c.value).where(meta_table.c.key == "revision"))
-    _set_meta(connection, "revision", int(current or 0) + 1)
+def _bump_revision(connection: Connection, key: str = "revision") -> None:
+    current = connection.scalar(select(meta_table.c.value).where(meta_table.c.key == key))
+    _set_meta(connection, key, int(current or 0) + 1)
 
 
 def _set_meta(connection: Connection, key: str, value: object) -> None:

@@ -292,7 +292,7 @@ def train_reranker_command(pairs, images_root, split, index_dir, epochs, negativ
 @json_option
 @_fail_cleanly
 def eval_command(pairs, images_root, split, index_dir, recall_k, device, as_json):
-    """Measure text-to-image recall on PAIRS, with and without reranking.
+    """Measure text-to-image and image-to-text recall on PAIRS, with and without reranking.
 
     \b
     Example:
@@ -317,6 +317,12 @@ def eval_command(pairs, images_root, split, index_dir, recall_k, device, as_json
         click.echo(f"{name:>10}  " + "  ".join(f"{values[f'R@{k}']:>6.3f}" for k in (1, 5, 10)))
     click.echo(f"recall ceiling {report.recall_ceiling:.3f}; median latency "
                + ", ".join(f"{stage} {ms:.1f} ms" for stage, ms in report.latency_ms.items()))
+    reverse = report.image_to_text
+    click.echo(f"image -> text, {reverse['n_images']} images, {reverse['candidates']} candidate texts "
+               f"({reverse['candidate_source']})")
+    for name in ("stage1", "reranked"):
+        click.echo(f"{name.replace('stage1', 'stage 1'):>10}  "
+                   + "  ".join(f"{reverse[name][f'R@{k}']:>6.3f}" for k in (1, 5, 10)))
 
 
 @main.command("info")
@@ -394,6 +400,137 @@ def remove_command(paths, index_dir, as_json):
     click.echo(f"removed {len(summary.removed)} files from the index")
     for path in summary.not_indexed:
         click.echo(f"  nothing indexed at {path}", err=True)
+
+
+@main.group("texts")
+def texts_group():
+    """The index's text collection, which vtsearch match ranks for an image.
+
+    \b
+    Example:
+      vtsearch texts add product_titles.csv --column title
+    """
+
+
+@texts_group.command("add")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--column", default="text", show_default=True, help="CSV/TSV: the column holding the text.")
+@index_option
+@device_option
+@json_option
+@_fail_cleanly
+def texts_add_command(file, column, index_dir, device, as_json):
+    """Add the texts in FILE: one per line (.txt), JSON Lines with a "text" field and
+    optional "id" and metadata (.jsonl), or CSV/TSV with a header (.csv, .tsv).
+
+    Texts already in the collection are skipped.
+
+    \b
+    Example:
+      vtsearch texts add captions.jsonl
+    """
+    from .index import Index
+    from .texts import read_texts
+
+    records = read_texts(file, column)
+    with Index.open(index_dir or default_index_dir(), device=device) as index:
+        summary = index.add_texts(records)
+        total = index.catalog.text_count()
+    if as_json:
+        _print_json({**summary.to_dict(), "texts": total})
+        return
+    click.echo(f"added {summary.added} texts ({summary.duplicates} already there); the collection holds {total}")
+    if summary.longer_than_context:
+        click.echo(f"note: {summary.longer_than_context} texts are longer than the model's context; "
+                   "they are matched on their first tokens", err=True)
+
+
+@texts_group.command("list")
+@click.option("--limit", type=click.IntRange(0), default=None, help="At most this many.")
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
+@index_option
+@json_option
+@_fail_cleanly
+def texts_list_command(limit, offset, index_dir, as_json):
+    """List the collection's texts with their ids.
+
+    \b
+    Example:
+      vtsearch texts list --limit 20
+    """
+    from .index import Index
+
+    with Index.open(index_dir or default_index_dir(), device="cpu") as index:
+        rows = index.texts(limit=limit, offset=offset)
+    if as_json:
+        _print_json([row.to_dict() for row in rows])
+        return
+    for row in rows:
+        click.echo(f"{row.id}\t{row.key or ''}\t{row.text}")
+
+
+@texts_group.command("remove")
+@click.option("--id", "ids", type=int, multiple=True, help="A text's id (repeatable).")
+@click.option("--text", "texts", multiple=True, help="A text, exactly (repeatable).")
+@click.option("--key", "keys", multiple=True, help="A text's own id from the added file (repeatable).")
+@index_option
+@json_option
+@_fail_cleanly
+def texts_remove_command(ids, texts, keys, index_dir, as_json):
+    """Remove texts from the collection by id, exact text or key.
+
+    \b
+    Example:
+      vtsearch texts remove --id 17 --text "an old caption"
+    """
+    from .index import Index
+
+    if not (ids or texts or keys):
+        raise click.UsageError("name texts to remove with --id, --text or --key")
+    with Index.open(index_dir or default_index_dir(), device="cpu") as index:
+        removed = index.remove_texts(ids, texts, keys)
+    if as_json:
+        _print_json({"removed": removed})
+        return
+    click.echo(f"removed {removed} texts")
+
+
+@main.command("match")
+@click.argument("image")
+@index_option
+@click.option("-k", "k", type=int, default=10, show_default=True, help="Number of texts.")
+@click.option("--recall-k", type=int, default=100, show_default=True,
+              help="Stage-1 shortlist size that the reranker reorders.")
+@click.option("--no-rerank", is_flag=True, help="Stage 1 only: skip the fusion scorer.")
+@click.option("--label", "labels", multiple=True, help="Match against this text instead of the collection (repeatable).")
+@click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False),
+              help="Match against the texts in this file (formats as texts add).")
+@device_option
+@json_option
+@_fail_cleanly
+def match_command(image, index_dir, k, recall_k, no_rerank, labels, labels_file, device, as_json):
+    """Rank texts for IMAGE (a file, or an indexed image's path or id): the index's text
+    collection, or ad-hoc --label texts (zero-shot classification).
+
+    \b
+    Examples:
+      vtsearch match holiday.jpg -k 5
+      vtsearch match 17 --label cat --label dog --label "a bowl of fruit" --json
+    """
+    from .index import Index
+    from .texts import read_texts
+
+    candidates = list(labels) + ([r.text for r in read_texts(labels_file)] if labels_file else [])
+    with Index.open(index_dir or default_index_dir(), device=device) as index:
+        response = index.match(image, k=k, recall_k=recall_k, rerank=not no_rerank,
+                               labels=candidates or None)
+    if as_json:
+        _print_json({"image": response.image, "reranked": response.reranked, "timings_ms": response.timings_ms,
+                     "results": [result.to_dict() for result in response.results]})
+        return
+    click.echo(f"{'rank':>4}  {'score':>8}  {'stage 1':>7}  text")
+    for result in response.results:
+        click.echo(f"{result.rank:>4}  {result.score:>8.4f}  {result.stage1_rank:>7}  {result.text}")
 
 
 @main.command("rebuild")

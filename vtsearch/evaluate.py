@@ -1,7 +1,8 @@
 """``vtsearch eval``: recall at 1/5/10 before and after reranking, on a captioned set.
 
 Each caption is a query over the whole index as the gallery; its right answer is its
-own image. Stage 1 ranks the top ``recall_k``; the reranker reorders them. The recall
+own image. The reverse direction (image → text) is reported too: each image ranks the
+candidate texts, and any of its own captions is a right answer. Stage 1 ranks the top ``recall_k``; the reranker reorders them. The recall
 ceiling is how often the right image is inside the shortlist at all (no reranker can do
 better). Latencies are medians per query and stage.
 """
@@ -35,6 +36,7 @@ class EvalReport:
     recall_ceiling: float
     latency_ms: dict[str, float]
     reranker_trained: bool
+    image_to_text: dict | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -45,6 +47,7 @@ class EvalReport:
             "missing": len(self.missing),
             "reranker_trained": self.reranker_trained,
             "latency_ms": self.latency_ms,
+            **({"image_to_text": self.image_to_text} if self.image_to_text is not None else {}),
         }
 
 
@@ -82,9 +85,53 @@ def evaluate(index: "Index", pairs: Sequence[Pair], recall_k: int = 100,
         latency["stage2"] = round(statistics.median(
             [a + b for a, b in zip(timings.get("regions", []), timings["rerank"])]), 3)
     reranker = index.reranker
+    image_to_text = evaluate_image_to_text(index, resolved.captions, resolved.image_ids, recall_k)
     return EvalReport(
         n_queries=len(resolved.captions), missing=resolved.missing, recall_k=recall_k,
         stage1=recall_at(stage1_ranks), reranked=recall_at(reranked_ranks),
         recall_ceiling=float(np.mean([rank is not None for rank in stage1_ranks])),
         latency_ms=latency, reranker_trained=bool(reranker and reranker.is_trained),
+        image_to_text=image_to_text,
     )
+
+
+def evaluate_image_to_text(index: "Index", captions: Sequence[str], image_ids: Sequence[int],
+                           recall_k: int) -> dict:
+    """Image → text R@1/5/10: each evaluated image ranks the candidate texts — the index's
+    text collection when it has one, else the evaluated captions — and a hit is any of its
+    own captions. Stage 1 ranks by cosine; the reranker reorders the top ``recall_k``."""
+    dim = index.manifest.embed_dim
+    if index.catalog.text_count():
+        _ids, vectors = index.catalog.text_embeddings(dim)
+        texts, source = [row.text for row in index.texts()], "collection"
+    else:
+        texts, source = list(dict.fromkeys(captions)), "captions"
+        vectors = np.concatenate([index.encoder.encode_texts(texts[start:start + 256])
+                                  for start in range(0, len(texts), 256)])
+    position = {text: number for number, text in enumerate(texts)}
+    right: dict[int, set[int]] = {}
+    for caption, image_id in zip(captions, image_ids):
+        if caption in position:
+            right.setdefault(image_id, set()).add(position[caption])
+    reranker = index.reranker
+    use_scorer = reranker is not None and reranker.changes_order
+    stage1_ranks: list[int | None] = []
+    reranked_ranks: list[int | None] = []
+    images = sorted(right)
+    image_vectors = index.catalog.vectors(images, dim)
+    for image_id, image_vector in zip(images, image_vectors):
+        scores = vectors @ image_vector
+        shortlist = np.argsort(-scores, kind="stable")[:recall_k]
+        order = np.arange(len(shortlist))
+        if use_scorer:
+            tokens = index.encoder.encode_text_features([texts[i] for i in shortlist]).tokens
+            regions = index.region_source.regions([image_id])[0]
+            order = reranker.rerank_texts(tokens, scores[shortlist], regions).order
+        hits = right[image_id]
+        stage1_ranks.append(next((rank for rank, i in enumerate(shortlist, 1) if i in hits), None))
+        reranked_ranks.append(next((rank for rank, i in enumerate(shortlist[order], 1) if i in hits), None))
+    return {
+        "stage1": recall_at(stage1_ranks), "reranked": recall_at(reranked_ranks),
+        "recall_ceiling": float(np.mean([rank is not None for rank in stage1_ranks])) if images else 0.0,
+        "n_images": len(images), "candidates": len(texts), "candidate_source": source,
+    }

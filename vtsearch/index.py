@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
@@ -40,10 +40,16 @@ from .lock import WriterLock
 from .manifest import Manifest
 from .filters import SearchFilter
 from .fusion import FusionConfig
-from .records import ErrorRecord, IngestSummary, SearchResponse, SearchResult
+from .records import (
+    ErrorRecord, IngestSummary, MatchResponse, MatchResult, SearchResponse, SearchResult,
+)
 from .regions import REGIONS_FILE, RegionLayout, RegionStore, compacted_name
 from .rerank import RERANKER_FILE, ComputedRegions, RegionSource, Reranker, StoredRegions
 from .search import MAX_QUERY_CHARS, check_k, check_text, run_query
+from .texts import TextRecord, TextRow, check_text_value
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +57,8 @@ MANIFEST = "manifest.json"
 CATALOG = "catalog.sqlite"
 ANN = "ann.faiss"
 COMPACT_WHEN_UNUSED = 0.25  # compact the region store when more of it than this is unused
-DEFAULT_REGION_GRID = 7  # larger native grids are average-pooled down to 7 × 7
+DEFAULT_REGION_GRID = 7
+TEXT_BATCH = 256  # texts encoded per forward pass  # larger native grids are average-pooled down to 7 × 7
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,17 @@ class RemoveSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {"removed": len(self.removed), "paths": self.removed, "not_indexed": self.not_indexed}
+
+
+@dataclass(frozen=True)
+class TextsSummary:
+    added: int
+    duplicates: int  # already in the collection, or repeated in the input
+    longer_than_context: int  # matched on their first tokens only
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"added": self.added, "duplicates": self.duplicates,
+                "longer_than_context": self.longer_than_context}
 
 
 @dataclass(frozen=True)
@@ -109,6 +127,7 @@ class Index:
         self._lock = WriterLock(path)
         self._reranker: Reranker | None = None
         self._ann_revision = -1  # the catalog revision the in-memory FAISS index reflects
+        self._text_index: tuple[int, AnnIndex] | None = None  # (texts revision, index of texts)
         self._ann_file: tuple[int, int, int] | None = None  # the ann.faiss last read (inode, size, mtime)
         self._manifest_file = _file_identity(path / MANIFEST)
         self._region_store = (RegionStore(path / catalog.regions_file(REGIONS_FILE), manifest.regions)
@@ -585,6 +604,117 @@ class Index:
         self.refresh()
         return run_query(vector / norm if norm else vector, k, self.ann, self.catalog,
                          conditions=filters).results
+
+    # the text collection and image → text matching
+
+    def add_texts(self, records: Sequence[TextRecord | str]) -> TextsSummary:
+        """Embed texts into the index's collection (deduplicated by exact text)."""
+        records = [TextRecord(r) if isinstance(r, str) else r for r in records]
+        records = [replace(r, text=check_text_value(r.text, f"text {n}")) for n, r in enumerate(records, 1)]
+        long = sum(1 for r in records if (self.encoder.token_count(r.text) or 0) > self.encoder.context_length)
+        vectors = np.concatenate([self.encoder.encode_texts([r.text for r in records[start:start + TEXT_BATCH]])
+                                  for start in range(0, len(records), TEXT_BATCH)]) if records else None
+        self._lock.acquire()
+        try:
+            added = self.catalog.add_texts(records, vectors) if records else []
+        finally:
+            self._lock.release()
+        self._text_index = None
+        return TextsSummary(added=len(added), duplicates=len(records) - len(added), longer_than_context=long)
+
+    def texts(self, limit: int | None = None, offset: int = 0) -> list[TextRow]:
+        return self.catalog.text_rows(limit=limit, offset=offset)
+
+    def remove_texts(self, ids: Sequence[int] = (), texts: Sequence[str] = (), keys: Sequence[str] = ()) -> int:
+        self._lock.acquire()
+        try:
+            removed = self.catalog.remove_texts(ids, texts, keys)
+        finally:
+            self._lock.release()
+        self._text_index = None
+        return removed
+
+    def match(
+        self,
+        image: str | int | os.PathLike[str],
+        k: int = 10,
+        *,
+        recall_k: int = 100,
+        rerank: bool = True,
+        labels: Sequence[str] | None = None,
+    ) -> MatchResponse:
+        """The texts that best describe ``image`` (a file, or an indexed image's path or id):
+        from the index's text collection, or from ad-hoc ``labels`` (zero-shot style)."""
+        check_k(k)
+        check_k(recall_k, "recall_k")
+        self.refresh()
+        clock_start = time.perf_counter()
+        name, vector, image_id, pixels = self._match_image(image)
+        timings = {"encode": round((time.perf_counter() - clock_start) * 1000.0, 3)}
+        started = time.perf_counter()
+        reranker = self.reranker if rerank else None
+        use_scorer = reranker is not None and reranker.changes_order
+        wanted = max(k, recall_k) if use_scorer else k
+        if labels is not None:
+            texts = list(dict.fromkeys(check_text_value(label, f"label {n}") for n, label in enumerate(labels, 1)))
+            if not texts:
+                raise QueryError("give at least one label")
+            scores = self.encoder.encode_texts(texts) @ vector
+            order = np.argsort(-scores, kind="stable")[:wanted]
+            candidates = [(None, texts[i], float(scores[i])) for i in order]
+        else:
+            hits = self._texts_ann().search(vector.reshape(1, -1), wanted)[0]
+            rows = {row.id: row for row in self.catalog.text_rows([i for i, _ in hits])}
+            candidates = [(i, rows[i].text, score) for i, score in hits if i in rows]
+            if not candidates and self.catalog.text_count() == 0:
+                raise QueryError("the index has no text collection: add one with vtsearch texts add, "
+                                 "or give --label / --labels")
+        timings["ann"] = round((time.perf_counter() - started) * 1000.0, 3)
+        stage1 = np.array([score for _, _, score in candidates], dtype=np.float32)
+        order, final = np.arange(len(candidates)), stage1
+        if use_scorer and candidates:
+            started = time.perf_counter()
+            tokens = self.encoder.encode_text_features([text for _, text, _ in candidates]).tokens
+            regions = self._match_regions(image_id, pixels)
+            output = reranker.rerank_texts(tokens, stage1, regions)
+            order, final = output.order, output.final
+            timings["rerank"] = round((time.perf_counter() - started) * 1000.0, 3)
+        results = [MatchResult(rank=rank, id=candidates[i][0], text=candidates[i][1], score=float(final[i]),
+                               stage1_score=float(stage1[i]), stage1_rank=int(i) + 1)
+                   for rank, i in enumerate(order[:k], 1)]
+        return MatchResponse(image=name, results=results, reranked=use_scorer, timings_ms=timings)
+
+    def _match_image(self, image: str | int | os.PathLike[str]):
+        """(name, unit vector, catalog id or None, pixels or None) of a match query image."""
+        given = os.fspath(image) if not isinstance(image, int) else str(image)
+        if isinstance(image, int) or (given.isdigit() and not os.path.exists(given)):
+            image_id = int(given)
+            row = self.catalog.rows([image_id]).get(image_id)
+            if row is None:
+                raise QueryError(f"no indexed image has id {image_id}")
+            return row.path, self.catalog.vectors([image_id], self.manifest.embed_dim)[0], image_id, None
+        path = os.path.abspath(os.path.expanduser(given))
+        entry = self.catalog.entries([path]).get(path)
+        if entry is not None and entry.status == INDEXED:
+            return path, self.catalog.vectors([entry.id], self.manifest.embed_dim)[0], entry.id, None
+        pixels = decode_query_image(path, self.encoder.decode_config(), self.encoder.preprocess)
+        return path, self.encoder.encode_images(pixels.unsqueeze(0))[0], None, pixels
+
+    def _match_regions(self, image_id: int | None, pixels) -> "torch.Tensor":
+        if image_id is not None:
+            return self.region_source.regions([image_id])[0]
+        grid = self.manifest.regions.grid
+        return self.encoder.encode_image_features(pixels.unsqueeze(0), grid).regions[0]
+
+    def _texts_ann(self) -> AnnIndex:
+        """The text collection's FAISS index, built in memory from the catalog on first use."""
+        revision = self.catalog.texts_revision()
+        if self._text_index is None or self._text_index[0] != revision:
+            ids, vectors = self.catalog.text_embeddings(self.manifest.embed_dim)
+            ann = AnnIndex.empty(self.manifest.embed_dim, AnnConfig())
+            ann.add(ids, vectors)
+            self._text_index = (revision, ann)
+        return self._text_index[1]
 
     def errors(self) -> list[ErrorRecord]:
         return self.catalog.errors()

@@ -152,3 +152,27 @@ class ImageFeatures:
 
     vectors: "np.ndarray"  # (B, D) float32 unit vectors: stage 1
     regions: torch.Tensor | None  # (B, R, D) float32 region states on a grid: stage 2
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    """One ranked text for an image. ``id`` is the collection's id (None for an ad-hoc label)."""
+
+    rank: int
+    id: int | None
+    text: str
+    score: float
+    stage1_score: float
+    stage1_rank: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {"rank": self.rank, "id": self.id, "text": self.text, "score": self.score,
+                "stage1_score": self.stage1_score, "stage1_rank": self.stage1_rank}
+
+
+@dataclass(frozen=True)
+class MatchResponse:
+    image: str
+    results: list[MatchResult]
+    reranked: bool
+    timings_ms: dict[str, float]

@@ -20,7 +20,7 @@ from .catalog import Catalog
 from .decode import decode_file
 from .encode import Encoder
 from .errors import IndexFormatError, VtsearchError
-from .fusion import FusionConfig, FusionScorer
+from .fusion import FusionConfig, FusionScorer, pad_tokens
 from .records import DecodedImage, ScannedFile
 from .regions import REGIONS_FILE, RegionLayout, RegionStore
 
@@ -144,6 +144,26 @@ class Reranker:
         }
         with atomic_path(path) as temp:
             torch.save(checkpoint, temp)
+
+    @torch.inference_mode()
+    def rerank_texts(
+        self,
+        text_tokens: list[torch.Tensor],  # K × (T_i, Dt) the candidate texts' token states
+        stage1: np.ndarray,  # (K,) stage-1 similarities of the candidates
+        regions: torch.Tensor,  # (R, Dr) the one image's regions
+    ) -> RerankOutput:
+        """Rescore K candidate texts for one image (image → text matching)."""
+        count = len(stage1)
+        if count == 0:
+            empty = np.empty(0, dtype=np.float32)
+            return RerankOutput(np.empty(0, dtype=np.int64), empty, empty)
+        tokens, lengths = pad_tokens(text_tokens)
+        match_logit, attention = self.scorer(tokens.to(self.device), lengths.to(self.device),
+                                             regions.to(self.device)[None].expand(count, -1, -1))
+        stage1_tensor = torch.as_tensor(stage1, dtype=torch.float32, device=self.device)
+        final = self.scorer.final_scores(stage1_tensor, match_logit).cpu().numpy()
+        order = np.argsort(-final, kind="stable")
+        return RerankOutput(order, final, match_logit.cpu().numpy(), attention)
 
     @torch.inference_mode()
     def rerank(
