@@ -107,6 +107,7 @@ def test_train_save_and_keep_weights_as_the_index_grows(captioned, tmp_path):
                                       TrainOptions(epochs=2, negatives=5, width=32, device="cpu"))
     assert report.missing == ["/not/indexed.png"] and report.used == 40
     assert report.train_captions + report.val_captions == 40 and 1 <= report.best_epoch <= 2
+    assert all(0.0 <= record["val_text_top1"] <= 1.0 for record in report.history)  # image → text term
     index.save_reranker(reranker)
     manifest = json.loads((index.path / "manifest.json").read_text())
     assert manifest["reranker"]["config"]["width"] == 32
@@ -147,3 +148,15 @@ def test_no_regions_index_computes_the_same_regions(tmp_path, tiny_encoder):
                                atol=2e-2, rtol=1e-2)  # fp16 storage
     stored.close()
     computed.close()
+
+
+def test_word_swapped_captions_keep_the_words_and_change_the_binding():
+    from vtsearch.train import swapped_variants
+
+    rng = np.random.default_rng(0)
+    caption = "a red square left of a blue circle"
+    variants = swapped_variants(caption, 4, rng)
+    assert len(variants) == 4 and caption not in variants and len(set(variants)) == 4
+    assert all(sorted(v.split()) == sorted(caption.split()) for v in variants)
+    assert "a blue square left of a red circle" in swapped_variants(caption, 100, rng)
+    assert swapped_variants("a cat", 3, rng) == []  # one content word: nothing to swap

@@ -237,10 +237,12 @@ def test_a_catalog_damaged_inside_is_a_clear_error_not_an_empty_result(tmp_path,
     with sqlite3.connect(catalog) as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        kept = {1} | {page for (page,) in db.execute(  # the schema and meta pages: the file opens
+            "SELECT rootpage FROM sqlite_master WHERE tbl_name = 'meta'")}
     data = bytearray(catalog.read_bytes())
-    pages = len(data) // page_size
-    for page in range(pages // 2, pages):  # the schema and meta pages stay: the file opens
-        data[page * page_size:(page + 1) * page_size] = b"\xff" * page_size
+    for page in range(1, len(data) // page_size + 1):  # SQLite numbers pages from 1
+        if page not in kept:
+            data[(page - 1) * page_size:page * page_size] = b"\xff" * page_size
     catalog.write_bytes(bytes(data))
     runner = CliRunner()
     for args in (["search", "a red square"], ["info"], ["errors"], ["check"]):

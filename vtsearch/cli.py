@@ -240,6 +240,9 @@ def _with_pairs(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--epochs", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--negatives", type=click.IntRange(1), default=15, show_default=True,
               help="Hard negatives per caption, mined from the index's stage-1 neighbours.")
+@click.option("--text-negatives", type=click.IntRange(0), default=8, show_default=True,
+              help="Image -> text term: wrong texts per image (word-swapped captions, nearest captions); "
+                   "0 turns it off.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Captions per step.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate.")
 @click.option("--width", type=click.IntRange(8), default=128, show_default=True, help="Scorer width.")
@@ -249,8 +252,8 @@ def _with_pairs(command: Callable[..., Any]) -> Callable[..., Any]:
 @device_option
 @json_option
 @_fail_cleanly
-def train_reranker_command(pairs, images_root, split, index_dir, epochs, negatives, batch_size, lr,
-                           width, layers, patience, device, as_json):
+def train_reranker_command(pairs, images_root, split, index_dir, epochs, negatives, text_negatives, batch_size,
+                           lr, width, layers, patience, device, as_json):
     """Train the fusion scorer on PAIRS, captioned images that are in the index.
 
     PAIRS is JSON Lines ({"image": path, "caption": text}), COCO captions JSON, or a
@@ -265,7 +268,8 @@ def train_reranker_command(pairs, images_root, split, index_dir, epochs, negativ
     from .train import TrainOptions, train_reranker
 
     loaded = load_pairs(pairs, images_root, split)
-    options = TrainOptions(epochs=epochs, negatives=negatives, batch_size=batch_size, lr=lr,
+    options = TrainOptions(epochs=epochs, negatives=negatives, text_negatives=text_negatives,
+                           batch_size=batch_size, lr=lr,
                            width=width, layers=layers, patience=patience, device=device)
     with Index.open(index_dir or default_index_dir(), device=device) as index:
         reranker, report = train_reranker(index, loaded, options, progress=_TqdmProgress("training"))
@@ -279,7 +283,8 @@ def train_reranker_command(pairs, images_root, split, index_dir, epochs, negativ
     for record in report.history:
         click.echo(f"epoch {record['epoch']}: train loss {record['train_loss']:.3f}, "
                    f"val loss {record['val_loss']:.3f}, val top-1 {record['val_stage1_top1']:.3f} "
-                   f"-> {record['val_reranked_top1']:.3f} (w {record['w']:.3f})")
+                   f"-> {record['val_reranked_top1']:.3f} (w {record['w']:.3f})"
+                   + (f", image -> own caption top-1 {record['val_text_top1']:.3f}" if "val_text_top1" in record else ""))
     click.echo(f"trained on {report.train_captions} captions ({report.val_captions} held out) "
                f"in {report.seconds:.0f} s; kept epoch {report.best_epoch}")
 

@@ -294,7 +294,8 @@ class Index:
         revision = self.catalog.revision()
         ann, problem = self._read_ann_file()
         if ann is not None:
-            problem = "is behind the catalog (an interrupted run?)"
+            problem = ("records no catalog revision (saved by an older vtsearch)" if self.catalog.ann_revision() < 0
+                       else "is behind the catalog (an interrupted run?)")
         if ann is not None and self._ann_is_current(ann, revision):
             self._ann_revision = revision
             return ann

@@ -5,6 +5,11 @@ neighbours that are not its image (nor another image with the very same caption)
 from the index itself. The loss is listwise: a softmax over the match logits of
 positive + K negatives. The encoder stays frozen: only the scorer learns.
 
+The reverse direction (image → text, ``vtsearch match``) adds a second listwise term: for
+each caption's image, the caption against text negatives. Half are the caption with two
+of its words swapped (same words, other binding: exactly what one vector per text cannot
+tell apart), half the image's stage-1 nearest captions that are not its own.
+
 ``w`` in ``final = stage1 + w · match_logit`` is a single scalar, so rather than leave it
 to SGD (which moves it from 0 far too slowly, leaving a well-trained scorer unheard) it
 is fitted exactly after each epoch: a 1-D search for the ``w`` that minimises the
@@ -51,6 +56,7 @@ class TrainOptions:
     val_fraction: float = 0.1
     patience: int = 2  # epochs without a better validation score before stopping
     val_shortlist: int = 50  # validation ranks each caption's image among this many
+    text_negatives: int = 8  # image → text term: negative texts per image (0: off)
     width: int = 128
     layers: int = 2
     heads: int = 4
@@ -146,6 +152,77 @@ def mine_examples(index: "Index", resolved: ResolvedPairs, depth: int, progress:
                      image_ids[order], image_vectors[order])
 
 
+STOPWORDS = frozenset("a an the of and or to in on at with by is are its it this that".split())
+
+
+def swapped_variants(caption: str, count: int, rng: np.random.Generator) -> list[str]:
+    """Up to ``count`` captions made by swapping two different content words of ``caption``."""
+    words = caption.split()
+    slots = [i for i, word in enumerate(words) if word.lower().strip(".,") not in STOPWORDS]
+    pairs = [(i, j) for n, i in enumerate(slots) for j in slots[n + 1:] if words[i].lower() != words[j].lower()]
+    variants: list[str] = []
+    for pick in rng.permutation(len(pairs)):
+        i, j = pairs[pick]
+        swapped = list(words)
+        swapped[i], swapped[j] = swapped[j], swapped[i]
+        text = " ".join(swapped)
+        if text != caption and text not in variants:
+            variants.append(text)
+        if len(variants) == count:
+            break
+    return variants
+
+
+def mine_text_negatives(index: "Index", resolved: ResolvedPairs, examples: _Examples, count: int,
+                        seed: int) -> list[list[torch.Tensor]]:
+    """Per caption: token states of ``count`` wrong texts for its image (see module doc)."""
+    rng = np.random.default_rng(seed)
+    captions = resolved.captions
+    own: dict[int, set[str]] = defaultdict(set)  # image → its captions
+    for caption, image_id in zip(captions, resolved.image_ids):
+        own[image_id].add(caption)
+    unique = list(dict.fromkeys(captions))
+    first_row = {caption: row for row, caption in reversed(list(enumerate(captions)))}
+    unique_vectors = examples.caption_vectors[[first_row[c] for c in unique]]
+    swaps = [swapped_variants(caption, math.ceil(count / 2), rng) for caption in captions]
+    new_texts = list(dict.fromkeys(text for variants in swaps for text in variants))
+    new_tokens: dict[str, torch.Tensor] = {}
+    for start in range(0, len(new_texts), 256):
+        chunk = new_texts[start:start + 256]
+        new_tokens.update(zip(chunk, index.encoder.encode_text_features(chunk).tokens))
+    image_vectors = examples.image_vectors[np.searchsorted(examples.image_ids, examples.positives)]
+    negatives: list[list[torch.Tensor]] = []
+    depth = min(len(unique), 4 * count + 8)
+    for row, variants in enumerate(swaps):
+        mine = own[examples.positives[row]]
+        variants = [text for text in variants if text not in mine]  # a swap may still be true
+        tokens = [new_tokens[text] for text in variants]
+        scores = unique_vectors @ image_vectors[row]
+        top = np.argpartition(-scores, depth - 1)[:depth] if depth < len(unique) else np.arange(len(unique))
+        for position in top[np.argsort(-scores[top], kind="stable")]:
+            if len(tokens) >= count:
+                break
+            text = unique[position]
+            if text not in mine and text not in variants:
+                tokens.append(examples.tokens[first_row[text]])
+        negatives.append(tokens)
+    return negatives
+
+
+def _text_logits(scorer: FusionScorer, examples: _Examples, rows: Sequence[int],
+                 text_negatives: list[list[torch.Tensor]], regions: RegionSource,
+                 device: torch.device) -> torch.Tensor:
+    """(B, 1 + K) match logits of each row's image against its caption (first) and its
+    negative texts."""
+    rows = list(rows)
+    count = 1 + min(len(text_negatives[row]) for row in rows)
+    texts = [token for row in rows for token in [examples.tokens[row], *text_negatives[row][:count - 1]]]
+    tokens, lengths = pad_tokens(texts)  # (B*C, T, D)
+    image_regions = regions.regions(examples.positives[rows].tolist())  # (B, R, Dr)
+    image_regions = image_regions[:, None].expand(-1, count, -1, -1).reshape(len(rows) * count, *image_regions.shape[1:])
+    return scorer(tokens.to(device), lengths.to(device), image_regions.to(device))[0].view(len(rows), count)
+
+
 def sample_candidates(examples: _Examples, rows: Sequence[int], negatives: int,
                       rng: np.random.Generator | None) -> np.ndarray:
     """(B, 1 + K) candidate ids, the positive first.
@@ -228,6 +305,8 @@ def train_reranker(index: "Index", pairs: Sequence[Pair], options: TrainOptions 
         raise VtsearchError(f"the index holds {len(index.ann)} images; training needs more than {options.negatives}")
     progress.start(len(resolved.captions))
     examples = mine_examples(index, resolved, max(100, 4 * options.negatives, options.val_shortlist + 8), progress)
+    text_negatives = (mine_text_negatives(index, resolved, examples, options.text_negatives, options.seed)
+                      if options.text_negatives else None)
     progress.close()
     rng = np.random.default_rng(options.seed)
     train_rows, val_rows = _split_by_image(resolved.image_ids, options.val_fraction, options.seed)
@@ -253,6 +332,8 @@ def train_reranker(index: "Index", pairs: Sequence[Pair], options: TrainOptions 
                 rows = train_rows[start:start + options.batch_size]
                 candidates = sample_candidates(examples, rows, options.negatives, rng)
                 loss = listwise_loss(_match_logits(scorer, examples, rows, candidates, regions, device))
+                if text_negatives is not None:
+                    loss = loss + listwise_loss(_text_logits(scorer, examples, rows, text_negatives, regions, device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(body, 1.0)
@@ -263,6 +344,9 @@ def train_reranker(index: "Index", pairs: Sequence[Pair], options: TrainOptions 
             record = {"epoch": epoch, "train_loss": float(np.mean(losses)),
                       **_validate(scorer, examples, val_rows or train_rows[:256], options.val_shortlist - 1,
                                   regions, logit_scale, device)}
+            if text_negatives is not None:
+                record["val_text_top1"] = _validate_texts(scorer, examples, val_rows or train_rows[:256],
+                                                          text_negatives, regions, device)
             history.append(record)
             score = record["val_reranked_top1"] - 1e-3 * record["val_loss"]
             if score > best_score:
@@ -309,6 +393,16 @@ def _validate(scorer: FusionScorer, examples: _Examples, rows: list[int], negati
         "val_reranked_top1": float(np.mean(final.argmax(axis=1) == 0)),
         "w": weight,
     }
+
+
+@torch.no_grad()
+def _validate_texts(scorer: FusionScorer, examples: _Examples, rows: list[int],
+                    text_negatives: list[list[torch.Tensor]], regions: RegionSource, device: torch.device) -> float:
+    """How often the match logit puts an image's own caption above its negative texts."""
+    scorer.eval()
+    hits = [(_text_logits(scorer, examples, rows[start:start + 16], text_negatives, regions, device)
+             .argmax(dim=1) == 0).cpu().numpy() for start in range(0, len(rows), 16)]
+    return float(np.mean(np.concatenate(hits))) if hits else 0.0
 
 
 def _split_by_image(image_ids: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
