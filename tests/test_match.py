@@ -146,6 +146,7 @@ def test_texts_and_match_commands(tmp_path, tiny_model_dir):
     assert sorted(r["text"] for r in json.loads(result.stdout)["results"]) == ["bird", "cat", "dog"]
     result = runner.invoke(main, ["texts", "list", "--index", index_dir, "--json"])
     assert [r["key"] for r in json.loads(result.stdout)] == ["1", "2"]
+    assert json.loads(runner.invoke(main, ["info", "--index", index_dir, "--json"]).stdout)["texts"] == 2
     assert runner.invoke(main, ["check", "--index", index_dir]).exit_code == 0  # images untouched
     result = runner.invoke(main, ["texts", "remove", "--key", "1", "--index", index_dir])
     assert result.exit_code == 0 and "removed 1 texts" in result.stdout

@@ -353,6 +353,7 @@ def info_command(index_dir, as_json):
         ("index", info["path"]),
         ("images", info["images"]),
         ("errors", info["errors"]),
+        ("texts", info["texts"]),
         ("encoder", f"{encoder['model']}" + (f" ({encoder['pretrained']})" if encoder["pretrained"] else "")),
         ("embed dim", encoder["embed_dim"]),
         ("ann", f"{info['ann']['factory']} ({info['ann']['metric']}), {info['ann_vectors']} vectors"),

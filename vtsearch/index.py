@@ -88,6 +88,7 @@ class IndexInfo:
     errors: int
     ann_vectors: int
     manifest: dict[str, Any]
+    texts: int = 0  # the text collection (vtsearch match)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -95,6 +96,7 @@ class IndexInfo:
             "images": self.images,
             "errors": self.errors,
             "ann_vectors": self.ann_vectors,
+            "texts": self.texts,
             "encoder": self.manifest["encoder"],
             "ann": self.manifest["ann"],
             "regions": self.manifest["regions"],
@@ -771,6 +773,7 @@ class Index:
             errors=self.catalog.count(ERROR),
             ann_vectors=len(self.ann),
             manifest=self.manifest.to_dict(),
+            texts=self.catalog.text_count(),
         )
 
 
