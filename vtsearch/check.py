@@ -9,7 +9,8 @@ The catalog is the source of truth; everything else is checked against it:
 - every indexed row points at its own, complete region row (when regions are stored).
 
 Left-overs of a killed run are noted but are not problems: region rows no catalog row
-points at, a torn row at the end of the region file, temporary files. ``repair`` fixes
+points at, and a torn row at the end of the region file (temporary files are not looked
+at; ``repair`` and the next writer delete them). ``repair`` fixes
 what can be fixed without the images: the FAISS index is rebuilt from the catalog, the
 left-overs are cleared (unused rows stay until the store is compacted), and rows whose
 embedding or regions are lost are turned into errors that the next ``vtsearch index`` run
