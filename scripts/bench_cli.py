@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -102,7 +101,6 @@ def main() -> None:
         np.save(root / "vectors.npy", vectors)
         (root / "bare.py").write_text(BARE)
 
-        env_note = os.environ.get("OMP_NUM_THREADS", "")
         cli_times = timed([*cli, "search", QUERY, "--index", str(index), "-k", "5"], args.runs)
         bare_times = timed([sys.executable, str(root / "bare.py"), str(root / "model"),
                             str(root / "vectors.npy"), QUERY], args.runs)
@@ -110,7 +108,6 @@ def main() -> None:
         "model": MODEL, "images": args.images, "runs": args.runs,
         "cli_s": round(statistics.median(cli_times), 3), "bare_s": round(statistics.median(bare_times), 3),
         "ratio": round(statistics.median(cli_times) / statistics.median(bare_times), 3),
-        "omp_num_threads": env_note or None,
     }
     if args.json:
         print(json.dumps(result))

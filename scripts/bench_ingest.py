@@ -29,15 +29,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import torch
 from PIL import Image, ImageDraw
 
 from vtsearch import Index, IngestOptions
-from vtsearch.config import EncoderSpec
 from vtsearch.decode import decode_file
 from vtsearch.encode import Encoder
 from vtsearch.scan import scan
+
+from benchkit import random_encoder
 
 
 def photo(size: tuple[int, int], seed: int) -> Image.Image:
@@ -99,10 +99,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="one JSON line per configuration")
     args = parser.parse_args()
 
-    torch.manual_seed(0)
-    model, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=None)
-    encoder = Encoder(EncoderSpec(args.model, "random-init"), model, preprocess,
-                      open_clip.get_tokenizer(args.model), torch.device("cpu"))
+    encoder = random_encoder(args.model, torch.device("cpu"))
     grid = min(7, *encoder.native_grid)
     options = IngestOptions(batch_size=args.batch_size,
                             **({} if args.workers is None else {"workers": args.workers}))

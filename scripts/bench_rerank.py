@@ -21,15 +21,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import torch
 
 from vtsearch.ann import AnnIndex
-from vtsearch.config import AnnConfig, EncoderSpec
-from vtsearch.encode import Encoder
+from vtsearch.config import AnnConfig
 from vtsearch.fusion import FusionConfig
 from vtsearch.regions import RegionLayout, RegionStore
 from vtsearch.rerank import Reranker
+
+from benchkit import random_encoder
 
 QUERIES = ["a red car parked left of a blue house", "two dogs playing in the snow",
            "a plate of pasta with basil on a wooden table", "a man riding a bicycle"]
@@ -58,10 +58,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    torch.manual_seed(0)
-    model, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=None)
-    encoder = Encoder(EncoderSpec(args.model, "random-init"), model, preprocess,
-                      open_clip.get_tokenizer(args.model), device)
+    encoder = random_encoder(args.model, device)
     dim, grid = encoder.embed_dim, min(encoder.native_grid)
     layout = RegionLayout(grid=grid, dim=dim)
 

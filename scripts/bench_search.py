@@ -6,7 +6,7 @@ For each N, synthetic d-dimensional unit vectors with realistic structure (a mix
 nearest neighbour sits at cosine ≈ 0.83 and its tenth at ≈ 0.79, as with CLIP image
 neighbours) are written to a real vtsearch catalog (SQLite). Then the index that
 vtsearch chooses for N is built through the product's own path
-(:func:`vtsearch.annbuild.build`: sample, train, fill, calibrate). Its exact re-scoring
+(:func:`vtsearch.annbuild.build_from_catalog`: sample, train, fill, calibrate). Its exact re-scoring
 reads vectors from that catalog, as searches do.
 
 Measured per N, with 200 queries from the same generator (after 20 others, as in a
@@ -81,18 +81,9 @@ def bench_size(count: int, dim: int, workdir: Path) -> dict:
     catalog = fill_catalog(workdir / f"catalog-{count}.sqlite", vectors)
     insert_s = time.perf_counter() - started
 
-    def chunks():
-        return catalog.embeddings(dim)
-
-    ids = catalog.indexed_ids()
-
-    def sample(m: int) -> np.ndarray:
-        chosen = np.random.default_rng(0).choice(ids, size=min(m, len(ids)), replace=False)
-        return catalog.vectors(np.sort(chosen).tolist(), dim)
-
     config = annbuild.choose_config(count, dim)
     started = time.perf_counter()
-    ann = annbuild.build(dim, config, count, chunks, sample, lambda wanted: catalog.vectors(wanted, dim))
+    ann = annbuild.build_from_catalog(catalog, dim, config)
     build_s = time.perf_counter() - started
 
     truth = annbuild.exact_top(queries, [(np.arange(1, count + 1), vectors)], 10)

@@ -9,7 +9,6 @@ import sqlite3
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 import vtsearch.annbuild as annbuild
 import vtsearch.search as search_module
@@ -209,7 +208,6 @@ def test_exact_index_file_is_read_whole(tmp_path):
     ann.add(np.arange(3), np.eye(3, 8, dtype=np.float32))
     ann.save(tmp_path / "ann.faiss")
     assert AnnIndex.load(tmp_path / "ann.faiss", AnnConfig(), mmap=True).writable
-    Image.new("RGB", (1, 1))  # keeps the Pillow import used by fixtures honest
 
 
 def test_a_pinned_index_kind_is_kept_and_trained_once_there_is_data(tmp_path, tiny_encoder):

@@ -13,8 +13,9 @@
 Why not PQ: 8-bit PQ codes of the same recall take minutes to train (about 2 min for
 PQ64 on 40,000 vectors here), and FAISS 1.15's 4-bit PQ fast-scan lists lose vectors
 added after a ``remove_ids`` (a re-encoded image is removed and added again), which
-incremental updates cannot live with. SQ4 trains in seconds, supports removal, and
-with exact re-scoring reaches 0.999 recall@10 on 100,000 vectors at ``nprobe`` 8.
+incremental updates cannot live with. SQ4 trains in seconds (3.6 s for 1,024 lists on
+40,000 vectors here), supports removal, and with exact re-scoring (``k_factor`` 4)
+reached 0.999 recall@10 on 100,000 CLIP-like synthetic vectors at ``nprobe`` 8.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from .ann import AnnIndex, Refine
+from .catalog import Catalog
 from .config import AnnConfig
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,19 @@ def build(
         ann.config = calibrate(ann, chunks, sample)
     log.info("built %s over %d vectors in %.1f s", ann.config.factory, len(ann), time.perf_counter() - started)
     return ann
+
+
+def build_from_catalog(catalog: Catalog, dim: int, config: AnnConfig, use_gpu: bool = False) -> AnnIndex:
+    """:func:`build` over a catalog's indexed embeddings: the sample is drawn from them,
+    exact re-scoring reads them back by id."""
+    ids = catalog.indexed_ids()
+
+    def sample(count: int) -> np.ndarray:
+        chosen = np.random.default_rng(len(ids)).choice(ids, size=min(count, len(ids)), replace=False)
+        return catalog.vectors(np.sort(chosen).tolist(), dim)
+
+    return build(dim, config, len(ids), lambda: catalog.embeddings(dim), sample,
+                 lambda wanted: catalog.vectors(wanted, dim), use_gpu)
 
 
 def calibration_queries(sample: Callable[[int], np.ndarray], count: int, seed: int = 0) -> np.ndarray:

@@ -352,6 +352,12 @@ class Catalog:
         with self.engine.connect() as connection:
             return np.fromiter(connection.scalars(query), dtype=np.int64)
 
+    def count_region_rows(self) -> int:
+        """How many rows point at the region store."""
+        query = select(func.count()).select_from(images_table).where(images_table.c.region_row.is_not(None))
+        with self.engine.connect() as connection:
+            return int(connection.scalar(query) or 0)
+
     def live_region_rows(self) -> list[tuple[int, int]]:
         """(id, region row) of every row that points at the region store, by row."""
         query = (select(images_table.c.id, images_table.c.region_row)

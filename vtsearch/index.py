@@ -359,11 +359,6 @@ class Index:
     def _exact_vectors(self, ids: list[int]) -> np.ndarray:
         return self.catalog.vectors(ids, self.manifest.embed_dim)
 
-    def _sample_vectors(self, count: int) -> np.ndarray:
-        ids = self.catalog.indexed_ids()
-        chosen = np.random.default_rng(len(ids)).choice(ids, size=min(count, len(ids)), replace=False)
-        return self.catalog.vectors(np.sort(chosen).tolist(), self.manifest.embed_dim)
-
     def _ann_is_current(self, ann: AnnIndex, revision: int) -> bool:
         return self.catalog.ann_revision() == revision and len(ann) == self.catalog.count(INDEXED)
 
@@ -451,7 +446,7 @@ class Index:
     def _compact_regions_if_sparse(self) -> None:
         store = self._region_store
         if store is not None and len(store) > 0:
-            if len(store) - len(self.catalog.live_region_rows()) > len(store) * COMPACT_WHEN_UNUSED:
+            if len(store) - self.catalog.count_region_rows() > len(store) * COMPACT_WHEN_UNUSED:
                 self._compact_regions_locked()
 
     def _compact_regions_locked(self) -> int:
@@ -515,12 +510,10 @@ class Index:
         An auto index is retrained, changing kind if the collection's size calls for it,
         when ``retrain`` is set or when no calibrated settings exist yet.
         """
-        dim, count = self.manifest.embed_dim, self.catalog.count(INDEXED)
-        config = self.ann.config if self.ann.config.factory == self.manifest.ann.factory else self.manifest.ann
+        dim, count, config = self.manifest.embed_dim, self.catalog.count(INDEXED), self.manifest.ann
         if retrain or needs_rebuild(config, count, dim) or (not config.exact and not config.nprobe):
             config = choose_config(count, dim, config)
-        return annbuild.build(dim, config, count, lambda: self.catalog.embeddings(dim),
-                              self._sample_vectors, self._exact_vectors, _use_gpu(self.device))
+        return annbuild.build_from_catalog(self.catalog, dim, config, _use_gpu(self.device))
 
     def rebuild(self) -> AnnConfig:
         """Retrain the FAISS index from the catalog for the collection's current size and
