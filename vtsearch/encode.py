@@ -157,6 +157,14 @@ class Encoder:
         """How many tokens the text tower reads (start and end tokens included)."""
         return int(getattr(self.tokenizer, "context_length", None) or getattr(self.model, "context_length", 77))
 
+    def fits_context(self, text: str) -> bool:
+        """True when ``text`` needs no more tokens than the text tower reads. Byte-level
+        BPE never makes more tokens than UTF-8 bytes, so short texts are not tokenized."""
+        if len(text.encode("utf-8")) + 2 <= self.context_length:
+            return True
+        count = self.token_count(text)
+        return count is None or count <= self.context_length
+
     def token_count(self, text: str) -> int | None:
         """Tokens ``text`` needs, start and end included (None: the tokenizer cannot tell).
 

@@ -569,9 +569,9 @@ class Index:
         return replace(response, notices=notices) if notices else response
 
     def _length_notices(self, text: str) -> list[str]:
-        count, context = self.encoder.token_count(text), self.encoder.context_length
-        if count is None or count <= context:
+        if self.encoder.fits_context(text):
             return []
+        count, context = self.encoder.token_count(text), self.encoder.context_length
         at_least = "at least " if count >= 4 * context else ""
         return [f"the query is {at_least}{count} tokens long; the model reads the first {context} "
                 "and ignores the rest"]
@@ -607,7 +607,7 @@ class Index:
         """Embed texts into the index's collection (deduplicated by exact text)."""
         records = [TextRecord(r) if isinstance(r, str) else r for r in records]
         records = [replace(r, text=check_text_value(r.text, f"text {n}")) for n, r in enumerate(records, 1)]
-        long = sum(1 for r in records if (self.encoder.token_count(r.text) or 0) > self.encoder.context_length)
+        long = sum(1 for r in records if not self.encoder.fits_context(r.text))
         vectors = np.concatenate([self.encoder.encode_texts([r.text for r in records[start:start + TEXT_BATCH]])
                                   for start in range(0, len(records), TEXT_BATCH)]) if records else None
         self._lock.acquire()
