@@ -109,6 +109,29 @@ def test_labels_need_no_collection_and_missing_inputs_are_clear(indexed):
         index.match(root / "nope.jpg", labels=["x"])
 
 
+def test_query_images_as_bytes_ids_and_files_agree(indexed):
+    index, root = indexed
+    path = root / "photos" / "image_0004.png"
+    by_file = [r.id for r in index.query(image=path, k=4).results]
+    assert [r.id for r in index.query(image=path.read_bytes(), k=4).results] == by_file
+    assert [r.id for r in index.query(image=5, k=4).results] == by_file  # image_0004 is id 5
+    assert index.match(path.read_bytes(), labels=["a", "b"]).image == "(upload)"
+    with pytest.raises(VtsearchError, match=r"cannot use query image \(upload\): not an image"):
+        index.query(image=b"not an image at all")
+    with pytest.raises(VtsearchError, match="cannot use query image .*: truncated"):
+        index.query(image=path.read_bytes()[:200])
+
+
+def test_explain_reports_the_scorers_attention(indexed):
+    index, _ = indexed
+    attention = index.explain(2, "a red square")
+    assert attention.tokens == ["<start_of_text>", "a", "red", "square", "<end_of_text>"]
+    assert np.allclose(np.sum(attention.weights, axis=1), 1.0, atol=1e-5)
+    assert attention.score == attention.stage1_score and not attention.reranks  # w = 0
+    with pytest.raises(QueryError, match="no indexed image has id 99"):
+        index.explain(99, "x")
+
+
 def test_a_scorer_with_weight_reranks_the_texts(indexed):
     index, _ = indexed
     index.add_texts(WORDS)

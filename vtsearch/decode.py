@@ -21,7 +21,7 @@ import signal
 import threading
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -242,13 +242,35 @@ def decode_file(source: ScannedFile, config: DecodeConfig, transform: Transform)
 def decode_query_image(path: str, config: DecodeConfig, transform: Transform) -> torch.Tensor:
     """Decode a query image or raise :class:`ImageDecodeError` with the reason."""
     try:
-        stat = os.stat(path)
+        os.stat(path)
     except OSError as error:
         raise ImageDecodeError(f"cannot read query image {path}: {error.strerror}") from None
-    outcome = decode_file(ScannedFile(path, stat.st_size, stat.st_mtime_ns), config, transform)
-    if isinstance(outcome, DecodeFailure):
-        raise ImageDecodeError(f"cannot use query image {path}: {outcome.reason}")
-    return outcome.pixels
+    try:
+        data, _ = _read(path)
+    except _Skip as skip:
+        raise ImageDecodeError(f"cannot read query image {path}: {skip}") from None
+    return decode_query_bytes(data, path, config, transform)
+
+
+def decode_query_bytes(data: bytes, name: str, config: DecodeConfig, transform: Transform) -> torch.Tensor:
+    """Decode a query image's bytes (an upload, a file) or raise :class:`ImageDecodeError`."""
+    return decode_bytes(data, f"query image {name}", config, transform)
+
+
+def decode_bytes(data: bytes, name: str, config: DecodeConfig, transform: Transform | None = None) -> Any:
+    """An upright RGB image from ``data`` (``transform``-ed when given), or
+    :class:`ImageDecodeError` saying why ``name`` cannot be used."""
+    try:
+        with time_limit(config.timeout_s):
+            image, _, _, _ = load_image(data, config)
+            return transform(image) if transform is not None else image
+    except (_Skip, _TooSlow) as skip:
+        reason = str(skip)
+    except MemoryError:
+        reason = "too large: out of memory while decoding"
+    except Exception as error:  # a codec bug
+        reason = f"decode error: {type(error).__name__}: {error}"
+    raise ImageDecodeError(f"cannot use {name}: {reason}")
 
 
 class _DecodeDataset(Dataset):

@@ -145,6 +145,17 @@ class Encoder:
                 tokens = tokens @ visual.proj  # (B, N, D) in the joint space
         return ImageFeatures(_unit_rows(pooled), _pool_grid(tokens.float(), self.native_grid, region_grid))
 
+    def region_crop(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The part of an upright ``width`` × ``height`` image the model's input square (and
+        so the region grid) covers, as fractions (x0, y0, x1, y1); beyond 0..1 where the
+        preprocessing pads ("longest")."""
+        mode = self.preprocess_config.get("resize_mode", "shortest")
+        if mode == "squash" or width <= 0 or height <= 0:
+            return (0.0, 0.0, 1.0, 1.0)
+        side = min(width, height) if mode == "shortest" else max(width, height)
+        dx, dy = (width - side) / 2 / width, (height - side) / 2 / height
+        return (dx, dy, 1.0 - dx, 1.0 - dy)
+
     # texts
 
     @torch.inference_mode()
@@ -177,6 +188,16 @@ class Encoder:
             return None
         pad = rows[0, -1]  # the empty text's far end is padding, whatever the pad id
         return int((rows[1] != pad).sum())
+
+    def token_strings(self, text: str, count: int) -> list[str]:
+        """The first ``count`` tokens of ``text`` as readable strings (start and end included)."""
+        ids = self.tokenizer([text])[0].tolist()[:count]
+        if hasattr(self.tokenizer, "decoder") and hasattr(self.tokenizer, "decode"):  # open_clip's BPE
+            return [self.tokenizer.decode([token]).strip() for token in ids]
+        inner = getattr(self.tokenizer, "tokenizer", None)  # a Hugging Face tokenizer
+        if inner is not None and hasattr(inner, "convert_ids_to_tokens"):
+            return [str(token) for token in inner.convert_ids_to_tokens(ids)]
+        return [f"#{token}" for token in ids]
 
     @torch.inference_mode()
     def encode_text_features(self, texts: list[str]) -> TextFeatures:

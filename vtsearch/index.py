@@ -20,9 +20,10 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
+import torch
 
 from . import annbuild
 from .ann import AnnIndex, gpu_count
@@ -31,7 +32,7 @@ from .atomic import remove_stale_temps
 from .catalog import ERROR, INDEXED, Catalog
 from .check import LOST, CheckReport, Findings, inspect
 from .config import AnnConfig, EncoderSpec, IngestOptions
-from .decode import decode_query_image
+from .decode import decode_query_bytes, decode_query_image
 from .device import resolve_device
 from .encode import Encoder
 from .errors import IndexExistsError, IndexLockedError, IndexNotFoundError, ModelMismatchError, QueryError
@@ -41,15 +42,13 @@ from .manifest import Manifest
 from .filters import SearchFilter
 from .fusion import FusionConfig
 from .records import (
-    ErrorRecord, IngestSummary, MatchResponse, MatchResult, SearchResponse, SearchResult,
+    AttentionMap, ErrorRecord, IngestSummary, MatchResponse, MatchResult, SearchResponse, SearchResult,
 )
 from .regions import REGIONS_FILE, RegionLayout, RegionStore, compacted_name
 from .rerank import RERANKER_FILE, ComputedRegions, RegionSource, Reranker, StoredRegions
 from .search import MAX_QUERY_CHARS, check_k, check_text, run_query
 from .texts import TextRecord, TextRow, check_text_value
 
-if TYPE_CHECKING:
-    import torch
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,9 @@ CATALOG = "catalog.sqlite"
 ANN = "ann.faiss"
 COMPACT_WHEN_UNUSED = 0.25  # compact the region store when more of it than this is unused
 DEFAULT_REGION_GRID = 7
-TEXT_BATCH = 256  # texts encoded per forward pass  # larger native grids are average-pooled down to 7 × 7
+TEXT_BATCH = 256  # texts encoded per forward pass
+
+QueryImage = str | int | bytes | os.PathLike  # a file, an upload's bytes, or an indexed image's id
 
 
 @dataclass(frozen=True)
@@ -533,7 +534,7 @@ class Index:
         self,
         text: str | None = None,
         *,
-        image: str | os.PathLike[str] | None = None,
+        image: QueryImage | None = None,
         k: int = 10,
         recall_k: int = 100,
         rerank: bool = True,
@@ -541,6 +542,7 @@ class Index:
     ) -> SearchResponse:
         """Search by text (reranked) or by example image (stage 1), with timings.
 
+        ``image``: a file's path, its bytes (an upload), or an indexed image's id.
         ``filters`` restricts the results to images that meet its conditions."""
         check_k(k)
         if (text is None) == (image is None):
@@ -554,9 +556,8 @@ class Index:
             features = self.encoder.encode_text_features([text])
             vector, tokens = features.vectors[0], features.tokens[0]
         else:
-            config = self.encoder.decode_config()
-            pixels = decode_query_image(os.fspath(image), config, self.encoder.preprocess)
-            vector, tokens = self.encoder.encode_images(pixels.unsqueeze(0))[0], None
+            _, vector, _, _ = self._query_image(image)
+            tokens = None
         encode_ms = (time.perf_counter() - started) * 1000.0
         reranker = self.reranker if rerank and tokens is not None else None
         use_scorer = reranker is not None and reranker.changes_order
@@ -588,7 +589,7 @@ class Index:
                     filters: SearchFilter | None = None) -> list[SearchResult]:
         return self.query(text, k=k, recall_k=recall_k, rerank=rerank, filters=filters).results
 
-    def search_image(self, path: str | os.PathLike[str], k: int = 10,
+    def search_image(self, path: QueryImage, k: int = 10,
                      filters: SearchFilter | None = None) -> list[SearchResult]:
         return self.query(image=path, k=k, filters=filters).results
 
@@ -632,20 +633,20 @@ class Index:
 
     def match(
         self,
-        image: str | int | os.PathLike[str],
+        image: QueryImage,
         k: int = 10,
         *,
         recall_k: int = 100,
         rerank: bool = True,
         labels: Sequence[str] | None = None,
     ) -> MatchResponse:
-        """The texts that best describe ``image`` (a file, or an indexed image's path or id):
+        """The texts that best describe ``image`` (a file, its bytes, or an indexed image's path or id):
         from the index's text collection, or from ad-hoc ``labels`` (zero-shot style)."""
         check_k(k)
         check_k(recall_k, "recall_k")
         self.refresh()
         clock_start = time.perf_counter()
-        name, vector, image_id, pixels = self._match_image(image)
+        name, vector, image_id, pixels = self._query_image(image)
         timings = {"encode": round((time.perf_counter() - clock_start) * 1000.0, 3)}
         started = time.perf_counter()
         reranker = self.reranker if rerank else None
@@ -680,8 +681,15 @@ class Index:
                    for rank, i in enumerate(order[:k], 1)]
         return MatchResponse(image=name, results=results, reranked=use_scorer, timings_ms=timings)
 
-    def _match_image(self, image: str | int | os.PathLike[str]):
-        """(name, unit vector, catalog id or None, pixels or None) of a match query image."""
+    def _query_image(self, image: QueryImage) -> tuple[str, np.ndarray, int | None, torch.Tensor | None]:
+        """(name, unit vector, catalog id or None, pixels or None) of a query image.
+
+        An indexed image (named by id, or by a path the catalog holds) uses its stored
+        vector; anything else is decoded and encoded now."""
+        config = self.encoder.decode_config()
+        if isinstance(image, (bytes, bytearray)):
+            pixels = decode_query_bytes(bytes(image), "(upload)", config, self.encoder.preprocess)
+            return "(upload)", self.encoder.encode_images(pixels.unsqueeze(0))[0], None, pixels
         given = os.fspath(image) if not isinstance(image, int) else str(image)
         if isinstance(image, int) or (given.isdigit() and not os.path.exists(given)):
             image_id = int(given)
@@ -693,10 +701,10 @@ class Index:
         entry = self.catalog.entries([path]).get(path)
         if entry is not None and entry.status == INDEXED:
             return path, self.catalog.vectors([entry.id], self.manifest.embed_dim)[0], entry.id, None
-        pixels = decode_query_image(path, self.encoder.decode_config(), self.encoder.preprocess)
+        pixels = decode_query_image(path, config, self.encoder.preprocess)
         return path, self.encoder.encode_images(pixels.unsqueeze(0))[0], None, pixels
 
-    def _match_regions(self, image_id: int | None, pixels) -> "torch.Tensor":
+    def _match_regions(self, image_id: int | None, pixels) -> torch.Tensor:
         if image_id is not None:
             return self.region_source.regions([image_id])[0]
         grid = self.manifest.regions.grid
@@ -711,6 +719,32 @@ class Index:
             ann.add(ids, vectors)
             self._text_index = (revision, ann)
         return self._text_index[1]
+
+    def explain(self, image_id: int, text: str) -> AttentionMap:
+        """Where the fusion scorer looks in an indexed image for each token of ``text``:
+        the cross-attention weights over the image's regions, mean over layers and heads."""
+        text = check_text(text)[:MAX_QUERY_CHARS]
+        self.refresh()
+        reranker = self.reranker
+        if reranker is None:
+            raise QueryError("this index has no region features (its encoder has no patch tokens), "
+                             "so there is no fusion scorer to explain")
+        row = self.catalog.rows([image_id]).get(image_id)
+        if row is None:
+            raise QueryError(f"no indexed image has id {image_id}")
+        features = self.encoder.encode_text_features([text])
+        tokens = features.tokens[0]  # (T, D)
+        stage1 = float(self.catalog.vectors([image_id], self.manifest.embed_dim)[0] @ features.vectors[0])
+        output = reranker.rerank(tokens, np.array([stage1], dtype=np.float32),
+                                 self.region_source.regions([image_id]), need_weights=True)
+        weights = torch.stack(output.attention).mean(dim=0)[0]  # layers × (1, T, R) → (T, R)
+        return AttentionMap(
+            image_id=image_id, text=text, tokens=self.encoder.token_strings(text, len(tokens)),
+            weights=weights.tolist(), grid=self.manifest.regions.grid,
+            crop=self.encoder.region_crop(row.width, row.height), stage1_score=stage1,
+            match_logit=float(output.match_logit[0]), score=float(output.final[0]),
+            reranks=reranker.changes_order,
+        )
 
     def errors(self) -> list[ErrorRecord]:
         return self.catalog.errors()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -176,3 +176,27 @@ class MatchResponse:
     results: list[MatchResult]
     reranked: bool
     timings_ms: dict[str, float]
+
+
+@dataclass(frozen=True)
+class AttentionMap:
+    """Where the fusion scorer looked in one image for each token of a text.
+
+    ``weights[t][r]``: token ``t``'s cross-attention to region ``r`` (mean over layers and
+    heads; each row sums to 1). Regions are a ``grid`` × ``grid`` square, row-major, over
+    the part of the image the model sees: ``crop`` = (x0, y0, x1, y1) as fractions of the
+    upright image's width and height."""
+
+    image_id: int
+    text: str
+    tokens: list[str]  # T, start and end-of-text tokens included
+    weights: list[list[float]]  # T × R
+    grid: int
+    crop: tuple[float, float, float, float]
+    stage1_score: float
+    match_logit: float
+    score: float  # stage1_score + w · match_logit
+    reranks: bool  # w != 0: the scorer changes the order of results
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
