@@ -29,10 +29,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import open_clip
-import torch
 from PIL import Image
-from safetensors.torch import save_file
+
+from benchkit import write_random_model
 
 MODEL = "ViT-B-32"
 QUERY = "a dog on a beach"
@@ -56,15 +55,6 @@ BARE = textwrap.dedent("""
 """)
 
 
-def write_model(folder: Path) -> None:
-    folder.mkdir(parents=True)
-    torch.manual_seed(0)
-    model = open_clip.create_model(MODEL, pretrained=None)
-    config = {"model_cfg": open_clip.get_model_config(MODEL), "preprocess_cfg": {}}
-    (folder / "open_clip_config.json").write_text(json.dumps(config))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
-
-
 def timed(command: list[str], runs: int) -> list[float]:
     subprocess.run(command, check=True, capture_output=True)  # warm-up: file cache
     times = []
@@ -83,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vtsearch-bench-cli-") as temp:
         root = Path(temp)
-        write_model(root / "model")
+        write_random_model(root / "model", MODEL)
         photos = root / "photos"
         photos.mkdir()
         rng = np.random.default_rng(0)

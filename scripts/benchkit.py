@@ -5,8 +5,12 @@ Random weights cost exactly what pretrained ones do, and need no download.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import open_clip
 import torch
+from safetensors.torch import save_file
 
 from vtsearch.config import EncoderSpec
 from vtsearch.encode import Encoder
@@ -17,3 +21,14 @@ def random_encoder(model: str, device: torch.device) -> Encoder:
     torch.manual_seed(0)
     network, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=None)
     return Encoder(EncoderSpec(model, "random-init"), network, preprocess, open_clip.get_tokenizer(model), device)
+
+
+def write_random_model(folder: Path, model: str) -> None:
+    """``model`` with seeded random weights, saved in open_clip's ``local-dir`` layout."""
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    network = open_clip.create_model(model, pretrained=None)
+    config = {"model_cfg": open_clip.get_model_config(model), "preprocess_cfg": {}}
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    save_file({k: v.contiguous() for k, v in network.state_dict().items()},
+              str(folder / "open_clip_model.safetensors"))

@@ -39,3 +39,5 @@ step "evaluating on plain scenes (no twins)"
 vtsearch eval "$DATA/test_plain.jsonl" --index "$INDEX"
 step "searching"
 vtsearch search "a red square left of a blue circle" --index "$INDEX" -k 5
+step "done: to search and look in a browser, run"
+echo "  vtsearch serve --index $INDEX     # then open http://127.0.0.1:1234"

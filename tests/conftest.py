@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +99,67 @@ def image_folder(tmp_path) -> Path:
     good = (folder / "image_0000.jpg").read_bytes()
     (folder / "truncated.jpg").write_bytes(good[: len(good) // 2])
     return folder
+
+
+SERVED_TEXTS = ["a red square", "a blue circle", "a green triangle", "a dog on a beach", "a bowl of fruit"]
+
+
+@pytest.fixture(scope="module")
+def served_dir(tmp_path_factory, tiny_encoder) -> Path:
+    """An index of 24 images with a text collection and a scorer whose weight is not 0,
+    so served text queries are really reranked."""
+    from vtsearch import Index, IngestOptions
+    from vtsearch.fusion import FusionConfig
+    from vtsearch.rerank import Reranker
+
+    root = tmp_path_factory.mktemp("served")
+    make_images(root / "photos", 24)
+    with Index.create(root / "index", encoder=tiny_encoder) as index:
+        index.add([root / "photos"], IngestOptions(workers=0))
+        index.add_texts(SERVED_TEXTS)
+        layout = index.manifest.regions
+        reranker = Reranker.untrained(FusionConfig(text_dim=index.manifest.embed_dim, region_dim=layout.dim,
+                                                   grid=layout.grid), seed=3)
+        with torch.no_grad():
+            reranker.scorer.rerank_weight.fill_(0.5)
+        reranker.trained = {"note": "a random scorer with weight 0.5, for tests"}
+        index.save_reranker(reranker)
+    return root / "index"
+
+
+@contextlib.contextmanager
+def live_server(app):
+    """Serve ``app`` with uvicorn on a free loopback port in a thread; yields its base URL."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+REQUIRE_LIVE_ENV = "VTSEARCH_REQUIRE_LIVE_TESTS"  # set by .ci/run: a missing browser or client fails
+
+
+def need(available: bool, what: str) -> None:
+    """Skip a test whose outside tool is missing here, or fail it where CI promised it."""
+    if available:
+        return
+    if os.environ.get(REQUIRE_LIVE_ENV):
+        pytest.fail(f"{what} is missing, and {REQUIRE_LIVE_ENV} says it must be here")
+    pytest.skip(f"{what} is not installed (.ci/run installs it)")

@@ -1,0 +1,152 @@
+"""clip-retrieval's back-end routes, so its ``ClipClient`` and web front work against a
+vtsearch server unchanged (with vtsearch's reranking on text queries).
+
+The request and response shapes follow clip-retrieval 2.45.0's ``clip back``:
+``POST /knn-service``, ``POST /metadata``, ``GET /indices-list``, ``GET /config.json``.
+Differences, on purpose: a request without a query gets 400 with a message (not 500),
+and ``image_url`` is answered only when it names an image on this server (this server
+fetches nothing from elsewhere).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..search import MAX_K
+from .library import ServedIndex
+from .limits import HTTPError
+from .params import image_bytes, integer, read_fields, string
+
+if TYPE_CHECKING:
+    from .app import Api
+
+PATHS = ("/knn-service", "/metadata", "/indices-list", "/config.json")
+LOCAL_IMAGE = re.compile(r"^/api/images/(\d+)(?:/thumbnail)?$")
+
+
+def routes(api: "Api") -> list[Route]:
+    async def indices_list(_request: Request) -> Response:
+        return JSONResponse(api.library.names)
+
+    async def config(request: Request) -> Response:
+        return JSONResponse({"defaultBackend": str(request.base_url).rstrip("/"),
+                             "defaultIndex": api.library.names[0], "urlColumn": "url"})
+
+    async def knn_service(request: Request) -> Response:
+        fields = await read_fields(request)
+        served = api.library.get(string(fields, "indice_name"))
+        modality = fields.get("modality", "image")
+        if modality not in ("image", "text"):
+            raise HTTPError(400, f"modality must be \"image\" or \"text\", got {modality!r}")
+        num_images = integer(fields, "num_images", 40, 1, MAX_K)
+        count = max(num_images, integer(fields, "num_result_ids", num_images, 1, MAX_K))
+        query = _query(fields, request, served, api)
+        if modality == "text":
+            if isinstance(query, str):
+                raise HTTPError(400, "modality \"text\" searches the text collection by image; "
+                                     "for a text query use modality \"image\"")
+            if isinstance(query, list):
+                raise HTTPError(400, "embedding_input is supported with modality \"image\" only")
+            response = await api.run(served, served.index.match, query, k=count, recall_k=max(100, count))
+            return JSONResponse([{"id": r.id, "similarity": r.score, "caption": r.text, "text": r.text}
+                                 for r in response.results])
+        if isinstance(query, list):
+            hits = await api.run(served, served.index.search_vector, query, k=count)
+        elif isinstance(query, str):
+            hits = (await api.run(served, served.index.query, query, k=count, recall_k=max(100, count))).results
+        else:
+            hits = (await api.run(served, served.index.query, image=query, k=count)).results
+        results: list[dict[str, Any]] = [{"id": hit.id, "similarity": hit.score} for hit in hits]
+        shown = results[:num_images]
+        metadata = await _metadata(served, [item["id"] for item in shown], request, api, thumbnails=True)
+        for item, extra in zip(shown, metadata):
+            item.update(extra["metadata"])
+        return JSONResponse(results)
+
+    async def metadata(request: Request) -> Response:
+        fields = await read_fields(request)
+        served = api.library.get(string(fields, "indice_name"))
+        ids = fields.get("ids", [])
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise HTTPError(400, "ids must be a list of integers")
+        if len(ids) > MAX_K:
+            raise HTTPError(400, f"at most {MAX_K} ids at a time")
+        return JSONResponse(await _metadata(served, ids, request, api, thumbnails=False))
+
+    return [
+        Route("/indices-list", indices_list),
+        Route("/config.json", config),
+        Route("/knn-service", knn_service, methods=["POST"]),
+        Route("/metadata", metadata, methods=["POST"]),
+    ]
+
+
+def _query(fields: dict[str, Any], request: Request, served: ServedIndex, api: "Api") -> str | bytes | int | list[float]:
+    """The query, by clip-retrieval's precedence: text > image > image_url > embedding_input."""
+    text = string(fields, "text")
+    if text is not None and text.strip():
+        return text
+    image = image_bytes(fields, "image", api.settings.max_upload_bytes, api.settings.max_upload_pixels)
+    if image is not None:
+        return image
+    url = string(fields, "image_url")
+    if url is not None:
+        return _local_image_id(url, request, served)
+    embedding = fields.get("embedding_input")
+    if embedding is not None and embedding != []:
+        dim = served.index.manifest.embed_dim
+        if not isinstance(embedding, list) or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in embedding):
+            raise HTTPError(400, "embedding_input must be a list of numbers")
+        if len(embedding) != dim:
+            raise HTTPError(400, f"embedding_input has {len(embedding)} numbers; this index's vectors have {dim}")
+        return [float(x) for x in embedding]
+    raise HTTPError(400, "give a query: text, image (base64), image_url or embedding_input")
+
+
+def _local_image_id(url: str, request: Request, served: ServedIndex) -> int:
+    parts = urlsplit(url)
+    match = LOCAL_IMAGE.match(parts.path)
+    same_host = not parts.netloc or parts.netloc == request.url.netloc
+    named = parse_qs(parts.query).get("index", [served.name])[0]
+    if not (match and same_host and named == served.name):
+        raise HTTPError(400, "this server does not fetch images from other addresses (image_url); "
+                             "send the image itself in \"image\" (base64)")
+    image_id = int(match.group(1))
+    served.row(image_id)
+    return image_id
+
+
+async def _metadata(served: ServedIndex, ids: list[int], request: Request, api: "Api",
+                    thumbnails: bool) -> list[dict[str, Any]]:
+    """clip-retrieval's metadata for image ids, in order: url, image_path, caption, size, and
+    with ``thumbnails`` the base64 JPEG thumbnail as ``image``."""
+    rows = served.index.catalog.rows(ids)
+    base = str(request.base_url).rstrip("/")
+    items = []
+    for image_id in ids:
+        row = rows.get(image_id)
+        if row is None:
+            items.append({"id": image_id, "metadata": {}})
+            continue
+        data: dict[str, Any] = {"url": base + served.image_url(image_id), "image_path": row.path,
+                                "caption": None, "width": row.width, "height": row.height}
+        if thumbnails:
+            try:
+                async with api.thumbnail_work.slot():
+                    path = await run_in_threadpool(served.thumbnails.get, row.id, row.path,
+                                                   api.settings.thumbnail_size)
+                data["image"] = base64.b64encode(path.read_bytes()).decode("ascii")
+            except HTTPError as error:
+                if error.status != 404:
+                    raise
+        items.append({"id": image_id, "metadata": data})
+    return items
