@@ -330,3 +330,41 @@ def test_serve_command_checks_its_index_first(tmp_path):
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
     assert SearchFilter.from_dict({}).active is False
+
+
+def test_the_serve_command_in_its_own_processes(served_dir):
+    """The real command: two worker processes on all interfaces (with the warning),
+    answering until it is stopped."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-c", "from vtsearch.cli import main; main()", "serve", "--index", str(served_dir),
+               "--host", "0.0.0.0", "--port", str(port), "--workers", "2", "--device", "cpu"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, server.stderr.read()
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
+                    break
+            except requests.RequestException:
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.2)
+        answer = requests.post(f"http://127.0.0.1:{port}/api/search", json={"text": "a red square", "k": 3}).json()
+        assert len(answer["results"]) == 3 and answer["reranked"] is True
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        _, errors = server.communicate(timeout=30)
+    assert "warning: listening on 0.0.0.0" in errors
+    assert "Traceback" not in errors
