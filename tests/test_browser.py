@@ -1,5 +1,6 @@
 """The web page in a real headless Chromium (Debian's chromium + chromium-driver, driven by
-Selenium): search, see thumbnails, open the region view, search by image, describe an image."""
+Selenium): search, see thumbnails, open the region view, search by image, describe an
+image, filter."""
 
 import os
 import shutil
@@ -98,5 +99,16 @@ def test_search_look_and_describe(browser, page, served_dir, tmp_path):
     browser.find_element(By.ID, "match-image").send_keys(str(photo))
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#match-results li")) == 5)
     assert "reranked" in browser.find_element(By.ID, "match-status").text
+    # filters: only PNG files (8 of the 24)
+    browser.find_element(By.CSS_SELECTOR, ".tab[data-tab=search]").click()
+    browser.find_element(By.CSS_SELECTOR, "#filters summary").click()
+    browser.find_element(By.ID, "f-glob").send_keys("*.png")
+    query = browser.find_element(By.ID, "query")
+    query.clear()
+    query.send_keys("a blue circle", Keys.ENTER)
+    names = "return [...document.querySelectorAll('#results .result img')].map(img => img.alt)"
+    wait.until(lambda d: len(d.execute_script(names)) == 8)
+    assert all(name.endswith(".png") for name in browser.execute_script(names))
+
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == []

@@ -46,9 +46,13 @@ async function search(fields) {
   try {
     let data;
     const common = { index: state.index, k: Number($("k").value), rerank: $("rerank").checked };
+    const filters = chosenFilters();
+    if (filters) common.filters = filters;
     if (fields.file) {
       const form = new FormData();
-      for (const [key, value] of Object.entries(common)) form.append(key, String(value));
+      for (const [key, value] of Object.entries(common)) {
+        form.append(key, typeof value === "object" ? JSON.stringify(value) : String(value));
+      }
       form.append("image", fields.file);
       data = await api("/api/search", form);
     } else {
@@ -63,6 +67,20 @@ async function search(fields) {
   } catch (error) {
     say(status, error.message, true);
   }
+}
+
+// The filter fields that are filled in, as the API's ``filters`` object (or null).
+function chosenFilters() {
+  const filters = {};
+  const text = (id) => $(id).value.trim();
+  if (text("f-path-prefix")) filters.path_prefix = text("f-path-prefix");
+  if (text("f-glob")) filters.glob = text("f-glob");
+  if (text("f-formats")) filters.formats = text("f-formats").split(/[\s,]+/).filter(Boolean);
+  if (text("f-min-width")) filters.min_width = Number(text("f-min-width"));
+  if (text("f-min-height")) filters.min_height = Number(text("f-min-height"));
+  if (text("f-modified-after")) filters.modified_after = text("f-modified-after");
+  if (text("f-modified-before")) filters.modified_before = text("f-modified-before");
+  return Object.keys(filters).length ? filters : null;
 }
 
 function showResults(data) {
