@@ -123,15 +123,15 @@ def test_explain_gives_attention_per_token(client):
 
 # ---- images
 
-def test_thumbnails_are_bounded_cached_and_follow_changes(client, served_dir, tmp_path):
+def test_thumbnails_are_bounded_and_cached(client, served_dir):
     response = client.get("/api/images/1/thumbnail")
     assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
     assert max(Image.open(io.BytesIO(response.content)).size) <= 256
     cached = list((served_dir / "thumbnails").glob("1_256_*.jpg"))
     assert len(cached) == 1
-    stamp = cached[0].stat().st_mtime_ns
+    inode = cached[0].stat().st_ino
     assert client.get("/api/images/1/thumbnail").content == response.content
-    assert cached[0].stat().st_mtime_ns == stamp  # served from the cache
+    assert cached[0].stat().st_ino == inode  # served from the cache, not made again
     large = client.get("/api/images/1/thumbnail", params={"size": 1024})
     assert Image.open(io.BytesIO(large.content)).size == (72, 56)  # never enlarged
     assert client.get("/api/images/1/thumbnail", params={"size": 300}).status_code == 400
@@ -368,3 +368,26 @@ def test_the_serve_command_in_its_own_processes(served_dir):
         _, errors = server.communicate(timeout=30)
     assert "warning: listening on 0.0.0.0" in errors
     assert "Traceback" not in errors
+
+
+def test_the_thumbnail_cache_follows_changes_and_keeps_to_its_cap(tmp_path):
+    from conftest import make_images
+    from vtsearch.server.thumbnails import ThumbnailCache
+
+    paths = make_images(tmp_path / "photos", 12, size=(300, 200))
+    probe = ThumbnailCache(tmp_path / "probe")
+    one = probe.get(1, str(paths[0]), 256).stat().st_size
+    old = probe.get(2, str(paths[1]), 256)
+    Image.new("RGB", (640, 480), (200, 30, 30)).save(paths[1])  # the file changes
+    new = probe.get(2, str(paths[1]), 256)
+    assert new != old and not old.exists() and Image.open(new).size == (256, 192)
+    cache = ThumbnailCache(tmp_path / "index", max_bytes=int(5.5 * one))
+    first = cache.get(1, str(paths[0]), 256)
+    for number, path in enumerate(paths[1:], start=2):
+        cache.get(number, str(path), 256)
+        cache.get(1, str(paths[0]), 256)  # kept in use: never evicted
+    files = list(cache.folder.glob("*.jpg"))
+    assert first in files and len(files) < 12
+    assert sum(f.stat().st_size for f in files) <= cache.max_bytes
+    assert cache._bytes == sum(f.stat().st_size for f in files)
+    assert ThumbnailCache(tmp_path / "index", max_bytes=cache.max_bytes)._bytes == cache._bytes

@@ -347,13 +347,15 @@ def eval_command(pairs, images_root, split, index_dir, recall_k, device, as_json
               help="Requests doing model work at once per process; more wait in a bounded queue.")
 @click.option("--queue", type=click.IntRange(0, 100_000), default=64, show_default=True,
               help="Requests that may wait for model work; beyond that the server answers 503.")
+@click.option("--thumbnail-cache-mb", type=click.IntRange(1), default=1024, show_default=True,
+              help="Disk for cached thumbnails, per index; the least recently served go first.")
 @click.option("--cors-origin", "cors_origins", multiple=True,
               help="Origins allowed to call the clip-retrieval routes from a browser [default: any]; "
                    "'none' allows none.")
 @device_option
 @_fail_cleanly
 def serve_command(index_dirs, host, port, workers, max_upload_mb, max_upload_pixels, concurrency, queue,
-                  cors_origins, device):
+                  thumbnail_cache_mb, cors_origins, device):
     """Serve indexes over HTTP: a web page to search and look, a JSON API under /api,
     and clip-retrieval's back-end routes (/knn-service, /metadata, /indices-list).
 
@@ -366,7 +368,8 @@ def serve_command(index_dirs, host, port, workers, max_upload_mb, max_upload_pix
 
     origins = () if cors_origins == ("none",) else (tuple(cors_origins) or ("*",))
     settings = ServerSettings(max_upload_bytes=int(max_upload_mb * 2**20), max_upload_pixels=max_upload_pixels,
-                              concurrency=concurrency, queue=queue, cors_origins=origins)
+                              concurrency=concurrency, queue=queue, cors_origins=origins,
+                              thumbnail_cache_bytes=thumbnail_cache_mb * 2**20)
     if not is_loopback(host):
         click.echo(f"warning: listening on {host}: other machines can search these indexes and see their "
                    "images and file paths; vtsearch has no authentication (put it behind a proxy that has)",

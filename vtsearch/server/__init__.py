@@ -20,7 +20,8 @@ def serve(folders: Sequence[str], host: str = "127.0.0.1", port: int = 1234, wor
     import uvicorn
 
     settings = settings or ServerSettings()
-    library = Library.open(folders, device, warm_up=workers == 1)
+    library = Library.open(folders, device, warm_up=workers == 1,
+                           thumbnail_cache_bytes=settings.thumbnail_cache_bytes)
     if workers == 1:
         uvicorn.run(create_app(library, settings), host=host, port=port, log_level=log_level)
         return
@@ -36,7 +37,9 @@ def app_from_environment():
     config = json.loads(os.environ[CONFIG_ENV_VAR])
     settings = config["settings"]
     settings["cors_origins"] = tuple(settings["cors_origins"])
-    return create_app(Library.open(config["folders"], config["device"]), ServerSettings(**settings))
+    settings = ServerSettings(**settings)
+    library = Library.open(config["folders"], config["device"], thumbnail_cache_bytes=settings.thumbnail_cache_bytes)
+    return create_app(library, settings)
 
 
 def is_loopback(host: str) -> bool:

@@ -50,6 +50,7 @@ class ServerSettings:
     queue: int = 64  # requests waiting for that; more get 503
     queue_timeout_s: float = 30.0  # the longest a request waits before 503
     thumbnail_size: int = 256
+    thumbnail_cache_bytes: int = 1 << 30  # per index; the least recently served go first
     cors_origins: tuple[str, ...] = ("*",)  # for the clip-retrieval routes only
 
     @property

@@ -13,7 +13,7 @@ from urllib.parse import quote
 from ..catalog import ImageRow
 from ..index import Index
 from .limits import HTTPError
-from .thumbnails import ThumbnailCache
+from .thumbnails import DEFAULT_MAX_BYTES, ThumbnailCache
 
 T = TypeVar("T")
 
@@ -27,11 +27,11 @@ class ServedIndex:
     thread each time starts a new team of spinning OpenMP threads, and measured here
     that made served queries run at 0.6 of the in-process rate."""
 
-    def __init__(self, name: str, index: Index):
+    def __init__(self, name: str, index: Index, thumbnail_cache_bytes: int = DEFAULT_MAX_BYTES):
         self.name = name
         self.index = index
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"vtsearch-{name}")
-        self.thumbnails = ThumbnailCache(index.path)
+        self.thumbnails = ThumbnailCache(index.path, thumbnail_cache_bytes)
 
     def warm_up(self) -> None:
         """Load the model and the scorer, and run one query, in this index's thread: the
@@ -65,7 +65,7 @@ class Library:
 
     @classmethod
     def open(cls, folders: Sequence[str | os.PathLike[str]], device: str = "auto",
-             warm_up: bool = True) -> "Library":
+             warm_up: bool = True, thumbnail_cache_bytes: int = DEFAULT_MAX_BYTES) -> "Library":
         """Open each index folder; each is named by its folder (``name-2`` for a repeat)."""
         served: list[ServedIndex] = []
         try:
@@ -75,7 +75,7 @@ class Library:
                 while any(item.name == name for item in served):
                     number += 1
                     name = f"{base}-{number}"
-                served.append(ServedIndex(name, Index.open(folder, device=device)))
+                served.append(ServedIndex(name, Index.open(folder, device=device), thumbnail_cache_bytes))
                 if warm_up:
                     served[-1].warm_up()
         except BaseException:

@@ -3,7 +3,9 @@
 A thumbnail is named by the image's catalog id and its file's size and modification
 time, so a file changed since is thumbnailed again (and the old one deleted). The
 folder is ``DIR/thumbnails`` in the index, or a per-index temporary folder when the
-index is read-only to the server.
+index is read-only to the server. Each thumbnail is at most 1024 px on its longest side,
+and the folder at most ``max_bytes``: past that, the least recently served thumbnails
+are deleted (each hit refreshes its file's modification time) until it is at 80 %.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 from ..atomic import atomic_path
@@ -21,11 +24,15 @@ from .limits import HTTPError
 
 SIZES = (128, 256, 512, 1024)  # the longest side; a request asks for one of these
 JPEG_QUALITY = 85
+DEFAULT_MAX_BYTES = 1 << 30
 
 
 class ThumbnailCache:
-    def __init__(self, index_dir: Path):
+    def __init__(self, index_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES):
         self.folder = _writable_folder(index_dir)
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()  # thumbnails are made in several threads
+        self._bytes = sum(_size(file) for file in self.folder.glob("*.jpg"))
 
     def get(self, image_id: int, path: str, size: int) -> Path:
         """The JPEG thumbnail of ``path`` (catalog id ``image_id``), made when missing."""
@@ -36,10 +43,13 @@ class ThumbnailCache:
         except OSError as error:
             raise HTTPError(404, f"the file of image {image_id} cannot be read: {error.strerror}") from None
         target = self.folder / f"{image_id}_{size}_{stat.st_size}_{stat.st_mtime_ns}.jpg"
-        if target.is_file():
+        try:
+            os.utime(target)  # served now: the last to be evicted
             return target
+        except FileNotFoundError:
+            pass
         for stale in self.folder.glob(f"{image_id}_{size}_*.jpg"):
-            stale.unlink(missing_ok=True)
+            self._forget(stale)
         config = DecodeConfig(image_size=size, draft=True)  # the index took it under these limits
         try:
             with open(path, "rb") as handle:
@@ -51,7 +61,38 @@ class ThumbnailCache:
         image.thumbnail((size, size))
         with atomic_path(target) as temp:
             image.save(temp, format="JPEG", quality=JPEG_QUALITY)
+        with self._lock:
+            self._bytes += _size(target)
+            over = self._bytes > self.max_bytes
+        if over:
+            self._evict(keep=target)
         return target
+
+    def _forget(self, file: Path) -> None:
+        size = _size(file)
+        try:
+            file.unlink()
+        except FileNotFoundError:
+            return
+        with self._lock:
+            self._bytes -= size
+
+    def _evict(self, keep: Path) -> None:
+        """Delete the least recently served thumbnails until the folder is at 80 % of its cap."""
+        files = sorted(((file.stat().st_mtime_ns, file) for file in self.folder.glob("*.jpg")
+                        if file.exists()), key=lambda item: item[0])
+        for _, file in files:
+            if self._bytes <= 0.8 * self.max_bytes:
+                break
+            if file != keep:
+                self._forget(file)
+
+
+def _size(file: Path) -> int:
+    try:
+        return file.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _writable_folder(index_dir: Path) -> Path:
