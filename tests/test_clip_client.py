@@ -36,7 +36,7 @@ def server(served_dir):
 def test_clip_client_searches_by_text_image_and_embedding(server, served_dir):
     clip_client = load_clip_client()
     client = clip_client.ClipClient(url=f"{server}/knn-service", indice_name="index", num_images=5,
-                                    aesthetic_score=9, aesthetic_weight=0.5)
+                                    aesthetic_score=9, aesthetic_weight=0.5, deduplicate=False)
     with Index.open(served_dir, device="cpu") as index:
         expected = index.query("a red square", k=5, recall_k=100)
         photo = index.catalog.rows([4])[4].path
@@ -48,6 +48,14 @@ def test_clip_client_searches_by_text_image_and_embedding(server, served_dir):
     assert by_image[0]["id"] == 4 and by_image[0]["image_path"] == photo
     assert client.query(embedding_input=vector)[0]["id"] == 7
     assert client.query(image=by_text[0]["url"])[0]["id"] == by_text[0]["id"]  # an image of this server
+
+    # the client's default: near-duplicates (this tiny random model finds many) are dropped
+    deduplicated = clip_client.ClipClient(url=f"{server}/knn-service", indice_name="index", num_images=5)
+    kept = [item["id"] for item in deduplicated.query(text="a red square")]
+    assert kept and kept[0] == by_text[0]["id"] and len(kept) <= 5
+    with Index.open(served_dir, device="cpu") as index:
+        vectors = index.catalog.vectors(kept, index.manifest.embed_dim)
+    assert all(float(vectors[i] @ vectors[j]) < 0.94 for i in range(len(kept)) for j in range(i))
 
     texts = clip_client.ClipClient(url=f"{server}/knn-service", indice_name="index", num_images=3,
                                    modality=clip_client.Modality.TEXT)

@@ -274,7 +274,7 @@ def test_clip_retrieval_routes(client, served_dir, index):
     assert client.get("/config.json").json() == {"defaultBackend": "http://testserver", "defaultIndex": "index",
                                                  "urlColumn": "url"}
     body = {"text": "a red square", "image": None, "image_url": None, "embedding_input": None,
-            "deduplicate": True, "use_safety_model": True, "use_violence_detector": True, "indice_name": "index",
+            "deduplicate": False, "use_safety_model": True, "use_violence_detector": True, "indice_name": "index",
             "use_mclip": False, "aesthetic_score": "", "aesthetic_weight": "0.5", "modality": "image",
             "num_images": "3", "num_result_ids": 6}
     results = client.post("/knn-service", content=json.dumps(body)).json()  # no Content-Type, like ClipClient
@@ -391,3 +391,26 @@ def test_the_thumbnail_cache_follows_changes_and_keeps_to_its_cap(tmp_path):
     assert sum(f.stat().st_size for f in files) <= cache.max_bytes
     assert cache._bytes == sum(f.stat().st_size for f in files)
     assert ThumbnailCache(tmp_path / "index", max_bytes=cache.max_bytes)._bytes == cache._bytes
+
+
+def test_near_duplicates_are_dropped_on_request(client):
+    import numpy as np
+
+    from vtsearch.records import SearchResult
+    from vtsearch.search import drop_near_duplicates
+
+    class Vectors:
+        rows = {1: [1.0, 0.0], 2: [0.96, 0.28], 3: [0.0, 1.0], 4: [0.6, 0.8]}  # 2 ≈ 1; 4 near neither
+
+        def vectors(self, ids, dim):
+            return np.array([self.rows[i] for i in ids], dtype=np.float32)
+
+    results = [SearchResult(rank, i, f"/{i}.jpg", 1.0 - rank / 10, 0.0, rank) for rank, i in enumerate([1, 2, 3, 4], 1)]
+    kept = drop_near_duplicates(results, Vectors(), 2)
+    assert [(r.rank, r.id) for r in kept] == [(1, 1), (2, 3), (3, 4)]
+
+    every = client.post("/api/search", json={"text": "a red square", "k": 24}).json()["results"]
+    unique = client.post("/api/search", json={"text": "a red square", "k": 24, "deduplicate": True}).json()["results"]
+    assert [r["rank"] for r in unique] == list(range(1, len(unique) + 1))
+    assert [r["id"] for r in unique] == [r["id"] for r in every if r["id"] in {u["id"] for u in unique}]
+    assert unique[0]["id"] == every[0]["id"] and len(unique) < len(every)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import faiss
 import numpy as np
@@ -22,6 +22,7 @@ MAX_K = 10_000
 MAX_QUERY_CHARS = 10_000  # far past any text tower's context; longer input is cut first
 EXACT_FILTER_LIMIT = 20_000  # a filter keeping at most this many images is searched exactly
 EXACT_CHUNK = 5_000
+DUPLICATE_COSINE = 0.94  # clip-retrieval's threshold for "the same picture"
 
 
 def check_k(k: int, name: str = "k") -> int:
@@ -133,3 +134,17 @@ def to_results(candidates: list[Candidate], catalog: Catalog) -> list[SearchResu
                      stage1_score=c.stage1_score, stage1_rank=c.stage1_rank)
         for rank, c in enumerate(present, start=1)
     ]
+
+
+def drop_near_duplicates(results: list[SearchResult], catalog: Catalog, dim: int,
+                         threshold: float = DUPLICATE_COSINE) -> list[SearchResult]:
+    """Keep a result unless its stage-1 vector is within ``threshold`` cosine of a better
+    ranked result that was kept (bursts, re-saved copies); ranks are renumbered."""
+    if len(results) < 2:
+        return results
+    vectors = catalog.vectors([r.id for r in results], dim)  # (n, D) unit rows
+    kept: list[int] = []
+    for position in range(len(results)):
+        if not kept or float(np.max(vectors[kept] @ vectors[position])) < threshold:
+            kept.append(position)
+    return [replace(results[position], rank=rank) for rank, position in enumerate(kept, start=1)]

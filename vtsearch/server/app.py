@@ -28,7 +28,7 @@ from starlette.staticfiles import StaticFiles
 
 from .. import __version__
 from ..errors import ImageDecodeError, QueryError, VtsearchError
-from ..search import MAX_K
+from ..search import MAX_K, drop_near_duplicates
 from . import compat
 from .library import Library, ServedIndex
 from .limits import BodyLimit, HTTPError, RouteCORS, SecurityHeaders, WorkGate
@@ -98,9 +98,12 @@ class Api:
             recall_k=integer(fields, "recall_k", 100, 1, MAX_K), rerank=boolean(fields, "rerank", True),
             filters=search_filter(fields),
         )
-        rows = served.index.catalog.rows([result.id for result in response.results])
+        found = response.results
+        if boolean(fields, "deduplicate", False):
+            found = drop_near_duplicates(found, served.index.catalog, served.index.manifest.embed_dim)
+        rows = served.index.catalog.rows([result.id for result in found])
         results = []
-        for result in response.results:
+        for result in found:
             row = rows.get(result.id)
             results.append({**result.to_dict(), "width": row and row.width, "height": row and row.height,
                             "format": row and row.format, "thumbnail": served.image_url(result.id, True),

@@ -5,7 +5,9 @@ The request and response shapes follow clip-retrieval 2.45.0's ``clip back``:
 ``POST /knn-service``, ``POST /metadata``, ``GET /indices-list``, ``GET /config.json``.
 Differences, on purpose: a request without a query gets 400 with a message (not 500),
 and ``image_url`` is answered only when it names an image on this server (this server
-fetches nothing from elsewhere).
+fetches nothing from elsewhere). ``deduplicate`` drops a result within 0.94 cosine of a
+better ranked one (clip-retrieval groups them by connected components instead); the
+safety and aesthetic options are accepted and ignored.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..search import MAX_K
+from ..search import MAX_K, drop_near_duplicates
 from .library import ServedIndex
 from .limits import HTTPError
-from .params import image_bytes, integer, read_fields, string
+from .params import boolean, image_bytes, integer, read_fields, string
 
 if TYPE_CHECKING:
     from .app import Api
@@ -64,6 +66,8 @@ def routes(api: "Api") -> list[Route]:
             hits = (await api.run(served, served.index.query, query, k=count, recall_k=max(100, count))).results
         else:
             hits = (await api.run(served, served.index.query, image=query, k=count)).results
+        if boolean(fields, "deduplicate", False):
+            hits = drop_near_duplicates(hits, served.index.catalog, served.index.manifest.embed_dim)
         results: list[dict[str, Any]] = [{"id": hit.id, "similarity": hit.score} for hit in hits]
         shown = results[:num_images]
         metadata = await _metadata(served, [item["id"] for item in shown], request, api, thumbnails=True)
