@@ -5,6 +5,7 @@
 #   3. index every image with it (stage 1: FAISS; stage 2: region features)
 #   4. train the fusion reranker on the training captions (hard negatives from the index)
 #   5. evaluate text -> image recall with and without reranking, then search
+#   6. print how to look at it all in a browser (vtsearch serve)
 # Steps whose output already exists are skipped; DEMO_DIR (default ./demo) holds it all.
 set -euo pipefail
 cd "$(dirname "$0")/.."

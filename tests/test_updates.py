@@ -266,6 +266,11 @@ def test_newer_manifest_and_changed_model_weights_are_clear_errors(tmp_path, tin
     with Index.create(tmp_path / "index", encoder=encoder) as index:
         index.add([tmp_path / "photos"], OPTIONS)
 
+    write_tiny_model(model_dir, seed=1)  # the same model, other weights: same width
+    with Index.open(tmp_path / "index", device="cpu") as index:
+        with pytest.raises(ModelMismatchError, match=r"now embeds text differently .*\(cosine -?0\.\d+ on a fixed probe"):
+            index.search_text("x")
+
     wider = {**TINY_MODEL_CFG, "embed_dim": 32}  # the folder's model is replaced by another
     (model_dir / "open_clip_config.json").write_text(json.dumps({"model_cfg": wider, "preprocess_cfg": {}}))
     save_file({k: v.contiguous() for k, v in open_clip.CLIP(**wider).state_dict().items()},

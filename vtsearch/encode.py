@@ -28,6 +28,7 @@ from .records import ImageFeatures, TextFeatures
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
+PROBE_TEXT = "a photo of a dog on a beach"  # its vector fingerprints the weights an index was built with
 MAX_ASPECT = 3.0  # longer images are centre-cut to this ratio before a centre-crop preprocess
 
 WEIGHT_FILES = (
@@ -198,6 +199,11 @@ class Encoder:
         if inner is not None and hasattr(inner, "convert_ids_to_tokens"):
             return [str(token) for token in inner.convert_ids_to_tokens(ids)]
         return [f"#{token}" for token in ids]
+
+    def probe_vector(self) -> list[float]:
+        """The unit vector of :data:`PROBE_TEXT`, rounded: the index keeps it, and an
+        encoder whose weights changed since (same name, same width) gives another one."""
+        return [round(float(x), 5) for x in self.encode_texts([PROBE_TEXT])[0]]
 
     @torch.inference_mode()
     def encode_text_features(self, texts: list[str]) -> TextFeatures:

@@ -58,6 +58,7 @@ ANN = "ann.faiss"
 COMPACT_WHEN_UNUSED = 0.25  # compact the region store when more of it than this is unused
 DEFAULT_REGION_GRID = 7
 TEXT_BATCH = 256  # texts encoded per forward pass
+PROBE_AGREEMENT = 0.99  # same weights agree to ~1e-4 (fp16 on a GPU); other weights fall far below
 
 QueryImage = str | int | bytes | os.PathLike  # a file, an upload's bytes, or an indexed image's id
 
@@ -168,6 +169,7 @@ class Index:
                 encoder=encoder.spec, embed_dim=encoder.embed_dim,
                 preprocess=encoder.describe()["preprocess"], ann=ann_config or AnnConfig(),
                 regions=_region_layout(encoder, store_regions, region_grid),
+                encoder_probe=encoder.probe_vector(),
             )
             catalog = Catalog.open(path / CATALOG, create=True)
             ann = AnnIndex.empty(encoder.embed_dim, manifest.ann, use_gpu=_use_gpu(device))
@@ -246,6 +248,14 @@ class Index:
                     f"{self.path} holds {self.manifest.embed_dim}-wide ones: its weights changed "
                     "since the index was built; restore them or index again into a new --index"
                 )
+            if self.manifest.encoder_probe is not None:
+                agreement = float(np.dot(encoder.probe_vector(), self.manifest.encoder_probe))
+                if agreement < PROBE_AGREEMENT:
+                    raise ModelMismatchError(
+                        f"{encoder.spec.describe()} now embeds text differently from when index {self.path} "
+                        f"was built (cosine {agreement:.3f} on a fixed probe text): its weights changed; "
+                        "restore them or index again into a new --index"
+                    )
             self._encoder = encoder
         return self._encoder
 

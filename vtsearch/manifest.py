@@ -30,6 +30,7 @@ class Manifest:
     ann: AnnConfig = field(default_factory=AnnConfig)
     regions: RegionLayout | None = None  # None: the encoder has no region tokens
     reranker: dict[str, Any] = field(default_factory=dict)  # summary of reranker.pt
+    encoder_probe: list[float] | None = None  # Encoder.probe_vector() at creation (None: older index)
     schema_version: int = MANIFEST_VERSION
     vtsearch_version: str = field(default_factory=_version)
     created: float = field(default_factory=time.time)
@@ -40,7 +41,7 @@ class Manifest:
             "schema_version": self.schema_version,
             "vtsearch_version": self.vtsearch_version,
             "encoder": {**self.encoder.to_dict(), "embed_dim": self.embed_dim,
-                        "preprocess": self.preprocess},
+                        "preprocess": self.preprocess, "probe": self.encoder_probe},
             "ann": self.ann.to_dict(),
             "regions": self.regions.to_dict() if self.regions else None,
             "reranker": self.reranker,
@@ -64,6 +65,7 @@ class Manifest:
             ann=AnnConfig.from_dict(data.get("ann", {})),
             regions=RegionLayout.from_dict(data["regions"]) if data.get("regions") else None,
             reranker=dict(data.get("reranker") or {}),
+            encoder_probe=[float(x) for x in encoder["probe"]] if encoder.get("probe") else None,
             schema_version=version,
             vtsearch_version=str(data.get("vtsearch_version", "")),
             created=float(data.get("created", 0.0)),
