@@ -414,3 +414,23 @@ def test_near_duplicates_are_dropped_on_request(client):
     assert [r["rank"] for r in unique] == list(range(1, len(unique) + 1))
     assert [r["id"] for r in unique] == [r["id"] for r in every if r["id"] in {u["id"] for u in unique}]
     assert unique[0]["id"] == every[0]["id"] and len(unique) < len(every)
+
+
+def test_a_running_server_sees_what_a_writer_adds(tmp_path, tiny_encoder):
+    """The server keeps its indexes open; an index run in another process (here another
+    Index on the same folder) shows up on the next query, thumbnails included."""
+    from conftest import make_images
+    from vtsearch import IngestOptions
+
+    make_images(tmp_path / "photos", 4)
+    with Index.create(tmp_path / "index", encoder=tiny_encoder) as writer:
+        writer.add([tmp_path / "photos"], IngestOptions(workers=0))
+    with TestClient(create_app(Library.open([tmp_path / "index"], device="cpu"))) as live:
+        assert len(live.post("/api/search", json={"text": "x", "k": 50}).json()["results"]) == 4
+        make_images(tmp_path / "photos" / "more", 3, seed=5)
+        with Index.open(tmp_path / "index", encoder=tiny_encoder) as writer:
+            writer.add([tmp_path / "photos"], IngestOptions(workers=0))
+        results = live.post("/api/search", json={"text": "x", "k": 50}).json()["results"]
+        assert len(results) == 7
+        newest = max(r["id"] for r in results)
+        assert live.get(f"/api/images/{newest}/thumbnail").status_code == 200
