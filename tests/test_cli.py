@@ -49,6 +49,11 @@ def test_search_json_and_table(run, built, image_folder):
     assert len(table.stdout.splitlines()) == 3
     by_image = run("search", "--image", image_folder / "image_0003.jpg", "--index", built, "--json")
     assert json.loads(by_image.stdout)["results"][0]["path"] == str(image_folder / "image_0003.jpg")
+    every = json.loads(run("search", "a green field", "--index", built, "-k", 30, "--json").stdout)["results"]
+    unique = json.loads(run("search", "a green field", "--index", built, "-k", 30, "--deduplicate",
+                            "--json").stdout)["results"]
+    assert unique[0]["id"] == every[0]["id"] and len(unique) < len(every)  # the tiny random model sees many
+    assert [r["rank"] for r in unique] == list(range(1, len(unique) + 1))
 
 
 def test_index_from_environment_variable(run, built):

@@ -174,11 +174,13 @@ def index_command(paths, index_dir, model, pretrained, batch_size, workers, max_
 @click.option("--min-height", type=click.IntRange(0), help="Only images at least this tall (pixels).")
 @click.option("--modified-after", help="Only files modified at or after this date (YYYY-MM-DD[THH:MM]).")
 @click.option("--modified-before", help="Only files modified before this date.")
+@click.option("--deduplicate", is_flag=True,
+              help="Drop a result that is a near-duplicate (cosine >= 0.94) of a better ranked one.")
 @device_option
 @json_option
 @_fail_cleanly
 def search_command(query, image_path, index_dir, k, recall_k, no_rerank, path_prefix, glob, formats,
-                   min_width, min_height, modified_after, modified_before, device, as_json):
+                   min_width, min_height, modified_after, modified_before, deduplicate, device, as_json):
     """Find the images that best match QUERY text (or --image FILE).
 
     Text queries are reranked by the index's fusion scorer (see train-reranker).
@@ -190,8 +192,11 @@ def search_command(query, image_path, index_dir, k, recall_k, no_rerank, path_pr
       vtsearch search --image holiday.jpg -k 5 --json
       vtsearch search "a harbour at night" --path-prefix ~/Pictures/2023 --format jpeg
     """
+    from dataclasses import replace
+
     from .filters import SearchFilter
     from .index import Index
+    from .search import drop_near_duplicates
 
     if (query is None) == (image_path is None):
         raise click.UsageError("give either a QUERY text or --image FILE (not both)")
@@ -202,6 +207,9 @@ def search_command(query, image_path, index_dir, k, recall_k, no_rerank, path_pr
     with Index.open(index_dir or default_index_dir(), device=device) as index:
         response = index.query(query, image=image_path, k=k, recall_k=recall_k, rerank=not no_rerank,
                                filters=filters)
+        if deduplicate:
+            response = replace(response, results=drop_near_duplicates(
+                response.results, index.catalog, index.manifest.embed_dim))
     if as_json:
         _print_json({"query": image_path if image_path is not None else query,
                      "reranked": response.reranked, "timings_ms": response.timings_ms,
