@@ -74,8 +74,7 @@ class SearchResult:
     stage1_rank: int
 
     def to_dict(self) -> dict[str, object]:
-        return {"rank": self.rank, "id": self.id, "path": self.path, "score": self.score,
-                "stage1_score": self.stage1_score, "stage1_rank": self.stage1_rank}
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -166,8 +165,7 @@ class MatchResult:
     stage1_rank: int
 
     def to_dict(self) -> dict[str, object]:
-        return {"rank": self.rank, "id": self.id, "text": self.text, "score": self.score,
-                "stage1_score": self.stage1_score, "stage1_rank": self.stage1_rank}
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from . import compat
 from .library import Library, ServedIndex
 from .limits import BodyLimit, HTTPError, RouteCORS, SecurityHeaders, WorkGate
 from .params import boolean, image_bytes, integer, read_fields, search_filter, string, strings
-from .thumbnails import SIZES
+from .thumbnails import DEFAULT_MAX_BYTES, SIZES
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class ServerSettings:
     queue: int = 64  # requests waiting for that; more get 503
     queue_timeout_s: float = 30.0  # the longest a request waits before 503
     thumbnail_size: int = 256
-    thumbnail_cache_bytes: int = 1 << 30  # per index; the least recently served go first
+    thumbnail_cache_bytes: int = DEFAULT_MAX_BYTES  # per index; the least recently served go first
     cors_origins: tuple[str, ...] = ("*",)  # for the clip-retrieval routes only
 
     @property

@@ -146,9 +146,9 @@ async def _metadata(served: ServedIndex, ids: list[int], request: Request, api: 
         if thumbnails:
             try:
                 async with api.thumbnail_work.slot():
-                    path = await run_in_threadpool(served.thumbnails.get, row.id, row.path,
+                    jpeg = await run_in_threadpool(served.thumbnails.read, row.id, row.path,
                                                    api.settings.thumbnail_size)
-                data["image"] = base64.b64encode(path.read_bytes()).decode("ascii")
+                data["image"] = base64.b64encode(jpeg).decode("ascii")
             except HTTPError as error:
                 if error.status != 404:
                     raise

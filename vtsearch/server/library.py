@@ -34,13 +34,12 @@ class ServedIndex:
         self.thumbnails = ThumbnailCache(index.path, thumbnail_cache_bytes)
 
     def warm_up(self) -> None:
-        """Load the model and the scorer, and run one query, in this index's thread: the
+        """Load the model and the scorer by running one query in this index's thread: the
         first user's query should not pay for loading (seconds for ViT-B-32)."""
         self.worker.submit(self._first_query).result()
 
     def _first_query(self) -> None:
-        self.index.query("a photo", k=1)
-        self.index.reranker  # noqa: B018 -- loads reranker.pt (a query skips it while w = 0)
+        self.index.query("a photo", k=1)  # loads the encoder and reranker.pt
 
     async def run(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``method`` in this index's thread, after the work queued before it."""

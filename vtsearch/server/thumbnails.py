@@ -68,6 +68,10 @@ class ThumbnailCache:
             self._evict(keep=target)
         return target
 
+    def read(self, image_id: int, path: str, size: int) -> bytes:
+        """The thumbnail's JPEG bytes (made when missing)."""
+        return self.get(image_id, path, size).read_bytes()
+
     def _forget(self, file: Path) -> None:
         size = _size(file)
         try:
