@@ -6,7 +6,9 @@ import contextlib
 import json
 import os
 import time
+import uuid
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -163,3 +165,37 @@ def need(available: bool, what: str) -> None:
     if os.environ.get(REQUIRE_LIVE_ENV):
         pytest.fail(f"{what} is missing, and {REQUIRE_LIVE_ENV} says it must be here")
     pytest.skip(f"{what} is not installed (.ci/run installs it)")
+
+
+POSTGRES_ENV = "VTSEARCH_TEST_POSTGRES_URL"  # a server where the tests may create databases
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped after the test. Its collation
+    is ICU's en-US, not bytes: the catalog must not rely on the server's default."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    server = os.environ.get(POSTGRES_ENV)
+    need(bool(server), f"a PostgreSQL server ({POSTGRES_ENV})")
+    name = f"vtsearch_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE template0 '
+                                "LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"))
+    try:
+        yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_location(request, tmp_path) -> str:
+    """Where a test's catalog lives: a SQLite file, or a database on a PostgreSQL server.
+    Catalog tests take this fixture and run on both backends."""
+    if request.param == "sqlite":
+        return str(tmp_path / "catalog.sqlite")
+    return request.getfixturevalue("postgres_url")

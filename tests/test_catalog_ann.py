@@ -51,8 +51,8 @@ def test_damaged_ann_file_is_a_format_error(tmp_path):
         AnnIndex.load(tmp_path / "ann.faiss", AnnConfig())
 
 
-def test_catalog_store_update_and_errors(tmp_path):
-    catalog = Catalog.open(tmp_path / "catalog.sqlite", create=True)
+def test_catalog_store_update_and_errors(catalog_location):
+    catalog = Catalog.open(catalog_location, create=True)
     images = [decoded("/a.png"), decoded("/b.png")]
     ids, failed = catalog.store(images, unit_rows(2), [], {})
     assert failed == [] and len(set(ids)) == 2
@@ -68,8 +68,8 @@ def test_catalog_store_update_and_errors(tmp_path):
     assert chunk_ids.tolist() == [known["/b.png"].id] and chunk_vectors.shape == (1, 16)
 
 
-def test_ids_are_never_reused(tmp_path):
-    catalog = Catalog.open(tmp_path / "catalog.sqlite", create=True)
+def test_ids_are_never_reused(catalog_location):
+    catalog = Catalog.open(catalog_location, create=True)
     [first], _ = catalog.store([decoded("/a.png")], unit_rows(1), [], {})
     with catalog.engine.begin() as connection:
         connection.exec_driver_sql("DELETE FROM images")

@@ -75,13 +75,18 @@ class AnnIndex:
     @classmethod
     def load(cls, path: Path, config: AnnConfig, use_gpu: bool = False, mmap: bool = False) -> "AnnIndex":
         """Read ``path``; ``mmap``: map an IVF index read-only instead of reading it all."""
-        mapped = mmap and not config.exact
+        on_disk = config.on_disk and not config.exact
+        mapped = mmap and not config.exact and not on_disk
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mapped else 0
+        if on_disk:  # its lists live in a data file beside it, mapped, never changed
+            flags |= faiss.IO_FLAG_ONDISK_SAME_DIR
+            if not config.data_file or not (path.parent / config.data_file).is_file():
+                raise IndexFormatError(f"cannot read {path}: its list data {config.data_file} is missing")
         try:
             index = faiss.read_index(str(path), flags)
         except RuntimeError as error:
             raise IndexFormatError(f"cannot read {path}: {str(error).splitlines()[0]}") from None
-        return cls(index, config, use_gpu, writable=not mapped)
+        return cls(index, config, use_gpu, writable=not mapped and not on_disk)
 
     @property
     def dim(self) -> int:
@@ -119,9 +124,14 @@ class AnnIndex:
     def train(self, sample: np.ndarray) -> None:
         self.cpu_index.train(np.ascontiguousarray(sample, dtype=np.float32))
 
+    def _check_writable(self) -> None:
+        if not self.writable:
+            raise RuntimeError(f"this {self.config.factory} index is read-only (memory-mapped)")
+
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids) == 0:
             return
+        self._check_writable()
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.cpu_index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
         self._gpu_index = None  # the GPU clone is refreshed before the next search
@@ -130,6 +140,7 @@ class AnnIndex:
         ids = np.fromiter(ids, dtype=np.int64)
         if len(ids) == 0:
             return 0
+        self._check_writable()
         removed = int(self.cpu_index.remove_ids(faiss.IDSelectorBatch(ids)))
         self._gpu_index = None
         return removed

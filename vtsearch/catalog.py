@@ -1,4 +1,11 @@
-"""The catalog: the index's source of truth, in SQLite through SQLAlchemy 2 Core.
+"""The catalog: the index's source of truth, through SQLAlchemy 2 Core.
+
+SQLite (``DIR/catalog.sqlite``) is the embedded default; PostgreSQL serves catalogs that
+several hosts write to or that outgrow one file (``postgresql+psycopg://`` URLs, the
+``postgres`` extra). The same tables and queries serve both; the differences are kept
+here: SQLite's pragmas and quick check, PostgreSQL's byte-order ("C") collation on paths
+so that folder range queries mean the same, 64-bit ids, and GLOB turned into a regular
+expression.
 
 One row per image file: its path, stat, content hash, size in pixels, status
 (``indexed`` or ``error``), the reason for an error, and the global embedding (float32
@@ -24,11 +31,11 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from sqlalchemy import (
-    Column, Float, Integer, LargeBinary, MetaData, String, Table, Text, bindparam,
-    create_engine, event, func, select, update,
+    BigInteger, Column, Float, Integer, LargeBinary, MetaData, String, Table, Text, bindparam,
+    cast, create_engine, event, func, select, update,
 )
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
 
 from .errors import IndexFormatError, VtsearchError
 from .filters import SearchFilter
@@ -40,6 +47,12 @@ INDEXED = "indexed"
 ERROR = "error"
 TEXTS_REVISION = "texts_revision"
 _IN_CHUNK = 900  # stays under SQLite's bound-parameter limit
+PASSWORD_VARIABLE = "VTSEARCH_CATALOG_PASSWORD"  # a server catalog's password, never stored
+
+# 64-bit ids on servers; on SQLite an INTEGER PRIMARY KEY is the 64-bit rowid already
+Id = BigInteger().with_variant(Integer, "sqlite")
+# byte order on PostgreSQL, as SQLite compares: folder range queries depend on it
+PathText = Text().with_variant(Text(collation="C"), "postgresql")
 
 metadata = MetaData()
 
@@ -51,10 +64,10 @@ meta_table = Table(
 
 images_table = Table(
     "images", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("path", Text, nullable=False, unique=True),
-    Column("size", Integer, nullable=False),
-    Column("mtime_ns", Integer, nullable=False),
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("path", PathText, nullable=False, unique=True),
+    Column("size", BigInteger, nullable=False),
+    Column("mtime_ns", BigInteger, nullable=False),
     Column("content_hash", String(32), index=True),
     Column("width", Integer),
     Column("height", Integer),
@@ -62,7 +75,7 @@ images_table = Table(
     Column("status", String(8), nullable=False, index=True),
     Column("error", Text),
     Column("embedding", LargeBinary),
-    Column("region_row", Integer),  # row in the region store, when regions are stored
+    Column("region_row", BigInteger),  # row in the region store, when regions are stored
     Column("updated_at", Float, nullable=False),
     sqlite_autoincrement=True,  # ids are FAISS ids: never reuse a deleted one
 )
@@ -70,7 +83,7 @@ images_table = Table(
 
 texts_table = Table(
     "texts", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("id", Id, primary_key=True, autoincrement=True),
     Column("text", Text, nullable=False, unique=True),  # the collection is deduplicated
     Column("key", Text),  # the caller's own id
     Column("meta", Text),  # JSON object
@@ -121,7 +134,7 @@ def _guarded(method: Callable) -> Callable:
             try:
                 yield from method(self, *args, **kwargs)
             except DatabaseError as error:
-                raise _catalog_error(self.path, error) from None
+                raise _catalog_error(self.location, error) from None
         return generator
 
     @functools.wraps(method)
@@ -129,16 +142,18 @@ def _guarded(method: Callable) -> Callable:
         try:
             return method(self, *args, **kwargs)
         except DatabaseError as error:
-            raise _catalog_error(self.path, error) from None
+            raise _catalog_error(self.location, error) from None
     return wrapper
 
 
-def _catalog_error(path: Path, error: DatabaseError) -> VtsearchError:
-    reason = str(getattr(error, "orig", None) or error)
+def _catalog_error(location: str, error: DatabaseError) -> VtsearchError:
+    reason = str(getattr(error, "orig", None) or error).strip()
     if "locked" in reason or "busy" in reason:
-        return VtsearchError(f"catalog {path} is busy ({reason}); try again when the other process is done")
+        return VtsearchError(f"catalog {location} is busy ({reason}); try again when the other process is done")
+    if isinstance(error, OperationalError) and is_url(location):
+        return VtsearchError(f"catalog {location} cannot be reached ({reason})")
     return IndexFormatError(
-        f"catalog {path} is damaged ({reason}); restore it from a backup, or index again into "
+        f"catalog {location} is damaged ({reason}); restore it from a backup, or index again into "
         "a new --index"
     )
 
@@ -152,24 +167,38 @@ def _guard_public_methods(cls: type) -> type:
 
 @_guard_public_methods
 class Catalog:
-    """Rows of images and their embeddings in ``catalog.sqlite``.
+    """Rows of images and their embeddings, in SQLite or on a PostgreSQL server.
 
-    Every public method turns a SQLite failure into a :class:`VtsearchError` that names
-    the file: a damaged catalog is never mistaken for an empty one.
+    Every public method turns a database failure into a :class:`VtsearchError` that names
+    the catalog: a damaged catalog is never mistaken for an empty one.
     """
 
-    def __init__(self, path: Path, engine: Engine):
-        self.path = path
+    def __init__(self, location: str, engine: Engine):
+        self.location = location  # a file path, or a server URL without its password
         self.engine = engine
 
+    @property
+    def on_server(self) -> bool:
+        return self.engine.dialect.name != "sqlite"
+
     @classmethod
-    def open(cls, path: Path, create: bool = False) -> "Catalog":
-        if not create and not path.is_file():
-            raise IndexFormatError(f"catalog {path} is missing")
-        # pooled connections: a query must not pay for opening SQLite and its pragmas
-        engine = create_engine(f"sqlite:///{path}")
-        event.listen(engine, "connect", _sqlite_pragmas)
-        catalog = cls(path, engine)
+    def open(cls, location: str | os.PathLike[str], create: bool = False) -> "Catalog":
+        """Open the catalog at a SQLite file path or a ``postgresql+psycopg://`` URL
+        (``create``: make its tables when missing). A URL without a password takes it
+        from ``VTSEARCH_CATALOG_PASSWORD``, or libpq's own ``PGPASSWORD`` / ``~/.pgpass``."""
+        if isinstance(location, str) and is_url(location):
+            url = server_url(location)
+            # pre-ping: a server restart between two queries costs a reconnect, not an error
+            engine = create_engine(url, pool_pre_ping=True)
+            catalog = cls(public_url(location), engine)
+        else:
+            path = Path(location)
+            if not create and not path.is_file():
+                raise IndexFormatError(f"catalog {path} is missing")
+            # pooled connections: a query must not pay for opening SQLite and its pragmas
+            engine = create_engine(f"sqlite:///{path}")
+            event.listen(engine, "connect", _sqlite_pragmas)
+            catalog = cls(str(path), engine)
         catalog._ensure_schema(create)
         return catalog
 
@@ -178,29 +207,39 @@ class Catalog:
             if create:
                 metadata.create_all(self.engine)
                 with self.engine.begin() as connection:
-                    found = connection.scalar(
-                        select(meta_table.c.value).where(meta_table.c.key == "schema_version")
-                    )
-                    if found is None:
-                        connection.execute(
-                            meta_table.insert(), {"key": "schema_version", "value": str(SCHEMA_VERSION)}
-                        )
+                    for key, value in (("schema_version", SCHEMA_VERSION), ("revision", 0), (TEXTS_REVISION, 0)):
+                        _insert_meta_if_missing(connection, key, value)
             with self.engine.connect() as connection:
                 version = connection.scalar(
                     select(meta_table.c.value).where(meta_table.c.key == "schema_version")
                 )
-        except (DatabaseError, OperationalError) as error:
+        except OperationalError as error:
+            reason = str(error.orig if hasattr(error, "orig") else error).strip()
+            if self.on_server and not _is_missing_table(error):
+                raise VtsearchError(f"catalog {self.location} cannot be reached ({reason})") from None
             raise IndexFormatError(
-                f"catalog {self.path} is damaged or not a vtsearch catalog "
+                f"catalog {self.location} is damaged or not a vtsearch catalog ({reason})"
+            ) from None
+        except DatabaseError as error:
+            raise IndexFormatError(
+                f"catalog {self.location} is damaged or not a vtsearch catalog "
                 f"({error.orig if hasattr(error, 'orig') else error})"
             ) from None
         if version is None:
-            raise IndexFormatError(f"catalog {self.path} has no schema version")
+            raise IndexFormatError(f"catalog {self.location} has no schema version")
         if int(version) > SCHEMA_VERSION:
             raise IndexFormatError(
-                f"catalog {self.path} has schema version {version}, newer than this "
+                f"catalog {self.location} has schema version {version}, newer than this "
                 f"vtsearch understands ({SCHEMA_VERSION}); upgrade vtsearch"
             )
+
+    def writer_lock(self) -> "ServerLock | None":
+        """The server-side half of the writer lock (None for a SQLite file)."""
+        return ServerLock(self.engine) if self.on_server else None
+
+    def is_empty(self) -> bool:
+        """No images and no texts: a new catalog, or one left by a create that died."""
+        return self.count() == 0 and self.text_count() == 0
 
     def close(self) -> None:
         self.engine.dispose()
@@ -239,7 +278,10 @@ class Catalog:
         return default if value is None else int(value)
 
     def integrity_problems(self) -> list[str]:
-        """SQLite's own quick check of the file (empty when sound)."""
+        """SQLite's own quick check of the file (empty when sound); a server keeps its
+        own pages sound, and is asked nothing."""
+        if self.on_server:
+            return []
         try:
             with self.engine.connect() as connection:
                 rows = [row[0] for row in connection.exec_driver_sql("PRAGMA quick_check")]
@@ -278,7 +320,10 @@ class Catalog:
             where.append(_at_or_under(conditions.path_prefix))
         if conditions.glob:
             pattern = conditions.glob if "/" in conditions.glob else "*/" + conditions.glob
-            where.append(table.path.op("GLOB")(pattern))
+            if self.on_server:
+                where.append(table.path.regexp_match(glob_regex(pattern)))
+            else:
+                where.append(table.path.op("GLOB")(pattern))
         if conditions.formats:
             where.append(table.format.in_(conditions.formats))
         if conditions.min_width is not None:
@@ -624,8 +669,24 @@ _REGIONS_FILE_QUERY = select(meta_table.c.value).where(meta_table.c.key == "regi
 
 
 def _bump_revision(connection: Connection, key: str = "revision") -> None:
-    current = connection.scalar(select(meta_table.c.value).where(meta_table.c.key == key))
-    _set_meta(connection, key, int(current or 0) + 1)
+    """Add one to a revision in one statement: concurrent writers on a server each add
+    theirs (the row lock orders them); none is lost to a read-then-write race."""
+    bumped = connection.execute(
+        update(meta_table).where(meta_table.c.key == key)
+        .values(value=cast(cast(meta_table.c.value, BigInteger) + 1, Text))
+    ).rowcount
+    if not bumped:  # a catalog from before revisions were created with the schema
+        connection.execute(meta_table.insert(), {"key": key, "value": "1"})
+
+
+def _insert_meta_if_missing(connection: Connection, key: str, value: object) -> None:
+    found = connection.scalar(select(meta_table.c.value).where(meta_table.c.key == key))
+    if found is None:
+        connection.execute(meta_table.insert(), {"key": key, "value": str(value)})
+
+
+def _is_missing_table(error: OperationalError) -> bool:
+    return "no such table" in str(error) or "does not exist" in str(error)
 
 
 def _set_meta(connection: Connection, key: str, value: object) -> None:
@@ -639,3 +700,103 @@ def _set_meta(connection: Connection, key: str, value: object) -> None:
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+# server catalogs
+
+WRITER_LOCK_KEY = 0x7674_7365_6172_6368 >> 1  # "vtsearch", within a signed 64-bit key
+
+
+class ServerLock:
+    """A PostgreSQL session advisory lock, held on a connection of its own for as long as
+    the writer runs; the server drops it when that connection ends (a killed writer)."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._connection: Connection | None = None
+
+    def try_acquire(self) -> bool:
+        connection = self.engine.connect()
+        if not connection.scalar(select(func.pg_try_advisory_lock(WRITER_LOCK_KEY))):
+            connection.close()
+            return False
+        connection.commit()  # end the implicit transaction; the session lock stays
+        self._connection = connection
+        return True
+
+    def release(self) -> None:
+        if self._connection is None:
+            return
+        try:
+            self._connection.scalar(select(func.pg_advisory_unlock(WRITER_LOCK_KEY)))
+        finally:
+            self._connection.close()  # a lost connection has released it already
+            self._connection = None
+
+    def held_elsewhere(self) -> bool:
+        if self._connection is not None:
+            return False
+        with self.engine.connect() as connection:
+            if connection.scalar(select(func.pg_try_advisory_lock(WRITER_LOCK_KEY))):
+                connection.scalar(select(func.pg_advisory_unlock(WRITER_LOCK_KEY)))
+                return False
+        return True
+
+
+def is_url(location: str) -> bool:
+    return "://" in location
+
+
+def server_url(location: str) -> URL:
+    """The URL to connect with: the password from the environment when the URL has none;
+    only SQLite files and PostgreSQL servers are catalogs."""
+    try:
+        url = make_url(location)
+    except ArgumentError:
+        raise VtsearchError(f"catalog URL {location!r} is not a database URL") from None
+    if url.get_backend_name() != "postgresql":
+        raise VtsearchError(
+            f"catalog URL {public_url(location)} names a {url.get_backend_name()} database; a "
+            "catalog is a SQLite file (the default) or a postgresql+psycopg:// URL"
+        )
+    if url.get_driver_name() in ("", "psycopg2") or url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        raise VtsearchError(
+            "a PostgreSQL catalog needs the psycopg driver: pip install 'vtsearch[postgres]'"
+        ) from None
+    if url.password is None and os.environ.get(PASSWORD_VARIABLE):
+        url = url.set(password=os.environ[PASSWORD_VARIABLE])
+    return url
+
+
+def public_url(location: str) -> str:
+    """``location`` without its password: what the manifest records and messages show."""
+    try:
+        return make_url(location)._replace(password=None).render_as_string(hide_password=False)
+    except ArgumentError:
+        return location
+
+
+def glob_regex(pattern: str) -> str:
+    """SQLite's GLOB pattern as a PostgreSQL regular expression (``*`` any run of
+    characters, ``?`` one, ``[...]`` and ``[^...]`` a set; case matters)."""
+    out, position = ["^"], 0
+    while position < len(pattern):
+        char = pattern[position]
+        if char == "*":
+            out.append(".*")
+        elif char == "?":
+            out.append(".")
+        elif char == "[" and (end := pattern.find("]", position + 2)) != -1:
+            body = pattern[position + 1:end]
+            negate = body[:1] == "^"
+            body = body[1:] if negate else body
+            out.append("[" + ("^" if negate else "") + body.replace("\\", "\\\\") + "]")
+            position = end
+        else:
+            out.append(char if char.isalnum() else "\\" + char)
+        position += 1
+    return "".join(out) + "$"

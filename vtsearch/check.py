@@ -83,7 +83,7 @@ def inspect(catalog: Catalog, ann: AnnIndex, embed_dim: int, store: RegionStore 
     """Run every check; changes nothing."""
     findings = Findings(CheckReport())
     for message in catalog.integrity_problems():
-        findings.problem("catalog", f"{catalog.path}: {message}")
+        findings.problem("catalog", f"{catalog.location}: {message}")
     if findings.report.problems:
         return findings  # nothing read from a damaged catalog can be trusted
 

@@ -113,11 +113,15 @@ def main(verbose: bool) -> None:
               help="New index: keep no region features; the reranker computes them per query.")
 @click.option("--region-grid", type=click.IntRange(1, 32), default=None,
               help="New index: pool region features to an N x N grid [default: native, at most 7].")
+@click.option("--catalog", "catalog_url", metavar="URL",
+              help="New index: keep the catalog in this PostgreSQL database "
+                   "(postgresql+psycopg://user@host/db; the password from VTSEARCH_CATALOG_PASSWORD "
+                   "or ~/.pgpass) instead of DIR/catalog.sqlite.")
 @device_option
 @json_option
 @_fail_cleanly
 def index_command(paths, index_dir, model, pretrained, batch_size, workers, max_pixels,
-                  allow_truncated, keep_missing, no_regions, region_grid, device, as_json):
+                  allow_truncated, keep_missing, no_regions, region_grid, catalog_url, device, as_json):
     """Index the images under PATHS (files or folders, walked recursively).
 
     Running it again brings the index up to date with PATHS: new and changed files are
@@ -137,7 +141,7 @@ def index_command(paths, index_dir, model, pretrained, batch_size, workers, max_
                             allow_truncated=allow_truncated, keep_missing=keep_missing,
                             **({} if workers is None else {"workers": workers}))
     with Index.open_or_create(index_dir, spec, device=device, store_regions=not no_regions,
-                              region_grid=region_grid) as index:
+                              region_grid=region_grid, catalog_url=catalog_url) as index:
         summary = index.add(paths, options, progress=_TqdmProgress("indexing"))
     if as_json:
         _print_json({"index": str(index_dir), **summary.to_dict(),
@@ -597,20 +601,26 @@ def match_command(image, index_dir, k, recall_k, no_rerank, labels, labels_file,
 
 @main.command("rebuild")
 @index_option
+@click.option("--on-disk/--in-memory", default=None,
+              help="From now on build the IVF index from shards whose lists are merged into a "
+                   "memory-mapped file (for indexes larger than memory), or in memory "
+                   "[default: as before; in memory for a new index].")
 @device_option
 @json_option
 @_fail_cleanly
-def rebuild_command(index_dir, device, as_json):
+def rebuild_command(index_dir, on_disk, device, as_json):
     """Retrain the FAISS index from the catalog for the collection's current size.
 
     Exact search below 50,000 images, an IVF index with 4-bit codes above, its search
     settings calibrated to 0.95 recall@10. `vtsearch index` does this by itself
     when the collection crosses the threshold or grows tenfold; searches keep using the
-    old index until the new one is swapped in.
+    old index until the new one is swapped in. An index on disk is merged anew after
+    each `vtsearch index` or `remove` run (it is never changed in place).
 
     \b
     Example:
       vtsearch rebuild --index indexes/photos
+      vtsearch rebuild --on-disk --index indexes/laion
     """
     import time
 
@@ -618,7 +628,7 @@ def rebuild_command(index_dir, device, as_json):
 
     started = time.perf_counter()
     with Index.open(index_dir or default_index_dir(), device=device) as index:
-        config = index.rebuild()
+        config = index.rebuild(on_disk)
         vectors = len(index.ann)
     seconds = time.perf_counter() - started
     if as_json:
@@ -626,7 +636,8 @@ def rebuild_command(index_dir, device, as_json):
         return
     recall = f", recall@10 {config.calibrated_recall:.3f}" if config.calibrated_recall is not None else ""
     settings = f" (nprobe {config.nprobe}, k_factor {config.k_factor}{recall})" if not config.exact else ""
-    click.echo(f"rebuilt {config.factory}{settings} over {vectors} vectors in {seconds:.1f} s")
+    where = f", lists on disk in {config.data_file}" if config.on_disk and not config.exact else ""
+    click.echo(f"rebuilt {config.factory}{settings} over {vectors} vectors in {seconds:.1f} s{where}")
 
 
 @main.command("check")

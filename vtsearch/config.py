@@ -110,6 +110,8 @@ class AnnConfig:
     trained_on: int = 0
     recall_target: float = 0.95
     calibrated_recall: float | None = None
+    on_disk: bool = False  # IVF lists merged into a memory-mapped data file (vtsearch.ondisk)
+    data_file: str | None = None  # that file's name, beside ann.faiss
 
     @property
     def exact(self) -> bool:

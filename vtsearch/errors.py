@@ -28,8 +28,8 @@ class IndexExistsError(VtsearchError):
 class IndexLockedError(VtsearchError):
     """Another process holds the index's writer lock."""
 
-    def __init__(self, path: str, pid: int | None):
-        holder = f"pid {pid}" if pid else "another process"
+    def __init__(self, path: str, pid: int | None, holder: str = "another process"):
+        holder = f"pid {pid}" if pid else holder
         super().__init__(
             f"index {path} is locked by {holder}; wait for it to finish "
             "(only one writer at a time)"

@@ -3,8 +3,10 @@
 Layout::
 
     DIR/manifest.json     encoder spec, ANN config, versions, times
-    DIR/catalog.sqlite    the source of truth (images, errors, embeddings)
+    DIR/catalog.sqlite    the source of truth (images, errors, embeddings); or a database
+                          on a PostgreSQL server, whose URL the manifest records
     DIR/ann.faiss         FAISS index of the embeddings (derived, rebuildable)
+    DIR/ann-*.ivfdata     its inverted lists, when built on disk (vtsearch rebuild --on-disk)
     DIR/regions.f16       region features, fp16, memory-mapped (absent: --no-regions)
     DIR/reranker.pt       trained fusion scorer (absent: untrained, stage-1 order)
     DIR/.writer.lock      the writer lock
@@ -25,11 +27,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from . import annbuild
+from . import annbuild, ondisk
 from .ann import AnnIndex, gpu_count
 from .annbuild import choose_config, needs_rebuild
 from .atomic import remove_stale_temps
-from .catalog import ERROR, INDEXED, Catalog
+from .catalog import ERROR, INDEXED, Catalog, public_url
 from .check import LOST, CheckReport, Findings, inspect
 from .config import AnnConfig, EncoderSpec, IngestOptions
 from .decode import decode_query_bytes, decode_query_image
@@ -128,7 +130,7 @@ class Index:
         self.ann = ann
         self.device = device
         self._encoder = encoder
-        self._lock = WriterLock(path)
+        self._lock = WriterLock(path, catalog.writer_lock())
         self._reranker: Reranker | None = None
         self._ann_revision = -1  # the catalog revision the in-memory FAISS index reflects
         self._text_index: tuple[int, AnnIndex] | None = None  # (texts revision, index of texts)
@@ -149,11 +151,14 @@ class Index:
         ann_config: AnnConfig | None = None,
         store_regions: bool = True,
         region_grid: int | None = None,
+        catalog_url: str | None = None,
     ) -> "Index":
         """Create a new, empty index at ``path`` (the folder may exist but hold no index).
 
         Region features are kept for reranking unless ``store_regions`` is false, in which
-        case they are computed for each shortlist at query time instead.
+        case they are computed for each shortlist at query time instead. ``catalog_url``
+        puts the catalog in a PostgreSQL database (empty, or holding only what a create
+        that died left) instead of ``DIR/catalog.sqlite``.
         """
         path = Path(path)
         if (path / MANIFEST).exists():
@@ -162,20 +167,29 @@ class Index:
         if encoder is None:
             encoder = Encoder.load(spec, resolve_device(device))
         path.mkdir(parents=True, exist_ok=True)
-        lock = WriterLock(path)
-        lock.acquire()
+        catalog = Catalog.open(catalog_url or path / CATALOG, create=True)
+        lock = WriterLock(path, catalog.writer_lock())
         try:
+            lock.acquire()
+            if not catalog.is_empty():
+                raise IndexExistsError(
+                    f"catalog {catalog.location} already holds images or texts (another index's?); "
+                    "give the new index a database of its own"
+                )
             manifest = Manifest(
                 encoder=encoder.spec, embed_dim=encoder.embed_dim,
                 preprocess=encoder.describe()["preprocess"], ann=ann_config or AnnConfig(),
                 regions=_region_layout(encoder, store_regions, region_grid),
                 encoder_probe=encoder.probe_vector(),
+                catalog=catalog.location if catalog.on_server else None,
             )
-            catalog = Catalog.open(path / CATALOG, create=True)
             ann = AnnIndex.empty(encoder.embed_dim, manifest.ann, use_gpu=_use_gpu(device))
             ann.save(path / ANN)
             catalog.set_ann_revision(catalog.revision(), manifest.ann.to_dict())
             manifest.save(path / MANIFEST)  # last: its presence marks a complete index
+        except BaseException:
+            catalog.close()
+            raise
         finally:
             lock.release()
         index = cls(path, manifest, catalog, ann, device, encoder)
@@ -198,7 +212,7 @@ class Index:
                 f"no index at {path} (create one with: vtsearch index PATH --index {path})"
             )
         manifest = Manifest.load(path / MANIFEST)
-        catalog = Catalog.open(path / CATALOG)
+        catalog = Catalog.open(manifest.catalog or path / CATALOG)
         if encoder is not None and encoder.spec != manifest.encoder:
             raise ModelMismatchError(_mismatch_message(path, manifest.encoder, encoder.spec))
         index = cls(path, manifest, catalog, _placeholder_ann(manifest), device, encoder)
@@ -214,16 +228,22 @@ class Index:
         encoder: Encoder | None = None,
         store_regions: bool = True,
         region_grid: int | None = None,
+        catalog_url: str | None = None,
     ) -> "Index":
-        """Open the index at ``path``, checking ``spec`` against it, or create it."""
+        """Open the index at ``path``, checking ``spec`` (and ``catalog_url``) against it,
+        or create it."""
         path = Path(path)
         if not (path / MANIFEST).is_file():
             return cls.create(path, spec, device, encoder, store_regions=store_regions,
-                              region_grid=region_grid)
-        if spec is not None:
-            stored = Manifest.load(path / MANIFEST).encoder
-            if not _same_encoder(stored, spec):
-                raise ModelMismatchError(_mismatch_message(path, stored, spec))
+                              region_grid=region_grid, catalog_url=catalog_url)
+        manifest = Manifest.load(path / MANIFEST)
+        if spec is not None and not _same_encoder(manifest.encoder, spec):
+            raise ModelMismatchError(_mismatch_message(path, manifest.encoder, spec))
+        if catalog_url is not None and public_url(catalog_url) != manifest.catalog:
+            raise IndexExistsError(
+                f"index {path} keeps its catalog in {manifest.catalog or path / CATALOG}, not "
+                f"{public_url(catalog_url)}; leave out --catalog, or index into a new --index"
+            )
         return cls.open(path, device, encoder)
 
     def close(self) -> None:
@@ -323,7 +343,7 @@ class Index:
             self._lock.acquire()
         except IndexLockedError:  # someone else writes; keep a rebuilt copy in memory only
             self._ann_revision = -1
-            return self._rebuild_ann()
+            return self._rebuild_ann(in_memory=True)
         try:
             self.ann = self._rebuild_ann()
             self._save_ann()
@@ -405,8 +425,10 @@ class Index:
             self._sync_locked()
             remove_stale_temps(self.path)  # a killed writer's, never ours: we hold the lock
             self._remove_stale_region_files()
-            # an untrained index (a pinned IVF kind, still empty) is trained after the run
-            target = self.ann if self.ann.is_trained else _placeholder_ann(self.manifest)
+            self._remove_stale_data_files()
+            # an untrained index (a pinned IVF kind, still empty) is trained after the run;
+            # one on disk is never changed in place: it is merged anew after the run
+            target = self.ann if self.ann.is_trained and self.ann.writable else _placeholder_ann(self.manifest)
             summary = ingest(
                 [os.fspath(p) for p in paths], self.catalog, target, self.encoder,
                 options, progress, self._region_store,
@@ -415,6 +437,8 @@ class Index:
             if not self.ann.is_trained or needs_rebuild(self.ann.config, count, self.manifest.embed_dim):
                 log.info("%d images: rebuilding the FAISS index for this size", count)
                 self.ann = self._rebuild_ann(retrain=True)
+            elif not self.ann.writable:
+                self.ann = self._rebuild_ann()
             self._save_manifest()
             self._save_ann()
             self._compact_regions_if_sparse()
@@ -437,7 +461,12 @@ class Index:
                     not_indexed.append(root)
                 found.update({path: entry.id for path, entry in entries.items()})
             if found:
-                self.ann.remove(self.catalog.remove(list(found.values())))
+                removed = self.catalog.remove(list(found.values()))
+                if self.ann.writable:
+                    self.ann.remove(removed)
+                else:
+                    self._remove_stale_data_files()
+                    self.ann = self._rebuild_ann()
                 self._save_ann()
                 self._compact_regions_if_sparse()
         finally:
@@ -491,6 +520,15 @@ class Index:
             if name != self._region_store.path.name:
                 self._region_store = RegionStore(self.path / name, self._region_store.layout)
 
+    def _remove_stale_data_files(self) -> None:
+        """Delete on-disk list data that the saved index does not name (lock held, at the
+        start of a write: a reader that mapped an older file keeps its mapping)."""
+        saved = self.catalog.ann_config() or {}
+        current = saved.get("data_file") if saved.get("on_disk") else None
+        for path in ondisk.data_files(self.path):
+            if path.name != current:
+                path.unlink(missing_ok=True)
+
     def _remove_stale_region_files(self) -> list[str]:
         """Delete region files the catalog does not name (lock held)."""
         current = self.catalog.regions_file(REGIONS_FILE) if self._region_store else None
@@ -515,23 +553,35 @@ class Index:
         self.ann = self._rebuild_ann()
         self._ann_revision = revision
 
-    def _rebuild_ann(self, retrain: bool = False) -> AnnIndex:
+    def _rebuild_ann(self, retrain: bool = False, in_memory: bool = False) -> AnnIndex:
         """The FAISS index built afresh from the catalog's embeddings (its source of truth).
 
         An auto index is retrained, changing kind if the collection's size calls for it,
-        when ``retrain`` is set or when no calibrated settings exist yet.
+        when ``retrain`` is set or when no calibrated settings exist yet. ``in_memory``:
+        write no list data into the folder, whatever the config says (no lock held).
         """
         dim, count, config = self.manifest.embed_dim, self.catalog.count(INDEXED), self.manifest.ann
         if retrain or needs_rebuild(config, count, dim) or (not config.exact and not config.nprobe):
             config = choose_config(count, dim, config)
-        return annbuild.build_from_catalog(self.catalog, dim, config, _use_gpu(self.device))
+        if in_memory:
+            config = replace(config, on_disk=False, data_file=None)
+        return annbuild.build_from_catalog(self.catalog, dim, config, _use_gpu(self.device), self.path)
 
-    def rebuild(self) -> AnnConfig:
+    def rebuild(self, on_disk: bool | None = None) -> AnnConfig:
         """Retrain the FAISS index from the catalog for the collection's current size and
-        swap it in atomically; searches use the old one until the swap. Returns its config."""
+        swap it in atomically; searches use the old one until the swap. Returns its config.
+
+        ``on_disk``: from now on build IVF indexes from shards merged into a memory-mapped
+        data file (True), or in memory (False); None keeps the current choice.
+        """
         self._lock.acquire()
         try:
             self._sync_region_store()
+            self._remove_stale_data_files()
+            if on_disk is not None and on_disk != self.manifest.ann.on_disk:
+                self.manifest = Manifest.load(self.path / MANIFEST)
+                self.manifest.ann = replace(self.manifest.ann, on_disk=on_disk, data_file=None)
+                self._save_manifest()
             self.ann = self._rebuild_ann(retrain=True)
             self._save_ann()
         finally:

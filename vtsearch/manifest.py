@@ -31,6 +31,7 @@ class Manifest:
     regions: RegionLayout | None = None  # None: the encoder has no region tokens
     reranker: dict[str, Any] = field(default_factory=dict)  # summary of reranker.pt
     encoder_probe: list[float] | None = None  # Encoder.probe_vector() at creation (None: older index)
+    catalog: str | None = None  # a server catalog's URL, without its password (None: DIR/catalog.sqlite)
     schema_version: int = MANIFEST_VERSION
     vtsearch_version: str = field(default_factory=_version)
     created: float = field(default_factory=time.time)
@@ -45,6 +46,7 @@ class Manifest:
             "ann": self.ann.to_dict(),
             "regions": self.regions.to_dict() if self.regions else None,
             "reranker": self.reranker,
+            "catalog": self.catalog,
             "created": self.created,
             "updated": self.updated,
         }
@@ -66,6 +68,7 @@ class Manifest:
             regions=RegionLayout.from_dict(data["regions"]) if data.get("regions") else None,
             reranker=dict(data.get("reranker") or {}),
             encoder_probe=[float(x) for x in encoder["probe"]] if encoder.get("probe") else None,
+            catalog=str(data["catalog"]) if data.get("catalog") else None,
             schema_version=version,
             vtsearch_version=str(data.get("vtsearch_version", "")),
             created=float(data.get("created", 0.0)),
