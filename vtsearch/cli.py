@@ -117,11 +117,20 @@ def main(verbose: bool) -> None:
               help="New index: keep the catalog in this PostgreSQL database "
                    "(postgresql+psycopg://user@host/db; the password from VTSEARCH_CATALOG_PASSWORD "
                    "or ~/.pgpass) instead of DIR/catalog.sqlite.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where images are decoded and encoded: this process, or a pool of Ray actors "
+                   "(the ray extra; images and DIR on storage every host sees at the same paths).")
+@click.option("--address", help="--engine ray: the cluster to join [default: RAY_ADDRESS, or a new local one].")
+@click.option("--ray-workers", type=click.IntRange(1), default=None,
+              help="--engine ray: actors to start [default: one per CPU, or per GPU share].")
+@click.option("--num-gpus-per-worker", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="--engine ray: GPUs each actor holds (0.5: two actors share a GPU; 0: encode on CPUs).")
 @device_option
 @json_option
 @_fail_cleanly
 def index_command(paths, index_dir, model, pretrained, batch_size, workers, max_pixels,
-                  allow_truncated, keep_missing, no_regions, region_grid, catalog_url, device, as_json):
+                  allow_truncated, keep_missing, no_regions, region_grid, catalog_url, engine, address,
+                  ray_workers, num_gpus_per_worker, device, as_json):
     """Index the images under PATHS (files or folders, walked recursively).
 
     Running it again brings the index up to date with PATHS: new and changed files are
@@ -140,9 +149,16 @@ def index_command(paths, index_dir, model, pretrained, batch_size, workers, max_
     options = IngestOptions(batch_size=batch_size, max_pixels=max_pixels,
                             allow_truncated=allow_truncated, keep_missing=keep_missing,
                             **({} if workers is None else {"workers": workers}))
+    ray = None
+    if engine == "ray":
+        from .distributed import RayOptions
+
+        ray = RayOptions(address=address, workers=ray_workers, num_gpus_per_worker=num_gpus_per_worker)
+    elif address or ray_workers or num_gpus_per_worker:
+        raise click.UsageError("--address, --ray-workers and --num-gpus-per-worker go with --engine ray")
     with Index.open_or_create(index_dir, spec, device=device, store_regions=not no_regions,
                               region_grid=region_grid, catalog_url=catalog_url) as index:
-        summary = index.add(paths, options, progress=_TqdmProgress("indexing"))
+        summary = index.add(paths, options, progress=_TqdmProgress("indexing"), ray=ray)
     if as_json:
         _print_json({"index": str(index_dir), **summary.to_dict(),
                      "errors": [record.to_dict() for record in summary.skipped]})
@@ -411,12 +427,15 @@ def info_command(index_dir, as_json):
     encoder = info["encoder"]
     rows = [
         ("index", info["path"]),
+        ("catalog", info["catalog"]),
         ("images", info["images"]),
         ("errors", info["errors"]),
         ("texts", info["texts"]),
         ("encoder", f"{encoder['model']}" + (f" ({encoder['pretrained']})" if encoder["pretrained"] else "")),
         ("embed dim", encoder["embed_dim"]),
-        ("ann", f"{info['ann']['factory']} ({info['ann']['metric']}), {info['ann_vectors']} vectors"),
+        ("ann", f"{info['ann']['factory']} ({info['ann']['metric']}), {info['ann_vectors']} vectors"
+                + (f", lists on disk in {info['ann']['data_file']}" if info["ann"].get("on_disk")
+                   and info["ann"].get("data_file") else "")),
         ("regions", _describe_regions(info["regions"])),
         ("reranker", _describe_reranker(info["reranker"])),
         ("vtsearch", info["vtsearch_version"]),

@@ -38,6 +38,7 @@ from .decode import decode_query_bytes, decode_query_image
 from .device import resolve_device
 from .encode import Encoder
 from .errors import IndexExistsError, IndexLockedError, IndexNotFoundError, ModelMismatchError, QueryError
+from .distributed import RayOptions, ingest_ray
 from .ingest import Progress, ingest
 from .lock import WriterLock
 from .manifest import Manifest
@@ -93,10 +94,12 @@ class IndexInfo:
     ann_vectors: int
     manifest: dict[str, Any]
     texts: int = 0  # the text collection (vtsearch match)
+    catalog: str = ""  # the SQLite file, or the server's URL without its password
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "path": self.path,
+            "catalog": self.catalog,
             "images": self.images,
             "errors": self.errors,
             "ann_vectors": self.ann_vectors,
@@ -415,8 +418,12 @@ class Index:
         paths: Iterable[str | os.PathLike[str]],
         options: IngestOptions | None = None,
         progress: Progress | None = None,
+        ray: RayOptions | None = None,
     ) -> IngestSummary:
-        """Index the image files under ``paths``; returns what happened to them."""
+        """Index the image files under ``paths``; returns what happened to them.
+
+        ``ray``: encode on a pool of Ray actors (:mod:`vtsearch.distributed`) instead of
+        in this process; the result is the same."""
         options = options or IngestOptions()
         self._lock.acquire()
         try:
@@ -429,10 +436,16 @@ class Index:
             # an untrained index (a pinned IVF kind, still empty) is trained after the run;
             # one on disk is never changed in place: it is merged anew after the run
             target = self.ann if self.ann.is_trained and self.ann.writable else _placeholder_ann(self.manifest)
-            summary = ingest(
-                [os.fspath(p) for p in paths], self.catalog, target, self.encoder,
-                options, progress, self._region_store,
-            )
+            if ray is not None:
+                summary = ingest_ray(
+                    [os.fspath(p) for p in paths], self.path, self.catalog, target, self.manifest.encoder,
+                    self.device, options, ray, progress, self._region_store, self.manifest.encoder_probe,
+                )
+            else:
+                summary = ingest(
+                    [os.fspath(p) for p in paths], self.catalog, target, self.encoder,
+                    options, progress, self._region_store,
+                )
             count = self.catalog.count(INDEXED)
             if not self.ann.is_trained or needs_rebuild(self.ann.config, count, self.manifest.embed_dim):
                 log.info("%d images: rebuilding the FAISS index for this size", count)
@@ -861,6 +874,7 @@ class Index:
             ann_vectors=len(self.ann),
             manifest=self.manifest.to_dict(),
             texts=self.catalog.text_count(),
+            catalog=self.catalog.location,
         )
 
 

@@ -14,6 +14,7 @@ rebuilt from it after a crash.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Iterable, Protocol, Sequence
 
 import numpy as np
@@ -120,18 +121,15 @@ def find_moves(
     return moves, remaining
 
 
-def ingest(
+def prepare(
     paths: Iterable[str],
     catalog: Catalog,
     ann: AnnIndex,
-    encoder: Encoder,
     options: IngestOptions,
-    progress: Progress | None = None,
-    region_store: RegionStore | None = None,
-) -> IngestSummary:
-    """Index the images under ``paths`` into ``catalog``, ``ann`` and ``region_store``."""
-    started = time.perf_counter()
-    progress = progress or NoProgress()
+) -> tuple[list[ScannedFile], dict[str, CatalogEntry], IngestSummary]:
+    """Scan ``paths`` and bring the catalog up to date with everything that needs no
+    encoding (touched, moved and vanished files). Returns (the files to decode and
+    encode, in order; the catalog entries of the scanned paths; the summary so far)."""
     report = scan(paths)
     summary = IngestSummary(not_images=report.not_images, missing=list(report.missing))
     summary.skipped.extend(ErrorRecord(path, f"unreadable: {why}") for path, why in report.unreadable)
@@ -149,15 +147,32 @@ def ingest(
     elif gone:
         ann.remove(catalog.remove([entry.id for entry in gone.values()]))
         summary.removed = len(gone)
+    return to_decode, known, summary
 
+
+def ingest(
+    paths: Iterable[str],
+    catalog: Catalog,
+    ann: AnnIndex,
+    encoder: Encoder,
+    options: IngestOptions,
+    progress: Progress | None = None,
+    region_store: RegionStore | None = None,
+) -> IngestSummary:
+    """Index the images under ``paths`` into ``catalog``, ``ann`` and ``region_store``."""
+    started = time.perf_counter()
+    progress = progress or NoProgress()
+    to_decode, known, summary = prepare(paths, catalog, ann, options)
     decode_config = encoder.decode_config(max_pixels=options.max_pixels,
                                           allow_truncated=options.allow_truncated)
+    grid = region_store.layout.grid if region_store is not None else None
     progress.start(len(to_decode))
     try:
         for batch in decode_batches(
             to_decode, decode_config, encoder.preprocess, options.batch_size, options.workers
         ):
-            _store_batch(batch, catalog, ann, encoder, region_store, known, summary)
+            encoded = encode_batch(batch, encoder, grid)
+            commit_batch(encoded, catalog, ann, region_store, known, summary)
             progress.advance(len(batch))
     finally:
         progress.close()
@@ -165,32 +180,52 @@ def ingest(
     return summary
 
 
-def _store_batch(
-    batch: list[DecodedImage | DecodeFailure],
+@dataclass
+class EncodedBatch:
+    """One batch's outcome: the decoded images with their vectors (and regions), and the
+    files that failed. What the commit needs; pixels are no longer used."""
+
+    decoded: list[DecodedImage]
+    failures: list[DecodeFailure]
+    embeddings: np.ndarray  # (len(decoded), dim) float32
+    regions: np.ndarray | None  # (len(decoded), R, D), or None when none are stored
+
+
+def encode_batch(batch: Sequence[DecodedImage | DecodeFailure], encoder: Encoder,
+                 grid: int | None) -> EncodedBatch:
+    """Encode a decoded batch; ``grid``: pool regions to it (None: keep no regions)."""
+    decoded = [outcome for outcome in batch if isinstance(outcome, DecodedImage)]
+    failures = [outcome for outcome in batch if isinstance(outcome, DecodeFailure)]
+    embeddings = np.empty((0, encoder.embed_dim), dtype=np.float32)
+    regions = None
+    if decoded:
+        features = encoder.encode_image_features(torch.stack([image.pixels for image in decoded]), grid)
+        embeddings = features.vectors
+        if grid is not None and features.regions is not None:
+            regions = features.regions.detach().cpu().numpy()
+    return EncodedBatch(decoded, failures, embeddings, regions)
+
+
+def commit_batch(
+    batch: EncodedBatch,
     catalog: Catalog,
     ann: AnnIndex,
-    encoder: Encoder,
     region_store: RegionStore | None,
     known: dict[str, CatalogEntry],
     summary: IngestSummary,
 ) -> None:
-    decoded = [outcome for outcome in batch if isinstance(outcome, DecodedImage)]
-    failures = [outcome for outcome in batch if isinstance(outcome, DecodeFailure)]
-    embeddings = np.empty((0, encoder.embed_dim), dtype=np.float32)
+    """Append the batch's regions durably, commit it to the catalog in one transaction,
+    then update the FAISS index: the catalog always leads."""
     region_rows = None
-    if decoded:
-        grid = region_store.layout.grid if region_store is not None else None
-        features = encoder.encode_image_features(torch.stack([image.pixels for image in decoded]), grid)
-        embeddings = features.vectors
-        if region_store is not None:
-            region_rows = region_store.append(features.regions)  # durable before the commit
-    ids, failed_ids = catalog.store(decoded, embeddings, failures, known, region_rows)
+    if region_store is not None and batch.decoded:
+        region_rows = region_store.append(batch.regions)  # durable before the commit
+    ids, failed_ids = catalog.store(batch.decoded, batch.embeddings, batch.failures, known, region_rows)
 
-    replaced = [known[image.source.path].id for image in decoded
+    replaced = [known[image.source.path].id for image in batch.decoded
                 if image.source.path in known and known[image.source.path].status == INDEXED]
     ann.remove([*replaced, *failed_ids])
-    ann.add(np.asarray(ids, dtype=np.int64), embeddings)
+    ann.add(np.asarray(ids, dtype=np.int64), batch.embeddings)
 
-    summary.indexed += len(decoded)
+    summary.indexed += len(batch.decoded)
     summary.updated += len(replaced)
-    summary.skipped.extend(ErrorRecord(f.source.path, f.reason) for f in failures)
+    summary.skipped.extend(ErrorRecord(f.source.path, f.reason) for f in batch.failures)
