@@ -20,6 +20,10 @@ four captions hold the very same words. No test scene occurs twice or in trainin
 every test caption has exactly one right image in an index built from all splits
 (training scenes may repeat, drawn again and phrased either way).
 
+``--layout cells`` puts each thing inside one cell of a 4 x 4 grid of 16-pixel cells
+(the demo CLIP's patches), instead of anywhere in its half of the image: each patch then
+sees a whole shape, and the small CLIP learns shapes sooner (see the README).
+
 Output (DIR):
     images/{train,test_twins,test_plain}/NNNNN.png
     train.jsonl, test_twins.jsonl, test_plain.jsonl   {"image": "images/...", "caption": ...}
@@ -46,6 +50,7 @@ RELATIONS = ("left of", "right of", "above", "below")
 INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 HELD_OUT = (("purple", "triangle"), ("orange", "circle"), ("white", "cross"))
 IMAGE_SIZE = 64
+LAYOUT = ["free"]  # --layout
 
 
 @dataclass(frozen=True)
@@ -117,11 +122,37 @@ def draw_thing(draw: ImageDraw.ImageDraw, thing: Thing, box: tuple[int, int, int
         draw.rectangle((x0 + third_w, y0, x1 - third_w, y1), fill=fill)
 
 
-def render(scene: Scene, rng: random.Random) -> Image.Image:
-    """Place the two things in the scene's relation, with jittered size and position."""
+CELL = 16  # --layout cells: a 4 x 4 grid of 16-pixel cells, one thing per cell
+
+
+def render_in_cells(scene: Scene, rng: random.Random, draw: ImageDraw.ImageDraw) -> list[dict]:
+    """Each thing inside one cell of a 4 x 4 grid (jittered size and place within it):
+    the first in the first two columns (rows) and the second in the last two."""
+    cells = IMAGE_SIZE // CELL
+    near, far = rng.randrange(cells // 2), rng.randrange(cells // 2, cells)
+    across = [rng.randrange(cells), rng.randrange(cells)]
+    if scene.relation == "left of":
+        places = [(near, across[0]), (far, across[1])]  # (column, row)
+    else:  # above
+        places = [(across[0], near), (across[1], far)]
+    objects = []
+    for thing, (column, row) in zip(scene.things(), places):
+        size = rng.randint(11, 14)
+        x = column * CELL + rng.randint(1, CELL - size - 1)
+        y = row * CELL + rng.randint(1, CELL - size - 1)
+        draw_thing(draw, thing, (x, y, x + size, y + size))
+        objects.append({"colour": thing.colour, "shape": thing.shape, "cell": row * cells + column})
+    return objects
+
+
+def render(scene: Scene, rng: random.Random) -> tuple[Image.Image, list[dict] | None]:
+    """Place the two things in the scene's relation, with jittered size and position.
+    With ``--layout cells`` also returns each thing's colour, shape and cell (row-major)."""
     grey = rng.randint(90, 160)
     image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (grey, grey, grey))
     draw = ImageDraw.Draw(image)
+    if LAYOUT[0] == "cells":
+        return image, render_in_cells(scene, rng, draw)
     sizes = [rng.randint(14, 22), rng.randint(14, 22)]
     margin = 2
     if scene.relation == "left of":
@@ -136,7 +167,7 @@ def render(scene: Scene, rng: random.Random) -> Image.Image:
         x_second = rng.randint(margin, IMAGE_SIZE - sizes[1] - margin)
     draw_thing(draw, scene.first, (x_first, y_first, x_first + sizes[0], y_first + sizes[0]))
     draw_thing(draw, scene.second, (x_second, y_second, x_second + sizes[1], y_second + sizes[1]))
-    return image
+    return image, None
 
 
 def generate(out: Path, train: int, twin_families: int, plain: int, seed: int) -> dict:
@@ -169,12 +200,16 @@ def generate(out: Path, train: int, twin_families: int, plain: int, seed: int) -
         with open(out / f"{split}.jsonl", "w", encoding="utf-8") as pairs:
             for number, (scene, flip) in enumerate(scenes):
                 relative = f"images/{split}/{number:05d}.png"
-                render(scene, rng).save(out / relative)
-                pairs.write(json.dumps({"image": relative, "caption": scene.caption(flip)}) + "\n")
+                image, objects = render(scene, rng)
+                image.save(out / relative)
+                record = {"image": relative, "caption": scene.caption(flip)}
+                if objects is not None:
+                    record["objects"] = objects
+                pairs.write(json.dumps(record) + "\n")
         counts[split] = len(scenes)
     meta = {
         "colours": list(COLOURS), "shapes": list(SHAPES), "relations": list(RELATIONS),
-        "held_out": [" ".join(pair) for pair in HELD_OUT], "counts": counts, "seed": seed,
+        "held_out": [" ".join(pair) for pair in HELD_OUT], "layout": LAYOUT[0], "counts": counts, "seed": seed,
         "image_size": IMAGE_SIZE,
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -188,7 +223,10 @@ def main() -> None:
     parser.add_argument("--twin-families", type=int, default=100, help="test families of 4 twins")
     parser.add_argument("--plain", type=int, default=200, help="test images without twins")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layout", choices=("free", "cells"), default="free",
+                        help="free: anywhere in their halves; cells: each thing inside one cell of a 4 x 4 grid")
     args = parser.parse_args()
+    LAYOUT[0] = args.layout
     meta = generate(args.out, args.train, args.twin_families, args.plain, args.seed)
     print(json.dumps(meta["counts"]))
 

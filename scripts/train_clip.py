@@ -10,7 +10,10 @@ The point is a real stage 1 with the real dual-encoder weakness: trained on in-b
 negatives, it learns which colours, shapes and relation words are present, but not
 which colour belongs to which shape or which thing is on the left.
 
-    python scripts/train_clip.py DATA/train.jsonl OUT_DIR [--epochs 12]
+    python scripts/train_clip.py DATA/train.jsonl OUT_DIR [--epochs 12] [--family-batches]
+
+``--family-batches`` keeps captions with the same words (twins) in the same batch, so the
+contrastive loss has to tell them apart by shapes and places, not by colours alone.
 """
 
 from __future__ import annotations
@@ -57,8 +60,28 @@ def load_pairs(pairs_path: Path, image_size: int) -> tuple[torch.Tensor, list[st
     return (pixels - mean) / std, captions
 
 
+def family_order(captions: list[str]) -> torch.Tensor:
+    """A shuffled order in which captions with the same words (twins: other binding) sit
+    next to each other, so most batches hold whole families: telling them apart takes
+    shapes and places, not just colours. Repeats of one caption are spread out."""
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for row, caption in enumerate(captions):
+        groups.setdefault(tuple(sorted(caption.split())), []).append(row)
+    blocks, spare = [], []
+    for rows in groups.values():
+        seen: set[str] = set()
+        block = []
+        for row in random.sample(rows, len(rows)):
+            (spare if captions[row] in seen else block).append(row)
+            seen.add(captions[row])
+        blocks.append(block)
+    blocks += [[row] for row in spare]
+    random.shuffle(blocks)
+    return torch.tensor([row for block in blocks for row in block])
+
+
 def train(pairs_path: Path, out: Path, epochs: int, batch_size: int, lr: float, seed: int,
-          image_size: int) -> None:
+          image_size: int, family_batches: bool = False) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
     config = model_config(image_size)
@@ -81,7 +104,7 @@ def train(pairs_path: Path, out: Path, epochs: int, batch_size: int, lr: float, 
     model.train()
     with tqdm(total=total, unit="step", mininterval=5) as bar:
         for epoch in range(epochs):
-            order = torch.randperm(len(captions))
+            order = family_order(captions) if family_batches else torch.randperm(len(captions))
             for step in range(steps_per_epoch):
                 batch = order[step * batch_size:(step + 1) * batch_size]
                 image_features, text_features, logit_scale = model(pixels[batch], tokens[batch])
@@ -116,8 +139,11 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--family-batches", action="store_true",
+                        help="batch captions that share their words together (see family_order)")
     args = parser.parse_args()
-    train(args.pairs, args.out, args.epochs, args.batch_size, args.lr, args.seed, args.image_size)
+    train(args.pairs, args.out, args.epochs, args.batch_size, args.lr, args.seed, args.image_size,
+          args.family_batches)
 
 
 if __name__ == "__main__":
