@@ -28,11 +28,10 @@ import dataclasses
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
-
-from pathlib import Path
 
 from . import ondisk
 from .ann import AnnIndex, Refine

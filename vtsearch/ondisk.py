@@ -45,12 +45,6 @@ def data_files(folder: Path) -> list[Path]:
     return sorted(folder.glob(f"{DATA_PREFIX}*{DATA_SUFFIX}"))
 
 
-def read_flags(config: AnnConfig) -> int:
-    """``faiss.read_index`` flags for an index of this config (the data file is found in
-    the index's own folder)."""
-    return faiss.IO_FLAG_ONDISK_SAME_DIR if config.on_disk else 0
-
-
 @dataclass
 class _Slot:
     """One worker's shard in progress: vectors go in until it holds ``shard_size``."""
