@@ -759,8 +759,7 @@ def server_url(location: str) -> URL:
             f"catalog URL {public_url(location)} names a {url.get_backend_name()} database; a "
             "catalog is a SQLite file (the default) or a postgresql+psycopg:// URL"
         )
-    if url.get_driver_name() in ("", "psycopg2") or url.drivername == "postgresql":
-        url = url.set(drivername="postgresql+psycopg")
+    url = url.set(drivername="postgresql+psycopg")  # the one driver the postgres extra brings
     try:
         import psycopg  # noqa: F401
     except ImportError:

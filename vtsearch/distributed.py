@@ -45,6 +45,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from .ann import AnnIndex
 from .atomic import atomic_path
 from .catalog import Catalog, CatalogEntry
 from .config import EncoderSpec, IngestOptions
@@ -194,7 +195,7 @@ def ingest_ray(
     paths: Sequence[str],
     folder: Path,
     catalog: Catalog,
-    ann: Any,
+    ann: AnnIndex,
     spec: EncoderSpec,
     device: str,
     options: IngestOptions,
@@ -238,7 +239,7 @@ def ingest_ray(
     return summary
 
 
-def _commit_shard(path: Path, catalog: Catalog, ann: Any, region_store: RegionStore | None,
+def _commit_shard(path: Path, catalog: Catalog, ann: AnnIndex, region_store: RegionStore | None,
                   known: dict[str, CatalogEntry], summary: IngestSummary) -> None:
     for batch in read_shard(path):
         commit_batch(batch, catalog, ann, region_store, known, summary)
