@@ -72,7 +72,8 @@ def main() -> None:
         store = RegionStore(Path(folder) / "regions.f16", layout)
         for start in range(0, args.store_rows, 500):
             store.append(rng.normal(size=(min(500, args.store_rows - start), layout.regions, dim)).astype(np.float16))
-        reranker = Reranker.untrained(FusionConfig(text_dim=dim, region_dim=dim, grid=grid), device=device)
+        reranker = Reranker.untrained(FusionConfig(text_dim=encoder.text_token_dim, region_dim=dim, grid=grid,
+                                                   max_tokens=encoder.context_length), device=device)
         with torch.no_grad():
             reranker.scorer.rerank_weight.fill_(1.0)  # a trained scorer's cost: nothing skipped
 

@@ -60,7 +60,8 @@ def build_index(root: Path, images: int) -> Path:
     with Index.create(root / "index", EncoderSpec.parse(f"local-dir:{root / 'model'}"), device="cpu") as index:
         index.add([photos], IngestOptions(workers=0))
         layout = index.manifest.regions
-        reranker = Reranker.untrained(FusionConfig(index.manifest.embed_dim, layout.dim, layout.grid))
+        reranker = Reranker.untrained(FusionConfig(index.encoder.text_token_dim, layout.dim, layout.grid,
+                                                   max_tokens=index.encoder.context_length))
         with torch.no_grad():
             reranker.scorer.rerank_weight.fill_(0.5)
         reranker.trained = {"note": "random weights with w = 0.5, for benchmarking"}

@@ -10,8 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO_DIR=${DEMO_DIR:-demo}
-CLIP_EPOCHS=${CLIP_EPOCHS:-8}
-RERANK_EPOCHS=${RERANK_EPOCHS:-6}
+CLIP_EPOCHS=${CLIP_EPOCHS:-12}
+RERANK_EPOCHS=${RERANK_EPOCHS:-12}
 PYTHON=${PYTHON:-python3}
 DATA="$DEMO_DIR/data"
 MODEL="$DEMO_DIR/clip"
@@ -21,11 +21,11 @@ step() { printf '\n== %s\n' "$*" >&2; }
 
 if [ ! -f "$DATA/meta.json" ]; then
     step "generating the shapes data set in $DATA"
-    "$PYTHON" scripts/make_shapes.py "$DATA"
+    "$PYTHON" scripts/make_shapes.py "$DATA" --layout cells
 fi
 if [ ! -f "$MODEL/open_clip_model.safetensors" ]; then
     step "training a small CLIP from scratch ($CLIP_EPOCHS epochs)"
-    "$PYTHON" scripts/train_clip.py "$DATA/train.jsonl" "$MODEL" --epochs "$CLIP_EPOCHS"
+    "$PYTHON" scripts/train_clip.py "$DATA/train.jsonl" "$MODEL" --epochs "$CLIP_EPOCHS" --family-batches
 fi
 step "indexing $DATA/images"
 vtsearch index "$DATA/images" --index "$INDEX" --model "local-dir:$MODEL"

@@ -17,8 +17,13 @@ colour–shape combinations are held out of training entirely. A second test spl
 
 A family shares one phrasing (from the first thing or, flipped, from the second), so its
 four captions hold the very same words. No test scene occurs twice or in training, so
-every test caption has exactly one right image in an index built from all splits
-(training scenes may repeat, drawn again and phrased either way).
+every test caption has exactly one right image in an index built from all splits.
+
+Training scenes may repeat (drawn again), so each training image is listed under *both*
+phrasings: every image of a scene is then a right answer to every caption of it. With
+one phrasing per image, another image of the same scene said the other way round would
+count as a wrong answer to the reranker's training, and stage 1 ranks exactly those
+images highest (see the README).
 
 ``--layout cells`` puts each thing inside one cell of a 4 x 4 grid of 16-pixel cells
 (the demo CLIP's patches), instead of anywhere in its half of the image: each patch then
@@ -27,6 +32,7 @@ sees a whole shape, and the small CLIP learns shapes sooner (see the README).
 Output (DIR):
     images/{train,test_twins,test_plain}/NNNNN.png
     train.jsonl, test_twins.jsonl, test_plain.jsonl   {"image": "images/...", "caption": ...}
+                                                       (train: two lines per image)
     meta.json                                          vocabulary, held-out combos, counts
 """
 
@@ -202,10 +208,12 @@ def generate(out: Path, train: int, twin_families: int, plain: int, seed: int) -
                 relative = f"images/{split}/{number:05d}.png"
                 image, objects = render(scene, rng)
                 image.save(out / relative)
-                record = {"image": relative, "caption": scene.caption(flip)}
-                if objects is not None:
-                    record["objects"] = objects
-                pairs.write(json.dumps(record) + "\n")
+                phrasings = [flip, not flip] if split == "train" else [flip]
+                for phrasing in phrasings:
+                    record = {"image": relative, "caption": scene.caption(phrasing)}
+                    if objects is not None:
+                        record["objects"] = objects
+                    pairs.write(json.dumps(record) + "\n")
         counts[split] = len(scenes)
     meta = {
         "colours": list(COLOURS), "shapes": list(SHAPES), "relations": list(RELATIONS),

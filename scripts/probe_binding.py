@@ -26,7 +26,11 @@ adds N random images to each training caption's twins: easy negatives that teach
 words go with which regions (grounding), which twins alone never show.
 
     python scripts/probe_binding.py DATA/train.jsonl --index DIR [--epochs 4]
-           [--random-negatives 4] [--oracle-regions] [--oracle-text]
+           [--random-negatives 4] [--oracle-regions] [--oracle-text] [--device cuda]
+           [--twins colours,shapes,places]
+
+``--twins places`` keeps only the mirror image of each scene (the same two things, their
+places swapped): the twin a dual encoder confuses most on the cells layout.
 """
 
 from __future__ import annotations
@@ -58,6 +62,9 @@ def scene_of(caption: str) -> Scene:
             first, second = caption.split(f" {relation} ")
             return (first, relation, second) if relation in ("left of", "above") else (second, inverse, first)
     raise ValueError(f"not a shapes caption: {caption!r}")
+
+
+TWIN_KINDS = ("colours", "shapes", "places")
 
 
 def twin_scenes(scene: Scene) -> list[Scene]:
@@ -119,7 +126,11 @@ def main() -> None:
     parser.add_argument("--random-negatives", type=int, default=0)
     parser.add_argument("--oracle-regions", action="store_true")
     parser.add_argument("--oracle-text", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--twins", default=",".join(TWIN_KINDS),
+                        help="which twins are the candidates, of colours,shapes,places (swapped)")
     args = parser.parse_args()
+    args.twins = set(args.twins.split(","))
     torch.manual_seed(0)
     random.seed(0)
     rng = np.random.default_rng(0)
@@ -144,7 +155,8 @@ def main() -> None:
     def candidates(rows: list[int], extra: int = 0) -> np.ndarray:
         chosen = []
         for row in rows:
-            pool = [i for twin in twin_scenes(scenes[row]) for i in images_of.get(twin, [])]
+            pool = [i for kind, twin in zip(TWIN_KINDS, twin_scenes(scenes[row])) if kind in args.twins
+                    for i in images_of.get(twin, [])]
             picks = rng.choice(pool, min(len(pool), 3), replace=False).tolist() if pool else []
             while len(picks) < 3:  # a family not all drawn in training: random other scenes
                 pick = int(rng.choice(examples.image_ids))
@@ -156,10 +168,10 @@ def main() -> None:
     train_rows, val_rows = _split_by_image(resolved.image_ids, 0.1, 0)
     val_rows = [row for row in val_rows if any(images_of.get(t) for t in twin_scenes(scenes[row]))]
     val_candidates = candidates(val_rows)
-    layout, device = index.manifest.regions, torch.device("cpu")
+    layout, device = index.manifest.regions, torch.device(args.device)
     regions = OracleRegions(index, args.pairs, layout.dim) if args.oracle_regions else index.region_source
-    scorer = FusionScorer(FusionConfig(text_dim=index.manifest.embed_dim, region_dim=layout.dim,
-                                       grid=layout.grid, dropout=0.0))
+    scorer = FusionScorer(FusionConfig(text_dim=examples.tokens[0].shape[1], region_dim=layout.dim,
+                                       grid=layout.grid)).to(device)
     optimizer = torch.optim.AdamW([p for name, p in scorer.named_parameters() if name != "rerank_weight"],
                                   lr=args.lr, weight_decay=0.01)
     stage1 = examples.stage1(val_rows, val_candidates)
@@ -178,7 +190,7 @@ def main() -> None:
         scorer.eval()
         with torch.no_grad():
             match = np.concatenate([
-                _match_logits(scorer, examples, val_rows[s:s + 32], val_candidates[s:s + 32], regions, device).numpy()
+                _match_logits(scorer, examples, val_rows[s:s + 32], val_candidates[s:s + 32], regions, device).cpu().numpy()
                 for s in range(0, len(val_rows), 32)])
         combined = max(float(np.mean((stage1 + w * match).argmax(1) == 0))
                        for w in (0, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0))

@@ -12,6 +12,9 @@ which colour belongs to which shape or which thing is on the left.
 
     python scripts/train_clip.py DATA/train.jsonl OUT_DIR [--epochs 12] [--family-batches]
 
+An image listed under several captions is seen once per epoch, under one of them drawn
+at random.
+
 ``--family-batches`` keeps captions with the same words (twins) in the same batch, so the
 contrastive loss has to tell them apart by shapes and places, not by colours alone.
 """
@@ -46,18 +49,19 @@ def model_config(image_size: int) -> dict:
     }
 
 
-def load_pairs(pairs_path: Path, image_size: int) -> tuple[torch.Tensor, list[str]]:
+def load_pairs(pairs_path: Path, image_size: int) -> tuple[torch.Tensor, list[list[str]]]:
+    """Normalised pixels (N, 3, S, S) of each distinct image, and each image's captions."""
     root = pairs_path.parent
-    images, captions = [], []
+    captions: dict[str, list[str]] = {}
     with open(pairs_path, encoding="utf-8") as handle:
         for line in handle:
             record = json.loads(line)
-            image = Image.open(root / record["image"]).convert("RGB").resize((image_size, image_size))
-            images.append(np.asarray(image))
-            captions.append(record["caption"])
+            captions.setdefault(record["image"], []).append(record["caption"])
+    images = [np.asarray(Image.open(root / path).convert("RGB").resize((image_size, image_size)))
+              for path in captions]
     pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
-    return (pixels - mean) / std, captions
+    return (pixels - mean) / std, list(captions.values())
 
 
 def family_order(captions: list[str]) -> torch.Tensor:
@@ -81,17 +85,19 @@ def family_order(captions: list[str]) -> torch.Tensor:
 
 
 def train(pairs_path: Path, out: Path, epochs: int, batch_size: int, lr: float, seed: int,
-          image_size: int, family_batches: bool = False) -> None:
+          image_size: int, family_batches: bool = False, device: str = "cpu") -> None:
     torch.manual_seed(seed)
     random.seed(seed)
     config = model_config(image_size)
-    model = open_clip.CLIP(**config)
+    model = open_clip.CLIP(**config).to(device)
     tokenizer = open_clip.SimpleTokenizer(context_length=config["text_cfg"]["context_length"])
-    pixels, captions = load_pairs(pairs_path, image_size)
-    tokens = tokenizer(captions)
+    pixels, image_captions = load_pairs(pairs_path, image_size)
+    choices = max(len(texts) for texts in image_captions)  # an image with fewer repeats its own
+    tokens = torch.stack([tokenizer([texts[n % len(texts)] for texts in image_captions])
+                          for n in range(choices)])  # (choices, N, ctx)
     loss_fn = open_clip.ClipLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
-    steps_per_epoch = len(captions) // batch_size
+    steps_per_epoch = len(image_captions) // batch_size
     total = epochs * steps_per_epoch
     warmup = max(1, total // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -99,15 +105,19 @@ def train(pairs_path: Path, out: Path, epochs: int, batch_size: int, lr: float, 
         lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)),
     )
     print(f"training a {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M-parameter CLIP "
-          f"on {len(captions)} pairs, {epochs} epochs of {steps_per_epoch} steps")
+          f"on {len(image_captions)} images, {epochs} epochs of {steps_per_epoch} steps")
     started = time.perf_counter()
     model.train()
     with tqdm(total=total, unit="step", mininterval=5) as bar:
         for epoch in range(epochs):
+            # one caption per image and epoch, drawn from the image's own
+            picks = torch.randint(choices, (len(image_captions),))
+            captions = [texts[int(pick) % len(texts)] for texts, pick in zip(image_captions, picks)]
             order = family_order(captions) if family_batches else torch.randperm(len(captions))
             for step in range(steps_per_epoch):
                 batch = order[step * batch_size:(step + 1) * batch_size]
-                image_features, text_features, logit_scale = model(pixels[batch], tokens[batch])
+                batch_tokens = tokens[picks[batch], batch].to(device)  # (B, ctx)
+                image_features, text_features, logit_scale = model(pixels[batch].to(device), batch_tokens)
                 loss = loss_fn(image_features, text_features, logit_scale)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -125,7 +135,7 @@ def train(pairs_path: Path, out: Path, epochs: int, batch_size: int, lr: float, 
     (out / "open_clip_config.json").write_text(
         json.dumps({"model_cfg": config, "preprocess_cfg": preprocess}, indent=2) + "\n"
     )
-    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     save_file(state, str(out / "open_clip_model.safetensors"))
     print(f"saved local-dir:{out.resolve()}")
 
@@ -141,9 +151,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--family-batches", action="store_true",
                         help="batch captions that share their words together (see family_order)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     train(args.pairs, args.out, args.epochs, args.batch_size, args.lr, args.seed, args.image_size,
-          args.family_batches)
+          args.family_batches, args.device)
 
 
 if __name__ == "__main__":

@@ -120,8 +120,9 @@ def served_dir(tmp_path_factory, tiny_encoder) -> Path:
         index.add([root / "photos"], IngestOptions(workers=0))
         index.add_texts(SERVED_TEXTS)
         layout = index.manifest.regions
-        reranker = Reranker.untrained(FusionConfig(text_dim=index.manifest.embed_dim, region_dim=layout.dim,
-                                                   grid=layout.grid), seed=3)
+        reranker = Reranker.untrained(FusionConfig(text_dim=tiny_encoder.text_token_dim, region_dim=layout.dim,
+                                                   grid=layout.grid, max_tokens=tiny_encoder.context_length),
+                                      seed=3)
         with torch.no_grad():
             reranker.scorer.rerank_weight.fill_(0.5)
         reranker.trained = {"note": "a random scorer with weight 0.5, for tests"}

@@ -20,6 +20,19 @@ def test_scorer_shapes_and_attention_maps():
     assert scorer.region_positions().shape == (9, 32)
 
 
+def test_text_tokens_carry_word_embeddings(tiny_encoder):
+    """Each token is the tower's contextual state beside its word's input embedding
+    (token + position), so the same word at another place differs in both parts."""
+    features = tiny_encoder.encode_text_features(["a red cube left of a blue ball", "a blue ball"])
+    tokens = features.tokens[0]
+    assert tokens.shape[1] == tiny_encoder.text_token_dim > tiny_encoder.embed_dim
+    words = tokens[:, tiny_encoder.embed_dim:]
+    table = tiny_encoder.model.token_embedding.weight
+    ids = tiny_encoder.tokenizer(["a red cube left of a blue ball"])[0]
+    expected = table[ids[: len(tokens)]] + tiny_encoder.model.positional_embedding[: len(tokens)]
+    torch.testing.assert_close(words, expected.float())
+
+
 def test_padding_does_not_change_a_score():
     scorer = FusionScorer(CONFIG).eval()
     short = torch.randn(3, 24)
@@ -59,4 +72,16 @@ def test_damaged_weights_are_a_clear_error(tmp_path):
 
     (tmp_path / "reranker.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(IndexFormatError, match="reranker weights"):
+        Reranker.load(tmp_path / "reranker.pt")
+
+
+def test_weights_of_an_older_scorer_ask_for_retraining(tmp_path):
+    from vtsearch.errors import IndexFormatError
+
+    reranker = Reranker.untrained(CONFIG)
+    reranker.save(tmp_path / "reranker.pt")
+    checkpoint = torch.load(tmp_path / "reranker.pt", weights_only=True)
+    checkpoint["format"] = 1
+    torch.save(checkpoint, tmp_path / "reranker.pt")
+    with pytest.raises(IndexFormatError, match="train it again with vtsearch train-reranker"):
         Reranker.load(tmp_path / "reranker.pt")

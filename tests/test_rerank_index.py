@@ -76,7 +76,7 @@ def test_a_training_step_lowers_the_loss(captioned):
     assert (candidates[:, 0] == examples.positives[rows]).all()
     assert all(len(set(row)) == 6 for row in candidates.tolist())
     torch.manual_seed(0)
-    scorer = FusionScorer(FusionConfig(text_dim=64, region_dim=64, grid=4, width=32, dropout=0.0))
+    scorer = FusionScorer(FusionConfig(text_dim=index.encoder.text_token_dim, region_dim=64, grid=4, width=32))
     optimizer = torch.optim.AdamW(scorer.parameters(), lr=3e-3)
     source, device = index.region_source, torch.device("cpu")
     def loss():
@@ -160,3 +160,20 @@ def test_word_swapped_captions_keep_the_words_and_change_the_binding():
     assert all(sorted(v.split()) == sorted(caption.split()) for v in variants)
     assert "a blue square left of a red circle" in swapped_variants(caption, 100, rng)
     assert swapped_variants("a cat", 3, rng) == []  # one content word: nothing to swap
+
+
+def test_train_reranker_command_reports_each_epoch(captioned, tmp_path):
+    from click.testing import CliRunner
+
+    from vtsearch.cli import main
+
+    index, pairs = captioned
+    index.close()
+    lines = [json.dumps({"image": pair.image, "caption": pair.caption}) for pair in pairs]
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(main, ["train-reranker", str(tmp_path / "pairs.jsonl"), "--index", str(index.path),
+                                       "--epochs", "2", "--negatives", "5", "--width", "16", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("epoch 1: train loss") == 2  # live on stderr, then the summary on stdout
+    assert "trained on" in result.output and "kept epoch" in result.output
+    assert (index.path / "reranker.pt").is_file()

@@ -57,6 +57,13 @@ def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, ensure_ascii=False, indent=None))
 
 
+def _epoch_line(record: dict) -> str:
+    return (f"epoch {record['epoch']}: train loss {record['train_loss']:.3f}, "
+            f"val loss {record['val_loss']:.3f}, val top-1 {record['val_stage1_top1']:.3f} "
+            f"-> {record['val_reranked_top1']:.3f} (w {record['w']:.3f})"
+            + (f", image -> own caption top-1 {record['val_text_top1']:.3f}" if "val_text_top1" in record else ""))
+
+
 class _TqdmProgress:
     """Progress on stderr, through tqdm (hidden when stderr is not a terminal)."""
 
@@ -77,6 +84,12 @@ class _TqdmProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+    def note_epoch(self, record: dict) -> None:
+        """One line per finished epoch on stderr, above the bar when there is one."""
+        from tqdm import tqdm
+
+        tqdm.write(f"{_epoch_line(record)} [{record['seconds']:.0f} s]", file=sys.stderr)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -265,17 +278,17 @@ def _with_pairs(command: Callable[..., Any]) -> Callable[..., Any]:
 @main.command("train-reranker")
 @_with_pairs
 @index_option
-@click.option("--epochs", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
 @click.option("--negatives", type=click.IntRange(1), default=15, show_default=True,
               help="Hard negatives per caption, mined from the index's stage-1 neighbours.")
 @click.option("--text-negatives", type=click.IntRange(0), default=8, show_default=True,
               help="Image -> text term: wrong texts per image (word-swapped captions, nearest captions); "
                    "0 turns it off.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Captions per step.")
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate (after a short warm-up).")
 @click.option("--width", type=click.IntRange(8), default=128, show_default=True, help="Scorer width.")
 @click.option("--layers", type=click.IntRange(1), default=2, show_default=True, help="Scorer blocks.")
-@click.option("--patience", type=click.IntRange(1), default=2, show_default=True,
+@click.option("--patience", type=click.IntRange(1), default=10, show_default=True,
               help="Stop after this many epochs without a better validation score.")
 @device_option
 @json_option
@@ -300,7 +313,9 @@ def train_reranker_command(pairs, images_root, split, index_dir, epochs, negativ
                            batch_size=batch_size, lr=lr,
                            width=width, layers=layers, patience=patience, device=device)
     with Index.open(index_dir or default_index_dir(), device=device) as index:
-        reranker, report = train_reranker(index, loaded, options, progress=_TqdmProgress("training"))
+        progress = _TqdmProgress("training")
+        reranker, report = train_reranker(index, loaded, options, progress=progress,
+                                          on_epoch=None if as_json else progress.note_epoch)
         index.save_reranker(reranker)
     if report.missing:
         click.echo(f"{len(report.missing)} images of PAIRS are not in the index "
@@ -309,10 +324,7 @@ def train_reranker_command(pairs, images_root, split, index_dir, epochs, negativ
         _print_json(report.to_dict())
         return
     for record in report.history:
-        click.echo(f"epoch {record['epoch']}: train loss {record['train_loss']:.3f}, "
-                   f"val loss {record['val_loss']:.3f}, val top-1 {record['val_stage1_top1']:.3f} "
-                   f"-> {record['val_reranked_top1']:.3f} (w {record['w']:.3f})"
-                   + (f", image -> own caption top-1 {record['val_text_top1']:.3f}" if "val_text_top1" in record else ""))
+        click.echo(_epoch_line(record))
     click.echo(f"trained on {report.train_captions} captions ({report.val_captions} held out) "
                f"in {report.seconds:.0f} s; kept epoch {report.best_epoch}")
 

@@ -205,13 +205,26 @@ class Encoder:
         encoder whose weights changed since (same name, same width) gives another one."""
         return [round(float(x), 5) for x in self.encode_texts([PROBE_TEXT])[0]]
 
+    @property
+    def text_token_dim(self) -> int:
+        """Width of one text token for stage 2: contextual state ⊕ word embedding."""
+        embedding = _word_embedding(self.model)
+        return self.embed_dim + (embedding[0].embedding_dim if embedding else 0)
+
     @torch.inference_mode()
     def encode_text_features(self, texts: list[str]) -> TextFeatures:
-        """Unit vectors plus per-token states (through the end-of-text token)."""
+        """Unit vectors plus, per token through the end-of-text token, the tower's
+        contextual state beside the word's own input embedding (token + position).
+
+        The contextual states of a tower trained only through its pooled vector blur which
+        word stands where ("a red cube left of a blue ball" against the same words in
+        another order); the input embedding keeps word and position crisp for the scorer.
+        """
         tokens = self.tokenizer(texts).to(self.device)
         with self._autocast():
             pooled, states, lengths = _text_states(self.model, tokens)
-        states = states.float().cpu()
+        words = _word_states(self.model, tokens[:, : states.shape[1]])  # (B, T, width)
+        states = torch.cat([states.float(), words.float()], dim=-1).cpu()  # (B, T, D + width)
         return TextFeatures(
             vectors=_unit_rows(pooled),
             tokens=[states[row, :length] for row, length in enumerate(lengths.tolist())],
@@ -235,6 +248,30 @@ def _project(states: torch.Tensor, projection: Any) -> torch.Tensor:
     if isinstance(projection, torch.nn.Linear):
         return projection(states)
     return states @ projection
+
+
+def _word_embedding(model: torch.nn.Module) -> tuple[torch.nn.Embedding, torch.Tensor | None] | None:
+    """The text tower's token embedding and learned positions (None when it has none)."""
+    for tower in (model, getattr(model, "text", None)):
+        if isinstance(getattr(tower, "token_embedding", None), torch.nn.Embedding):
+            return tower.token_embedding, getattr(tower, "positional_embedding", None)
+    inner = getattr(getattr(model, "text", None), "transformer", None)  # a Hugging Face tower
+    if inner is not None and hasattr(inner, "get_input_embeddings"):
+        return inner.get_input_embeddings(), None  # its positions are inside; the scorer has its own
+    return None
+
+
+def _word_states(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """(B, T) token ids → (B, T, width) input embeddings (token + position); width 0 for
+    a tower whose embedding is not known."""
+    embedding = _word_embedding(model)
+    if embedding is None:
+        return torch.zeros(*tokens.shape, 0, device=tokens.device)
+    table, positions = embedding
+    words = table(tokens)  # (B, T, width)
+    if positions is not None:
+        words = words + positions[: tokens.shape[1]].to(words.dtype)
+    return words
 
 
 def _text_states(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -302,7 +302,8 @@ class Index:
                 self._reranker = Reranker.load(self.path / RERANKER_FILE, device)
             else:
                 layout = self.manifest.regions
-                config = FusionConfig(text_dim=self.manifest.embed_dim, region_dim=layout.dim, grid=layout.grid)
+                config = FusionConfig(text_dim=self.encoder.text_token_dim, region_dim=layout.dim, grid=layout.grid,
+                                      max_tokens=self.encoder.context_length)
                 self._reranker = Reranker.untrained(config, device=device)
         return self._reranker
 

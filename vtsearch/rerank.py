@@ -25,7 +25,7 @@ from .records import DecodedImage, ScannedFile
 from .regions import REGIONS_FILE, RegionLayout, RegionStore
 
 RERANKER_FILE = "reranker.pt"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: word embeddings beside token states, input norms, positions
 
 
 class RegionSource(Protocol):
@@ -126,6 +126,9 @@ class Reranker:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
             if int(checkpoint.get("format", 0)) > CHECKPOINT_FORMAT:
                 raise IndexFormatError(f"{path} is from a newer vtsearch; upgrade vtsearch")
+            if int(checkpoint.get("format", 0)) < CHECKPOINT_FORMAT:
+                raise IndexFormatError(f"{path} holds an older scorer that this vtsearch cannot run; "
+                                       "train it again with vtsearch train-reranker")
             scorer = FusionScorer(FusionConfig.from_dict(checkpoint["config"]))
             scorer.load_state_dict(checkpoint["state_dict"])
         except IndexFormatError:

@@ -28,7 +28,7 @@ import random
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -48,13 +48,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TrainOptions:
-    epochs: int = 8
+    epochs: int = 30
     negatives: int = 15
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.01
     val_fraction: float = 0.1
-    patience: int = 2  # epochs without a better validation score before stopping
+    patience: int = 10  # epochs without a better validation score before stopping
     val_shortlist: int = 50  # validation ranks each caption's image among this many
     text_negatives: int = 8  # image → text term: negative texts per image (0: off)
     width: int = 128
@@ -230,8 +230,11 @@ def sample_candidates(examples: _Examples, rows: Sequence[int], negatives: int,
     With ``rng`` (training) the negatives mix three kinds: the hardest stage-1 neighbours
     (same words, other binding: they teach binding), neighbours drawn from deeper in the
     shortlist, and random images of the index (other colours and things: they teach the
-    grounding that binding is built on). Without ``rng`` (validation) they are the top
-    stage-1 neighbours in order: with enough of them, a realistic shortlist.
+    grounding that binding is built on). Half are the hardest: with hard negatives alone
+    the scorer learns nothing (the same words give no signal for which word goes with
+    which region), measured with scripts/probe_binding.py. Without ``rng`` (validation)
+    they are the top stage-1 neighbours in order: with enough of them, a realistic
+    shortlist.
     """
     candidates = np.empty((len(rows), negatives + 1), dtype=np.int64)
     for slot, row in enumerate(rows):
@@ -239,8 +242,8 @@ def sample_candidates(examples: _Examples, rows: Sequence[int], negatives: int,
         if rng is None:
             picks = list(pool[:negatives])
         else:
-            hardest = math.ceil(negatives * 0.6)
-            deeper = (negatives - hardest + 1) // 2
+            hardest = (negatives + 1) // 2
+            deeper = (negatives - hardest) // 2
             picks = list(pool[:hardest])
             rest = pool[hardest:]
             if len(rest):
@@ -287,8 +290,10 @@ def fit_rerank_weight(stage1: np.ndarray, match: np.ndarray, logit_scale: float)
 
 
 def train_reranker(index: "Index", pairs: Sequence[Pair], options: TrainOptions = TrainOptions(),
-                   progress: Progress | None = None) -> tuple[Reranker, TrainReport]:
-    """Train a fusion scorer on ``pairs`` (images already in ``index``)."""
+                   progress: Progress | None = None,
+                   on_epoch: Callable[[dict[str, float]], None] | None = None) -> tuple[Reranker, TrainReport]:
+    """Train a fusion scorer on ``pairs`` (images already in ``index``); ``on_epoch`` is
+    called with each epoch's record as it ends."""
     started = time.perf_counter()
     progress = progress or NoProgress()
     layout, regions = index.manifest.regions, index.region_source
@@ -311,15 +316,18 @@ def train_reranker(index: "Index", pairs: Sequence[Pair], options: TrainOptions 
     rng = np.random.default_rng(options.seed)
     train_rows, val_rows = _split_by_image(resolved.image_ids, options.val_fraction, options.seed)
 
-    config = FusionConfig(text_dim=index.manifest.embed_dim, region_dim=layout.dim, grid=layout.grid,
-                          width=options.width, layers=options.layers, heads=options.heads)
+    config = FusionConfig(text_dim=index.encoder.text_token_dim, region_dim=layout.dim, grid=layout.grid,
+                          max_tokens=index.encoder.context_length, width=options.width, layers=options.layers,
+                          heads=options.heads)
     scorer = FusionScorer(config).to(device)
     logit_scale = _logit_scale(index)
     body = [p for name, p in scorer.named_parameters() if name != "rerank_weight"]  # w is fitted
     optimizer = torch.optim.AdamW(body, lr=options.lr, weight_decay=options.weight_decay)
     steps = options.epochs * math.ceil(len(train_rows) / options.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=options.lr, total_steps=max(steps, 1),
-                                                    pct_start=0.1)
+    # a short warm-up, then a constant rate: binding is learnt late (after a plateau of
+    # many epochs on the shapes set), and a decaying rate would stall it
+    warmup = max(1, steps // 20)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
     history: list[dict[str, float]] = []
     best_state, best_epoch, best_score, waited = None, 0, -1.0, 0
     progress.start(steps)
@@ -347,7 +355,10 @@ def train_reranker(index: "Index", pairs: Sequence[Pair], options: TrainOptions 
             if text_negatives is not None:
                 record["val_text_top1"] = _validate_texts(scorer, examples, val_rows or train_rows[:256],
                                                           text_negatives, regions, device)
+            record["seconds"] = round(time.perf_counter() - started, 1)
             history.append(record)
+            if on_epoch is not None:
+                on_epoch(record)
             score = record["val_reranked_top1"] - 1e-3 * record["val_loss"]
             if score > best_score:
                 best_state, best_epoch, best_score, waited = copy.deepcopy(scorer.state_dict()), epoch, score, 0
