@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Can the fusion scorer bind on these features? A clean-label test on the shapes set.
 
-``vtsearch train-reranker`` mines its negatives from stage 1. On the shapes set those
-carry label noise: a training scene is drawn several times and phrased either way ("a red
-circle left of a blue square" / "a blue square right of a red circle"), so images of the
-very same scene, under the other phrasing, count as wrong answers. This script first
-measures that noise. Then it asks the question without the noise. For each training
+``vtsearch train-reranker`` mines its negatives from stage 1. With one phrasing per
+training image those carry label noise: a training scene is drawn several times, and an
+image of the very same scene phrased the other way round ("a red circle left of a blue
+square" / "a blue square right of a red circle") counts as a wrong answer. This script
+first measures that noise (none since ``make_shapes.py`` lists both phrasings). Then it asks the question without the noise. For each training
 caption, the candidates are its image plus images of its *twin scenes*: colours swapped,
 shapes swapped, places swapped; the same words in another binding. A scorer (the
 product's ``FusionScorer``, match loss only) is trained on them for a few epochs. On
@@ -15,8 +15,9 @@ held-out captions it reports how often each ranks the right image first among it
 - the match logit alone;
 - the best ``stage1 + w · match``.
 
-Chance is about 1/4. A scorer that only reads the colour layout (which colour is where)
-resolves half of a family: 1/2, with a training loss near ln 2.
+Chance is about 1/4. A scorer that tells a scene from its colours- and shapes-swapped
+twins but not from its mirror (places swapped) resolves half: 1/2, with a training loss
+near ln 2.
 
 Two switches replace a side's features with perfect symbols, to find which side stops
 the binding. ``--oracle-regions`` uses one-hot colour and shape at each thing's cell; it

@@ -222,8 +222,7 @@ class Encoder:
         """
         tokens = self.tokenizer(texts).to(self.device)
         with self._autocast():
-            pooled, states, lengths = _text_states(self.model, tokens)
-        words = _word_states(self.model, tokens[:, : states.shape[1]])  # (B, T, width)
+            pooled, states, lengths, words = _text_states(self.model, tokens)
         states = torch.cat([states.float(), words.float()], dim=-1).cpu()  # (B, T, D + width)
         return TextFeatures(
             vectors=_unit_rows(pooled),
@@ -274,8 +273,11 @@ def _word_states(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return words
 
 
-def _text_states(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(pooled (B, D), token states (B, T, D), lengths (B,)) in the joint space.
+def _text_states(
+    model: torch.nn.Module, tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(pooled (B, D), token states (B, T, D), lengths (B,)) in the joint space, and the
+    tower's input embeddings of those tokens (B, T, width): see ``_word_states``.
 
     For open_clip's ``CLIP`` (a causal text tower pooled at the end-of-text token) the
     tower runs only up to the longest end-of-text position: with a causal mask the states
@@ -287,18 +289,17 @@ def _text_states(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.Te
         eot = tokens.argmax(dim=-1)  # (B,) the end-of-text token has the highest id
         length = int(eot.max()) + 1
         cast_dtype = model.transformer.get_cast_dtype()
-        x = model.token_embedding(tokens[:, :length]).to(cast_dtype)  # (B, T, width)
-        x = x + model.positional_embedding[:length].to(cast_dtype)
-        x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+        words = _word_states(model, tokens[:, :length])  # (B, T, width): token + position
+        x = model.transformer(words.to(cast_dtype), attn_mask=model.attn_mask[:length, :length])
         x = model.ln_final(x)  # (B, T, width)
         states = _project(x, model.text_projection)  # (B, T, D)
         pooled = states[torch.arange(len(tokens), device=tokens.device), eot]  # (B, D)
-        return pooled, states, eot + 1
+        return pooled, states, eot + 1, words
     text = model.text  # Encoder.__init__ set text.output_tokens
     pooled, states = text(tokens)  # (B, D), (B, ctx, width)
     states = _project(states, getattr(text, "text_projection", None))
     lengths = (tokens != 0).sum(dim=-1).clamp(min=1)  # non-padding positions
-    return pooled, states, lengths
+    return pooled, states, lengths, _word_states(model, tokens[:, : states.shape[1]])
 
 
 def _unit_rows(features: torch.Tensor) -> np.ndarray:
