@@ -13,7 +13,7 @@ images/s for each, and each Ray rate ÷ the local one. Ray's start-up (the insta
 actors loading the model) is inside the timed run, as a user pays it.
 
 Part 2, ``merge``: 1M synthetic CLIP-like vectors (d=512, unit length, clustered) built
-into ``IVF1024,SQ4`` by the steps of :mod:`vtsearch.ondisk` — trained on 40,960 of them,
+into ``IVF1024,SQ4`` by the steps of :mod:`vtsearch.store.ondisk` — trained on 40,960 of them,
 added in shards of 100,000 by 2 threads, the shards' lists merged into one memory-mapped
 file — in a fresh process that never holds the vectors at once (they are generated chunk
 by chunk). For each step: its time and the peak of the process's anonymous memory above
@@ -96,13 +96,13 @@ class PeakAnon:
 
 
 def merge_part(vectors: int, folder: Path) -> dict:
-    """The steps of :func:`vtsearch.ondisk.build`, one at a time, each with its time and
+    """The steps of :func:`vtsearch.store.ondisk.build`, one at a time, each with its time and
     the peak of the process's anonymous memory while it ran."""
     import faiss
 
-    from vtsearch import ondisk
-    from vtsearch.ann import AnnIndex
-    from vtsearch.annbuild import exact_top, recall_at_k
+    from vtsearch.store import ondisk
+    from vtsearch.store.ann import AnnIndex
+    from vtsearch.store.annbuild import exact_top, recall_at_k
     from vtsearch.config import AnnConfig
 
     config = AnnConfig(factory="IVF1024,SQ4", auto=False)
@@ -190,7 +190,7 @@ def embed_part(images: int, root: Path) -> dict:
     import ray
 
     from vtsearch import EncoderSpec, Index, IngestOptions
-    from vtsearch.distributed import RayOptions
+    from vtsearch.build.distributed import RayOptions
 
     sys.path.insert(0, str(Path(__file__).parent))
     from benchkit import write_random_model

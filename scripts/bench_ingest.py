@@ -34,8 +34,8 @@ from PIL import Image, ImageDraw
 
 from vtsearch import Index, IngestOptions
 from vtsearch.decode import decode_file
-from vtsearch.encode import Encoder
-from vtsearch.scan import scan
+from vtsearch.encoder import Encoder
+from vtsearch.build.scan import scan
 
 from benchkit import random_encoder
 

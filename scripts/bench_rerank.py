@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vtsearch.ann import AnnIndex
+from vtsearch.store.ann import AnnIndex
 from vtsearch.config import AnnConfig
 from vtsearch.fusion import FusionConfig
-from vtsearch.regions import RegionLayout, RegionStore
-from vtsearch.rerank import Reranker
+from vtsearch.store.regions import RegionLayout, RegionStore
+from vtsearch.query.rerank import Reranker
 
 from benchkit import random_encoder
 

@@ -6,7 +6,7 @@ For each N, synthetic d-dimensional unit vectors with realistic structure (a mix
 nearest neighbour sits at cosine ≈ 0.83 and its tenth at ≈ 0.79, as with CLIP image
 neighbours) are written to a real vtsearch catalog (SQLite). Then the index that
 vtsearch chooses for N is built through the product's own path
-(:func:`vtsearch.annbuild.build_from_catalog`: sample, train, fill, calibrate). Its exact re-scoring
+(:func:`vtsearch.store.annbuild.build_from_catalog`: sample, train, fill, calibrate). Its exact re-scoring
 reads vectors from that catalog, as searches do.
 
 Measured per N, with 200 queries from the same generator (after 20 others, as in a
@@ -36,8 +36,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from vtsearch import annbuild
-from vtsearch.catalog import INDEXED, Catalog, images_table
+from vtsearch.store import annbuild
+from vtsearch.store.catalog import INDEXED, Catalog, images_table
 
 LATENT, CLUSTERS = 96, 2000
 QUERIES = 200

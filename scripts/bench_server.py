@@ -49,7 +49,7 @@ QUERIES = ["a dog on a beach", "a red car in the snow", "two people under an umb
 def build_index(root: Path, images: int) -> Path:
     from vtsearch import EncoderSpec, Index, IngestOptions
     from vtsearch.fusion import FusionConfig
-    from vtsearch.rerank import Reranker
+    from vtsearch.query.rerank import Reranker
 
     write_random_model(root / "model", MODEL)
     photos = root / "photos"
@@ -59,7 +59,7 @@ def build_index(root: Path, images: int) -> Path:
         Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(photos / f"{number:05d}.jpg")
     with Index.create(root / "index", EncoderSpec.parse(f"local-dir:{root / 'model'}"), device="cpu") as index:
         index.add([photos], IngestOptions(workers=0))
-        layout = index.manifest.regions
+        layout = index.regions
         reranker = Reranker.untrained(FusionConfig(index.encoder.text_token_dim, layout.dim, layout.grid,
                                                    max_tokens=index.encoder.context_length))
         with torch.no_grad():

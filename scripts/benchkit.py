@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from vtsearch.config import EncoderSpec
-from vtsearch.encode import Encoder
+from vtsearch.encoder import Encoder
 
 
 def random_encoder(model: str, device: torch.device) -> Encoder:

@@ -37,6 +37,7 @@ places swapped): the twin a dual encoder confuses most on the cells layout.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import random
@@ -48,9 +49,8 @@ import torch
 
 from vtsearch import Index
 from vtsearch.fusion import FusionConfig, FusionScorer
-from vtsearch.ingest import NoProgress
-from vtsearch.pairs import load_pairs
-from vtsearch.train import _match_logits, _split_by_image, listwise_loss, mine_examples, resolve_pairs
+from vtsearch.progress import NoProgress
+from vtsearch.train import listwise_loss, load_pairs, match_logits, mine_examples, resolve_pairs, split_by_image
 
 INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 Scene = tuple[str, str, str]  # (first thing, "left of" | "above", second thing)
@@ -89,16 +89,16 @@ class OracleRegions:
                    for line in open(folder / f"{split}.jsonl", encoding="utf-8")]
         if "objects" not in records[0]:
             raise SystemExit("--oracle-regions needs pairs from make_shapes.py --layout cells")
-        entries = index.catalog.entries([str((folder / record["image"]).resolve()) for record in records])
+        ids = index.image_ids([str((folder / record["image"]).resolve()) for record in records])
         colours = sorted({o["colour"] for r in records for o in r["objects"]})
         shapes = sorted({o["shape"] for r in records for o in r["objects"]})
         self.rows: dict[int, torch.Tensor] = {}
         for record in records:
-            regions = torch.zeros(index.manifest.regions.grid ** 2, width)
+            regions = torch.zeros(index.regions.grid ** 2, width)
             for thing in record["objects"]:
                 regions[thing["cell"], colours.index(thing["colour"])] = 3.0
                 regions[thing["cell"], len(colours) + shapes.index(thing["shape"])] = 3.0
-            self.rows[entries[str((folder / record["image"]).resolve())].id] = regions
+            self.rows[ids[str((folder / record["image"]).resolve())]] = regions
 
     def regions(self, ids: list[int]) -> torch.Tensor:
         return torch.stack([self.rows[int(i)] for i in ids])
@@ -149,9 +149,9 @@ def main() -> None:
     print(f"{len(scenes)} captions of {len(images_of)} scenes; among each caption's 5 hardest stage-1 "
           f"negatives, {np.mean(same):.2f} show the very same scene (other phrasing)")
 
-    width = index.manifest.embed_dim
+    width = index.embed_dim
     if args.oracle_text:
-        examples.tokens = oracle_text(resolved.captions, width)
+        examples = dataclasses.replace(examples, tokens=oracle_text(resolved.captions, width))
 
     def candidates(rows: list[int], extra: int = 0) -> np.ndarray:
         chosen = []
@@ -166,10 +166,10 @@ def main() -> None:
             chosen.append([examples.positives[row], *picks, *rng.choice(examples.image_ids, extra).tolist()])
         return np.asarray(chosen, dtype=np.int64)
 
-    train_rows, val_rows = _split_by_image(resolved.image_ids, 0.1, 0)
+    train_rows, val_rows = split_by_image(resolved.image_ids, 0.1, 0)
     val_rows = [row for row in val_rows if any(images_of.get(t) for t in twin_scenes(scenes[row]))]
     val_candidates = candidates(val_rows)
-    layout, device = index.manifest.regions, torch.device(args.device)
+    layout, device = index.regions, torch.device(args.device)
     regions = OracleRegions(index, args.pairs, layout.dim) if args.oracle_regions else index.region_source
     scorer = FusionScorer(FusionConfig(text_dim=examples.tokens[0].shape[1], region_dim=layout.dim,
                                        grid=layout.grid)).to(device)
@@ -183,7 +183,7 @@ def main() -> None:
         for start in range(0, len(train_rows), 32):
             rows = train_rows[start:start + 32]
             chosen = candidates(rows, args.random_negatives)
-            loss = listwise_loss(_match_logits(scorer, examples, rows, chosen, regions, device))
+            loss = listwise_loss(match_logits(scorer, examples, rows, chosen, regions, device))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -191,7 +191,7 @@ def main() -> None:
         scorer.eval()
         with torch.no_grad():
             match = np.concatenate([
-                _match_logits(scorer, examples, val_rows[s:s + 32], val_candidates[s:s + 32], regions, device).cpu().numpy()
+                match_logits(scorer, examples, val_rows[s:s + 32], val_candidates[s:s + 32], regions, device).cpu().numpy()
                 for s in range(0, len(val_rows), 32)])
         combined = max(float(np.mean((stage1 + w * match).argmax(1) == 0))
                        for w in (0, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0))

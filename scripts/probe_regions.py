@@ -26,8 +26,7 @@ import numpy as np
 import torch
 
 from vtsearch import Index
-from vtsearch.pairs import load_pairs
-from vtsearch.train import STOPWORDS, resolve_pairs
+from vtsearch.train import STOPWORDS, load_pairs, resolve_pairs
 
 
 def probe(features: torch.Tensor, labels: torch.Tensor, split: int, steps: int = 300) -> torch.Tensor:
@@ -62,7 +61,7 @@ def main() -> None:
         vocabulary = [word for word, count in counts.most_common(args.words) if count < len(captions)]
         labels = torch.tensor([[word in words for word in vocabulary] for words in captions], dtype=torch.float32)
         regions = index.region_source.regions(ids)  # (N, R, D)
-        inputs = {"global": torch.from_numpy(index.catalog.vectors(ids, index.manifest.embed_dim)),
+        inputs = {"global": torch.from_numpy(index.vectors(ids)),
                   "regions": regions.flatten(1), "mean": regions.mean(1)}
     split = int(0.8 * len(ids))
     base = torch.maximum(labels[split:].mean(0), 1 - labels[split:].mean(0))

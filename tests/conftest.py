@@ -52,7 +52,7 @@ def tiny_spec(tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tiny_spec):
-    from vtsearch.encode import Encoder
+    from vtsearch.encoder import Encoder
 
     return Encoder.load(tiny_spec, torch.device("cpu"))
 
@@ -112,7 +112,7 @@ def served_dir(tmp_path_factory, tiny_encoder) -> Path:
     so served text queries are really reranked."""
     from vtsearch import Index, IngestOptions
     from vtsearch.fusion import FusionConfig
-    from vtsearch.rerank import Reranker
+    from vtsearch.query.rerank import Reranker
 
     root = tmp_path_factory.mktemp("served")
     make_images(root / "photos", 24)

@@ -2,12 +2,16 @@ import sqlite3
 
 import numpy as np
 import pytest
+from sqlalchemy import inspect, text
 
-from vtsearch.ann import AnnIndex
-from vtsearch.catalog import SCHEMA_VERSION, Catalog
+from vtsearch.store.ann import AnnIndex
+from vtsearch.store.catalog import SCHEMA_VERSION, Catalog, texts_table
+from vtsearch.store.catalog import migrations
+from vtsearch.store.catalog.connect import connect
 from vtsearch.config import AnnConfig
 from vtsearch.errors import IndexFormatError
 from vtsearch.records import DecodedImage, DecodeFailure, ScannedFile
+from vtsearch.query.texts import TextRecord
 
 
 def unit_rows(count, dim=16, seed=0):
@@ -88,3 +92,60 @@ def test_newer_schema_and_corrupt_files_are_clear_errors(tmp_path):
     junk.write_bytes(b"this is not a database" * 100)
     with pytest.raises(IndexFormatError, match="junk.sqlite"):
         Catalog.open(junk)
+
+
+def schema_one_catalog(location, with_texts_table):
+    """A catalog as schema 1 left it: the texts table only when texts had been added
+    (older catalogs) or the catalog was made while texts were new, no texts revision."""
+    catalog = Catalog.open(location, create=True)
+    ids, _ = catalog.store([decoded("/a.png")], unit_rows(1), [], {})
+    with catalog.engine.begin() as connection:
+        if not with_texts_table:
+            texts_table.drop(connection)
+        connection.execute(text("DELETE FROM meta WHERE key = 'texts_revision'"))
+        connection.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
+    catalog.close()
+    return ids
+
+
+def recorded_version(catalog):
+    with catalog.engine.connect() as connection:
+        return int(connection.scalar(text("SELECT value FROM meta WHERE key = 'schema_version'")))
+
+
+@pytest.mark.parametrize("with_texts_table", [False, True])
+def test_a_schema_one_catalog_is_upgraded_in_place(catalog_location, with_texts_table):
+    assert SCHEMA_VERSION == 2
+    [image_id] = schema_one_catalog(catalog_location, with_texts_table)
+    catalog = Catalog.open(catalog_location)  # opened as an existing index opens it
+    assert recorded_version(catalog) == 2
+    assert catalog.text_count() == 0 and catalog.texts_revision() == 0
+    assert catalog.indexed_ids().tolist() == [image_id]  # the images are untouched
+    [added] = catalog.add_texts([TextRecord("a cat")], unit_rows(1))
+    assert [row.text for row in catalog.text_rows([added])] == ["a cat"] and catalog.texts_revision() == 1
+    catalog.close()
+    catalog = Catalog.open(catalog_location)  # nothing left to do
+    assert recorded_version(catalog) == 2 and catalog.text_count() == 1
+    catalog.close()
+
+
+def test_a_failed_upgrade_leaves_the_catalog_as_it_was(catalog_location, monkeypatch):
+    schema_one_catalog(catalog_location, with_texts_table=False)
+    upgrade_to_two = migrations.UPGRADES[1]
+
+    def add_texts_then_fail(connection):
+        upgrade_to_two(connection)
+        raise RuntimeError("killed mid-upgrade")
+
+    monkeypatch.setitem(migrations.UPGRADES, 1, add_texts_then_fail)
+    with pytest.raises(RuntimeError, match="mid-upgrade"):
+        Catalog.open(catalog_location)
+    monkeypatch.undo()
+    _, engine = connect(catalog_location, create=False)  # an engine, and no upgrade
+    with engine.connect() as connection:
+        version = connection.scalar(text("SELECT value FROM meta WHERE key = 'schema_version'"))
+        assert version == "1" and not inspect(connection).has_table("texts")
+    engine.dispose()
+    catalog = Catalog.open(catalog_location)
+    assert recorded_version(catalog) == 2 and catalog.text_count() == 0
+    catalog.close()

@@ -11,11 +11,11 @@ from sqlalchemy.engine import make_url
 
 from conftest import make_images
 from vtsearch import Index, IngestOptions
-from vtsearch.catalog import Catalog, glob_regex, public_url
+from vtsearch.store.catalog import Catalog, glob_regex, public_url
 from vtsearch.errors import IndexExistsError, IndexLockedError, VtsearchError
 from vtsearch.filters import SearchFilter
 from vtsearch.records import DecodedImage, DecodeFailure, ScannedFile
-from vtsearch.texts import TextRecord
+from vtsearch.query.texts import TextRecord
 
 DIM = 8
 
@@ -169,12 +169,12 @@ def test_an_index_with_its_catalog_on_the_server(tmp_path, tiny_encoder, postgre
             assert index.check().ok and len(index.ann) == 11
             # a writer on another host (the same index folder, seen on shared storage):
             # the server's advisory lock stops it where a flock on NFS might not
-            index._lock.acquire()
+            index.store.lock.acquire()
             other = Index.open(tmp_path / "index", encoder=tiny_encoder)
-            other._lock.path = tmp_path / "elsewhere.lock"  # a flock that is not shared
+            other.store.lock.path = tmp_path / "elsewhere.lock"  # a flock that is not shared
             with pytest.raises(IndexLockedError, match="another host"):
                 other.add([tmp_path / "photos"], IngestOptions(workers=0))
-            index._lock.release()
+            index.store.lock.release()
             other.add([tmp_path / "photos"], IngestOptions(workers=0))
             other.close()
         # a second index on the same database is refused

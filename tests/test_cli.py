@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -106,3 +108,49 @@ def test_missing_path_is_a_usage_error(run, tmp_path):
 
 def test_query_needs_text_or_image(run, built):
     assert run("search", "--index", built).exit_code == 2
+
+
+HELP_IMPORTS = """
+import json
+import sys
+
+import click
+
+from vtsearch.cli import main
+
+
+def command_paths(group, prefix):
+    yield prefix
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from command_paths(command, [*prefix, name])
+        else:
+            yield [*prefix, name]
+
+
+for path in command_paths(main, []):
+    assert main([*path, "--help"], standalone_mode=False) == 0, path
+print(json.dumps([name for name in ("torch", "open_clip", "faiss") if name in sys.modules]))
+"""
+
+
+def test_help_imports_no_torch_open_clip_or_faiss():
+    """``vtsearch --help`` and every ``vtsearch <command> --help`` stay light: the heavy
+    libraries are imported inside command bodies, when a command runs."""
+    result = subprocess.run([sys.executable, "-c", HELP_IMPORTS], capture_output=True, text=True, check=True)
+    assert "texts add [OPTIONS] FILE" in result.stdout  # the nested group's commands were shown too
+    assert json.loads(result.stdout.splitlines()[-1]) == []
+
+
+def test_cli_adds_flag_advice_once():
+    from vtsearch.cli.hints import one_line
+    from vtsearch.errors import IndexNotFoundError
+
+    class MissingIndex(IndexNotFoundError):  # the data the hint reads, whatever the library's constructor
+        def __init__(self, message, path):
+            super().__init__(message)
+            self.path = path
+
+    advised = "no index at indexes/x (create one with: vtsearch index PATH --index indexes/x)"
+    assert one_line(MissingIndex("no index at indexes/x", "indexes/x")) == advised
+    assert one_line(MissingIndex(advised, "indexes/x")) == advised  # never twice

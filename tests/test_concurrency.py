@@ -26,7 +26,7 @@ def test_readers_work_during_a_run_and_see_its_result(tmp_path, tiny_encoder, ti
     )
     searches, refused = 0, 0
     try:
-        while writer.poll() is None and reader.catalog.count() < 10:
+        while writer.poll() is None and reader.info().images < 10:
             time.sleep(0.01)  # until the writer holds the lock and has committed batches
         while writer.poll() is None:
             found = reader.search_text("a blue square", k=1000)
@@ -59,7 +59,7 @@ def test_reader_reloads_only_when_the_saved_index_changed(tmp_path, tiny_encoder
         writer.add([tmp_path / "photos"], IngestOptions(workers=0))
         assert writer.refresh() is False  # the writer's own state is the newest
     if reader_first:
-        assert reader.refresh() is True and len(reader.ann) == 4
+        assert reader.refresh() is True and len(reader) == 4
     assert len(reader.search_text("x", k=10)) == 4
     assert reader.refresh() is False
     reader.close()

@@ -30,7 +30,7 @@ OPTIONS = IngestOptions(batch_size=4, workers=0)
 
 KILLER = r"""
 import os, signal, sys
-from vtsearch import ann, catalog, regions
+from vtsearch.store import ann, catalog, regions
 from vtsearch.cli import main
 
 point, nth = sys.argv[1], int(sys.argv[2])
@@ -200,10 +200,10 @@ def test_killed_run_leaves_a_usable_index_and_resumes(killed_runs, name, tiny_en
         assert index.info().images == files == len(catalog_ids)
         assert catalog_ids == faiss_ids  # the same ids, each once
         assert len(set(region_rows)) == len(region_rows) and None not in region_rows
-        assert max(region_rows) < len(index._region_store)
+        assert max(region_rows) < len(index.store.regions.store)
         assert index.check().ok
         assert not list(case.index.glob(".*.tmp"))  # a killed writer's temp files are gone
-        assert [p.name for p in case.index.glob("regions*.f16")] == [index._region_store.path.name]
+        assert [p.name for p in case.index.glob("regions*.f16")] == [index.store.regions.store.path.name]
         paths = [r.path for r in index.search_text("x", k=files)]
         assert len(paths) == len(set(paths)) == files
         np.testing.assert_allclose(  # FAISS holds the catalog's vectors

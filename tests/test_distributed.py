@@ -4,6 +4,7 @@ short by a dead driver or worker resumes to the same result."""
 
 import importlib.util
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +13,9 @@ from click.testing import CliRunner
 from conftest import need
 from vtsearch import Index, IngestOptions
 from vtsearch.cli import main
-from vtsearch.distributed import SHARDS_DIR, WORKER_EXIT_ONCE, RayOptions
+from vtsearch.build.distributed import SHARDS_DIR, EncodeWorker, RayEngine, RayOptions
+
+WORKER_EXIT_ONCE = "VTSEARCH_TEST_WORKER_EXIT_ONCE"  # a marker path; absent: the next shard kills its worker
 
 OPTIONS = IngestOptions(workers=0, batch_size=4)
 RAY = RayOptions(workers=2, shard_batches=2)
@@ -29,6 +32,7 @@ def ray_instance(tmp_path_factory):
     marker.touch()
     os.environ[WORKER_EXIT_ONCE] = str(marker)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers get ExitOnceWorker itself
     yield marker
     ray.shutdown()
     del os.environ[WORKER_EXIT_ONCE]
@@ -106,12 +110,25 @@ class DieAfter:
         pass
 
 
+class ExitOnceWorker(EncodeWorker):
+    """A worker that dies in the middle of its shard when the fault marker is missing."""
+
+    def encode_shard(self, shard, folder):
+        marker = os.environ.get(WORKER_EXIT_ONCE)
+        if marker and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
+        return super().encode_shard(shard, folder)
+
+
 def test_a_run_resumes_after_its_worker_and_its_driver_die(tmp_path, photos, tiny_encoder, ray_instance):
     build_local(tmp_path / "local", photos, tiny_encoder)
     ray_instance.unlink()  # arm: the first shard's worker exits; Ray restarts it and retries
     with Index.create(tmp_path / "ray", encoder=tiny_encoder) as index:
         with pytest.raises(DriverDies):
-            index.add([photos], OPTIONS, ray=RAY, progress=DieAfter(2))
+            engine = RayEngine(index.path, index.manifest.encoder, "auto", RAY, index.manifest.encoder_probe,
+                               worker_class=ExitOnceWorker)
+            index.add([photos], OPTIONS, progress=DieAfter(2), engine=engine)
         assert ray_instance.exists()  # a worker did die
         committed = index.catalog.count()
         assert 0 < committed < 33

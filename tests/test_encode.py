@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vtsearch import EncoderSpec, ModelLoadError
-from vtsearch.encode import Encoder
+from vtsearch.encoder import Encoder
 
 CPU = torch.device("cpu")
 
@@ -84,3 +84,21 @@ def test_offline_without_cached_weights_names_the_fix_at_once(tmp_path, monkeypa
         Encoder.load(EncoderSpec.parse(model), CPU)
     assert time.perf_counter() - started < 10
     assert "not in the local cache" in str(caught.value)
+
+
+def test_weight_checks_refuse_a_changed_encoder(tiny_encoder, tmp_path):
+    from vtsearch import ModelMismatchError
+    from vtsearch.encoder import PROBE_AGREEMENT, check_probe, check_weights, probe_agreement
+
+    probe = tiny_encoder.probe_vector()
+    assert probe_agreement(tiny_encoder, probe) >= PROBE_AGREEMENT
+    check_weights(tiny_encoder, tiny_encoder.embed_dim, probe, tmp_path)
+    check_weights(tiny_encoder, tiny_encoder.embed_dim, None, tmp_path)
+    check_probe(tiny_encoder, None, "on this Ray worker")
+    other = [-x for x in probe]
+    with pytest.raises(ModelMismatchError, match=r"now embeds text differently .*\(cosine -1\.000 on a fixed probe"):
+        check_weights(tiny_encoder, tiny_encoder.embed_dim, other, tmp_path)
+    with pytest.raises(ModelMismatchError, match="now gives 64-wide vectors.*holds 32-wide"):
+        check_weights(tiny_encoder, 32, probe, tmp_path)
+    with pytest.raises(ModelMismatchError, match="on this Ray worker embeds text differently from the index's"):
+        check_probe(tiny_encoder, other, "on this Ray worker")

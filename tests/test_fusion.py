@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from vtsearch.fusion import FusionConfig, FusionScorer, pad_tokens
-from vtsearch.rerank import Reranker
+from vtsearch.query.rerank import Reranker
 
 CONFIG = FusionConfig(text_dim=24, region_dim=40, grid=3, width=32, layers=2, heads=4)
 

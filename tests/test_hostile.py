@@ -7,7 +7,7 @@ import time
 import numpy as np
 from PIL import Image
 
-import vtsearch.ingest as ingest_module
+import vtsearch.build.plan as ingest_module
 from conftest import CountingEncoder
 from hostile import CHANGES, VANISHES, write_hostile_corpus
 from vtsearch import Index, IngestOptions
@@ -57,8 +57,8 @@ def test_hostile_corpus(tmp_path, tiny_encoder, monkeypatch):
         stat = os.stat(folder / CHANGES)
         assert (changed.size, changed.mtime_ns) == (stat.st_size, stat.st_mtime_ns)  # what was read
 
-        counting = CountingEncoder(tiny_encoder)
-        index._encoder = counting
+    counting = CountingEncoder(tiny_encoder)
+    with Index.open(tmp_path / "index", encoder=counting) as index:
         again = index.add([folder], IngestOptions(batch_size=4, workers=0))
         assert counting.images_encoded == 0 and again.unchanged == len(indexed)
         assert len(index.search_text("a red square", k=100)) == len(indexed)

@@ -15,7 +15,7 @@ from vtsearch import (
 from vtsearch.config import DecodeConfig
 from vtsearch.decode import decode_file
 from vtsearch.records import DecodedImage
-from vtsearch.scan import scan
+from vtsearch.build.scan import scan
 
 OPTIONS = IngestOptions(batch_size=8, workers=0)
 
@@ -160,7 +160,7 @@ def test_second_writer_is_told_who_holds_the_lock(tmp_path, tiny_encoder):
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys, time
             from pathlib import Path
-            from vtsearch.lock import WriterLock
+            from vtsearch.store.lock import WriterLock
             lock = WriterLock(Path({str(tmp_path / 'index')!r}))
             lock.acquire()
             print("held", flush=True)

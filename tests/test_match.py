@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import make_images
 from vtsearch import Index, IngestOptions, QueryError, VtsearchError
 from vtsearch.cli import main
-from vtsearch.texts import MAX_TEXT_CHARS, TextRecord, read_texts
+from vtsearch.query.texts import MAX_TEXT_CHARS, TextRecord, read_texts
 
 WORDS = ["a red square", "a blue circle", "a green triangle", "a dog on a beach", "a bowl of fruit",
          "ein gelbes Auto", "夜の港", "a black and white photo"]

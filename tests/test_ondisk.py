@@ -9,9 +9,9 @@ import pytest
 
 from conftest import make_images
 from vtsearch import Index, IngestOptions
-from vtsearch.ann import AnnIndex
+from vtsearch.store.ann import AnnIndex
 from vtsearch.config import AnnConfig
-from vtsearch import ondisk
+from vtsearch.store import ondisk
 
 DIM = 16
 

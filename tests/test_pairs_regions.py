@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 
 from vtsearch.errors import IndexFormatError, VtsearchError
-from vtsearch.evaluate import recall_at
-from vtsearch.pairs import load_pairs
-from vtsearch.regions import RegionLayout, RegionStore
+from vtsearch.train import load_pairs, recall_at
+from vtsearch.store.regions import RegionLayout, RegionStore
 
 
 def test_json_lines_relative_and_absolute(tmp_path):

@@ -6,10 +6,9 @@ import torch
 
 from conftest import make_images
 from vtsearch import Index, IngestOptions
-from vtsearch.evaluate import evaluate
-from vtsearch.pairs import Pair
+from vtsearch.progress import NoProgress
 from vtsearch.train import (
-    TrainOptions, _match_logits, fit_rerank_weight, listwise_loss, mine_examples, resolve_pairs,
+    Pair, TrainOptions, evaluate, fit_rerank_weight, listwise_loss, match_logits, mine_examples, resolve_pairs,
     sample_candidates,
 )
 
@@ -70,7 +69,7 @@ def test_a_training_step_lowers_the_loss(captioned):
     from vtsearch.fusion import FusionConfig, FusionScorer
 
     resolved = resolve_pairs(index, pairs)
-    examples = mine_examples(index, resolved, depth=20, progress=__import__("vtsearch.ingest").ingest.NoProgress())
+    examples = mine_examples(index, resolved, depth=20, progress=NoProgress())
     rows = list(range(16))
     candidates = sample_candidates(examples, rows, 5, np.random.default_rng(0))
     assert (candidates[:, 0] == examples.positives[rows]).all()
@@ -80,7 +79,7 @@ def test_a_training_step_lowers_the_loss(captioned):
     optimizer = torch.optim.AdamW(scorer.parameters(), lr=3e-3)
     source, device = index.region_source, torch.device("cpu")
     def loss():
-        return listwise_loss(_match_logits(scorer, examples, rows, candidates, source, device))
+        return listwise_loss(match_logits(scorer, examples, rows, candidates, source, device))
 
     before = float(loss().detach())
     for _ in range(15):
@@ -107,7 +106,7 @@ def test_train_save_and_keep_weights_as_the_index_grows(captioned, tmp_path):
                                       TrainOptions(epochs=2, negatives=5, width=32, device="cpu"))
     assert report.missing == ["/not/indexed.png"] and report.used == 40
     assert report.train_captions + report.val_captions == 40 and 1 <= report.best_epoch <= 2
-    assert all(0.0 <= record["val_text_top1"] <= 1.0 for record in report.history)  # image → text term
+    assert all(0.0 <= record.val_text_top1 <= 1.0 for record in report.history)  # image → text term
     index.save_reranker(reranker)
     manifest = json.loads((index.path / "manifest.json").read_text())
     assert manifest["reranker"]["config"]["width"] == 32

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import vtsearch.annbuild as annbuild
-import vtsearch.search as search_module
+import vtsearch.store.annbuild as annbuild
 from conftest import make_images
 from vtsearch import AnnConfig, Index, IngestOptions, QueryError, SearchFilter
-from vtsearch.ann import AnnIndex
+from vtsearch.config import Tuning
+from vtsearch.store.ann import AnnIndex
 from vtsearch.cli import main
 
 OPTIONS = IngestOptions(batch_size=32, workers=0)
@@ -50,8 +50,7 @@ def test_ivf_build_reaches_the_recall_target_and_keeps_add_and_remove(monkeypatc
             yield ids[start:start + 1000], vectors[start:start + 1000]
 
     rng = np.random.default_rng(1)
-    monkeypatch.setattr(annbuild, "IVF_THRESHOLD", 1000)
-    config = annbuild.choose_config(4000, 64)
+    config = annbuild.choose_config(4000, 64, ivf_threshold=1000)
     assert config.factory == "IVF64,SQ4"
     ann = annbuild.build(64, config, 4000, chunks, lambda m: vectors[rng.choice(4000, m, replace=False)],
                          lambda wanted: vectors[np.asarray(wanted) - 1])
@@ -116,8 +115,8 @@ FILTERS = [
 @pytest.mark.parametrize("number", range(len(FILTERS)))
 @pytest.mark.parametrize("exact_limit", [20_000, 0], ids=["exact-subset", "faiss-selector"])
 def test_filtered_search_equals_brute_force_on_the_subset(mixed, number, exact_limit, monkeypatch):
-    index, root = mixed
-    monkeypatch.setattr(search_module, "EXACT_FILTER_LIMIT", exact_limit)
+    built, root = mixed
+    index = Index.open(built.path, encoder=built.encoder, tuning=Tuning(exact_filter_limit=exact_limit))
     given, keep = FILTERS[number]
     given = {**given, **({"path_prefix": str(root / given["path_prefix"])} if "path_prefix" in given else {})}
     conditions = SearchFilter.from_dict(given)
@@ -125,6 +124,7 @@ def test_filtered_search_equals_brute_force_on_the_subset(mixed, number, exact_l
         vector = index.encoder.encode_texts([query])[0]
         expected = brute_force(index, vector, lambda row: keep(row, root), 7)
         assert [r.id for r in index.search_text(query, k=7, filters=conditions)] == expected
+    index.close()
 
 
 def test_filter_values_are_checked(mixed):
@@ -137,7 +137,7 @@ def test_filter_values_are_checked(mixed):
 
 @pytest.fixture
 def small_ivf_threshold(monkeypatch):
-    monkeypatch.setattr(annbuild, "IVF_THRESHOLD", 120)
+    monkeypatch.setenv("VTSEARCH_IVF_THRESHOLD", "120")
 
 
 def test_index_switches_to_ivf_when_it_grows_and_readers_map_it(tmp_path, tiny_encoder, small_ivf_threshold):
@@ -171,7 +171,7 @@ def test_index_switches_to_ivf_when_it_grows_and_readers_map_it(tmp_path, tiny_e
 def test_filtered_search_on_an_ivf_index_keeps_its_recall(tmp_path, tiny_encoder, small_ivf_threshold, monkeypatch):
     make_images(tmp_path / "a", 80, size=(24, 24))
     make_images(tmp_path / "b", 80, seed=5, size=(24, 24))
-    monkeypatch.setattr(search_module, "EXACT_FILTER_LIMIT", 0)  # always the FAISS id selector
+    monkeypatch.setenv("VTSEARCH_EXACT_FILTER_LIMIT", "0")  # always the FAISS id selector
     with Index.create(tmp_path / "index", encoder=tiny_encoder) as index:
         index.add([tmp_path], OPTIONS)
         assert not index.ann.config.exact

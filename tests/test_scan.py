@@ -2,7 +2,7 @@ import os
 
 from PIL import Image
 
-from vtsearch.scan import image_extensions, scan
+from vtsearch.build.scan import image_extensions, scan
 
 
 def test_pillow_extensions_in_any_case_are_candidates(tmp_path):

@@ -1,5 +1,5 @@
-"""The HTTP API (Starlette's test client): search, match, explain, images, clip-retrieval
-routes, and what hostile or malformed requests get."""
+"""The HTTP API (Starlette's test client): search, match, explain, images, and what
+hostile or malformed requests get (clip-retrieval's routes: tests/test_clip_client.py)."""
 
 import asyncio
 import base64
@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from PIL import Image
 from starlette.testclient import TestClient
 
-from vtsearch import Index, SearchFilter
+from vtsearch import Index, IndexFormatError, IndexLockedError, QueryError, SearchFilter
+from vtsearch.errors import NoTextCollectionError
 from vtsearch.cli import main
 from vtsearch.server import Library, ServerSettings, create_app, is_loopback
 from vtsearch.server.limits import HTTPError, WorkGate
@@ -84,7 +85,7 @@ def test_search_by_image(client, served_dir, index, how):
     elif how == "base64":
         response = client.post("/api/search", json={"k": 3, "image": base64.b64encode(path.read_bytes()).decode()})
     else:
-        image_id = index.catalog.entries([str(path)])[str(path)].id
+        image_id = index.image_ids([str(path)])[str(path)]
         response = client.post("/api/search", json={"k": 3, "image_id": image_id})
     assert response.status_code == 200, response.text
     assert response.json()["results"][0]["path"] == str(path)
@@ -225,6 +226,23 @@ def test_internal_errors_never_show_a_trace(client, monkeypatch):
     assert response.json() == {"error": "internal error (the server log has the details)"}
 
 
+@pytest.mark.parametrize("error, status, message", [
+    (QueryError("k must be at most 10000"), 400, "k must be at most 10000"),
+    (NoTextCollectionError("add one with vtsearch texts add"), 400, "no text collection to match against"),
+    (IndexLockedError("/somewhere", 42), 503, "locked by pid 42"),
+    (IndexFormatError("the catalog is damaged"), 500, "the catalog is damaged"),
+])
+def test_library_errors_map_to_statuses_by_type(client, monkeypatch, error, status, message):
+    def fail(*_args, **_kwargs):
+        raise error
+
+    monkeypatch.setattr(Index, "match", fail)
+    response = client.post("/api/match", json={"image_id": 1})
+    assert response.status_code == status and message in response.json()["error"]
+    assert "vtsearch texts" not in response.json()["error"]  # no command-line advice over HTTP
+    assert (response.headers.get("retry-after") == "1") == (status == 503)
+
+
 def test_the_gate_refuses_past_its_queue():
     async def scenario():
         gate = WorkGate(concurrency=1, queue=1, wait_s=5)
@@ -265,61 +283,6 @@ def test_page_and_security_headers(client):
     assert client.get("/static/app.js").status_code == 200
     assert "access-control-allow-origin" not in client.post(
         "/api/search", json={"text": "x"}, headers={"origin": "http://elsewhere.example"}).headers
-
-
-# ---- clip-retrieval's routes
-
-def test_clip_retrieval_routes(client, served_dir, index):
-    assert client.get("/indices-list").json() == ["index", "index-2"]
-    assert client.get("/config.json").json() == {"defaultBackend": "http://testserver", "defaultIndex": "index",
-                                                 "urlColumn": "url"}
-    body = {"text": "a red square", "image": None, "image_url": None, "embedding_input": None,
-            "deduplicate": False, "use_safety_model": True, "use_violence_detector": True, "indice_name": "index",
-            "use_mclip": False, "aesthetic_score": "", "aesthetic_weight": "0.5", "modality": "image",
-            "num_images": "3", "num_result_ids": 6}
-    results = client.post("/knn-service", content=json.dumps(body)).json()  # no Content-Type, like ClipClient
-    assert len(results) == 6 and all(set(item) >= {"id", "similarity"} for item in results)
-    assert [item["id"] for item in results] == [r.id for r in index.query("a red square", k=6, recall_k=100).results]
-    assert all({"url", "image_path", "caption", "image"} <= set(item) for item in results[:3])
-    assert all(set(item) == {"id", "similarity"} for item in results[3:])
-    Image.open(io.BytesIO(base64.b64decode(results[0]["image"]))).verify()
-
-    by_url = client.post("/knn-service", content=json.dumps(
-        {**body, "text": None, "image_url": results[0]["url"], "num_images": 1})).json()
-    assert by_url[0]["id"] == results[0]["id"]
-    vector = index.catalog.vectors([results[1]["id"]], index.manifest.embed_dim)[0].tolist()
-    by_vector = client.post("/knn-service", content=json.dumps({**body, "text": None, "embedding_input": vector})).json()
-    assert by_vector[0]["id"] == results[1]["id"]
-    texts = client.post("/knn-service", content=json.dumps(
-        {**body, "text": None, "image": base64.b64encode(photo(served_dir).read_bytes()).decode(),
-         "modality": "text", "num_images": 2, "num_result_ids": 2})).json()
-    assert len(texts) == 2 and all(item["caption"] == item["text"] for item in texts)
-
-    metadata = client.post("/metadata", content=json.dumps({"indice_name": "index", "ids": [3, 9999, 1]})).json()
-    assert [item["id"] for item in metadata] == [3, 9999, 1] and metadata[1]["metadata"] == {}
-    assert metadata[0]["metadata"]["image_path"].endswith("image_0002.webp")
-    assert client.post("/metadata", content=json.dumps({"indice_name": "index", "ids": []})).json() == []
-
-
-@pytest.mark.parametrize("change, status, message", [
-    ({"text": None}, 400, "give a query"),
-    ({"text": None, "image_url": "https://elsewhere.example/cat.jpg"}, 400, "does not fetch images"),
-    ({"text": None, "embedding_input": [0.1, 0.2]}, 400, "this index's vectors have 64"),
-    ({"modality": "audio"}, 400, "modality must be"),
-    ({"modality": "text"}, 400, "for a text query use modality"),
-    ({"num_images": "lots"}, 400, "num_images must be an integer"),
-    ({"indice_name": "laion5B"}, 404, "no index named 'laion5B'"),
-])
-def test_clip_retrieval_bad_requests(client, change, status, message):
-    body = {"text": "a cat", "modality": "image", "num_images": 2, "indice_name": "index", **change}
-    response = client.post("/knn-service", content=json.dumps(body))
-    assert response.status_code == status and message in response.json()["error"]
-
-
-def test_clip_retrieval_routes_allow_cross_origin_calls(client):
-    preflight = client.options("/knn-service", headers={"origin": "http://front.example",
-                                                        "access-control-request-method": "POST"})
-    assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == "*"
 
 
 # ---- the command
@@ -397,7 +360,7 @@ def test_near_duplicates_are_dropped_on_request(client):
     import numpy as np
 
     from vtsearch.records import SearchResult
-    from vtsearch.search import drop_near_duplicates
+    from vtsearch.query.search import drop_near_duplicates
 
     class Vectors:
         rows = {1: [1.0, 0.0], 2: [0.96, 0.28], 3: [0.0, 1.0], 4: [0.6, 0.8]}  # 2 ≈ 1; 4 near neither

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from conftest import CountingEncoder, make_images
 from vtsearch import Index, IngestOptions
-from vtsearch.ann import AnnIndex
+from vtsearch.store.ann import AnnIndex
 from vtsearch.cli import main
 
 OPTIONS = IngestOptions(batch_size=4, workers=0)
@@ -207,7 +207,7 @@ def test_removals_compact_the_region_store_under_a_reader(tmp_path, tiny_encoder
 
     with Index.open(tmp_path / "index", encoder=tiny_encoder) as writer:
         writer.remove(paths[:2])  # 2 of 12 unused: under the threshold, left alone
-        assert writer._region_store.path.name == "regions.f16"
+        assert writer.store.regions.store.path.name == "regions.f16"
         for path in paths[:6]:  # (a removed file still on disk would be indexed again)
             path.unlink()
         summary = writer.add([tmp_path / "photos"], OPTIONS)  # 6 of 12 unused: compacted
@@ -221,7 +221,7 @@ def test_removals_compact_the_region_store_under_a_reader(tmp_path, tiny_encoder
     assert [r.path for r in reader.search_text("x", k=20)] != []
     make_images(tmp_path / "photos" / "later", 2, seed=4)
     assert reader.add([tmp_path / "photos"], OPTIONS).indexed == 2  # appends to the new file
-    assert reader.check().ok and len(reader._region_store) == 8
+    assert reader.check().ok and len(reader.store.regions.store) == 8
     assert [p.name for p in (tmp_path / "index").glob("regions*.f16")] == ["regions.1.f16"]
     reader.close()
     with Index.open(tmp_path / "index", encoder=tiny_encoder) as index:
@@ -259,7 +259,7 @@ def test_newer_manifest_and_changed_model_weights_are_clear_errors(tmp_path, tin
     from vtsearch import EncoderSpec, ModelMismatchError
 
     model_dir = write_tiny_model(tmp_path / "model")
-    from vtsearch.encode import Encoder
+    from vtsearch.encoder import Encoder
 
     encoder = Encoder.load(EncoderSpec.parse(f"local-dir:{model_dir}"), tiny_encoder.device)
     make_images(tmp_path / "photos", 3)

@@ -8,9 +8,16 @@ in SQLite. The public surface is small::
     index.add(["~/Pictures"])
     for hit in index.search("a red bicycle", k=5):
         print(hit.rank, hit.score, hit.path)
+
+``Index`` and ``IndexInfo`` are imported on first use: they bring in torch, open_clip
+and FAISS, which ``vtsearch --help`` and the light records below do not need.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .version import __version__  # noqa: E402
 
 from .config import AnnConfig, EncoderSpec, IngestOptions  # noqa: E402
 from .errors import (  # noqa: E402
@@ -18,8 +25,12 @@ from .errors import (  # noqa: E402
     ModelMismatchError, QueryError, VtsearchError,
 )
 from .filters import SearchFilter  # noqa: E402
-from .index import Index, IndexInfo  # noqa: E402
 from .records import ErrorRecord, IngestSummary, SearchResult  # noqa: E402
+
+if TYPE_CHECKING:
+    from .index import Index, IndexInfo
+
+_LAZY = {"Index": "index", "IndexInfo": "index"}
 
 __all__ = [
     "__version__",
@@ -28,3 +39,13 @@ __all__ = [
     "VtsearchError", "ModelLoadError", "IndexNotFoundError", "IndexExistsError",
     "IndexLockedError", "ModelMismatchError", "IndexFormatError", "QueryError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from importlib import import_module
+
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,6 +12,8 @@ DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 DEFAULT_INDEX_DIR = Path("indexes") / "default"
 INDEX_ENV_VAR = "VTSEARCH_INDEX"
 
+ITEM_BYTES = {"float16": 2, "float32": 4}  # region dtypes (no numpy at import)
+
 HF_HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
 
@@ -95,7 +97,7 @@ class AnnConfig:
 
     With ``auto`` (the default) the kind follows the collection size (exact search for
     small collections, IVF with 4-bit scalar-quantized codes above a threshold: see
-    :func:`vtsearch.annbuild.choose_config`) and the index is retrained when the
+    :func:`vtsearch.store.annbuild.choose_config`) and the index is retrained when the
     collection has grown tenfold since ``trained_on``. ``nprobe`` and ``k_factor`` (IVF
     lists probed; candidates re-scored exactly from the catalog per result wanted) are
     calibrated at build time to reach ``recall_target`` recall@10 against exact search;
@@ -110,7 +112,7 @@ class AnnConfig:
     trained_on: int = 0
     recall_target: float = 0.95
     calibrated_recall: float | None = None
-    on_disk: bool = False  # IVF lists merged into a memory-mapped data file (vtsearch.ondisk)
+    on_disk: bool = False  # IVF lists merged into a memory-mapped data file (vtsearch.store.ondisk)
     data_file: str | None = None  # that file's name, beside ann.faiss
 
     @property
@@ -126,6 +128,32 @@ class AnnConfig:
 
 
 @dataclass(frozen=True)
+class RegionLayout:
+    """How regions are kept: a square ``grid`` of ``dim``-wide features, or not stored."""
+
+    grid: int
+    dim: int
+    stored: bool = True
+    dtype: str = "float16"
+
+    @property
+    def regions(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def row_bytes(self) -> int:
+        return self.regions * self.dim * ITEM_BYTES[self.dtype]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "bytes_per_image": self.row_bytes if self.stored else 0}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RegionLayout":
+        return cls(grid=int(data["grid"]), dim=int(data["dim"]), stored=bool(data.get("stored", True)),
+                   dtype=str(data.get("dtype", "float16")))
+
+
+@dataclass(frozen=True)
 class IngestOptions:
     """Per-run knobs of ``Index.add`` (not stored in the manifest)."""
 
@@ -134,6 +162,22 @@ class IngestOptions:
     max_pixels: int = DecodeConfig.max_pixels
     allow_truncated: bool = False
     keep_missing: bool = False  # keep files that vanished from disk (unmounted drives)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Size thresholds of the search layer, chosen per process and never stored: the
+    defaults suit real collections; tests and benchmarks lower them to reach the large-
+    collection paths with a few hundred images."""
+
+    ivf_threshold: int = 50_000  # an auto index switches from exact search to IVF at this size
+    exact_filter_limit: int = 20_000  # a filter keeping at most this many images is searched exactly
+
+    @classmethod
+    def from_env(cls) -> "Tuning":
+        """The defaults, overridden by ``VTSEARCH_IVF_THRESHOLD`` / ``VTSEARCH_EXACT_FILTER_LIMIT``."""
+        return cls(**{name: int(os.environ[f"VTSEARCH_{name.upper()}"]) for name in ("ivf_threshold", "exact_filter_limit")
+                      if os.environ.get(f"VTSEARCH_{name.upper()}")})
 
 
 def default_index_dir() -> Path:

@@ -1,16 +1,25 @@
-"""The one place where the compute device is chosen."""
+"""The one place where the compute device is chosen.
+
+torch is imported when a device is resolved, not with this module: the CLI offers
+``DEVICE_CHOICES`` in ``--help``, which must not pay for importing torch.
+"""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import VtsearchError
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(choice: str = "auto") -> torch.device:
     """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    import torch
+
     if choice not in DEVICE_CHOICES:
         raise VtsearchError(f"unknown device {choice!r}; choose one of {', '.join(DEVICE_CHOICES)}")
     if choice == "cpu":

@@ -20,6 +20,10 @@ class ModelLoadError(VtsearchError):
 class IndexNotFoundError(VtsearchError):
     """The index directory does not exist or holds no index."""
 
+    def __init__(self, message: str, path: str | None = None):
+        super().__init__(message)
+        self.path = path
+
 
 class IndexExistsError(VtsearchError):
     """Creating an index where one already exists."""
@@ -47,6 +51,10 @@ class IndexFormatError(VtsearchError):
 
 class QueryError(VtsearchError):
     """A search request that cannot be answered as asked (empty text, bad k, ...)."""
+
+
+class NoTextCollectionError(QueryError):
+    """Image → text matching against a collection the index does not have."""
 
 
 class ImageDecodeError(VtsearchError):

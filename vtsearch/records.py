@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
+from .config import AnnConfig, EncoderSpec, RegionLayout
+
+if TYPE_CHECKING:  # records stay importable without torch
+    import numpy as np
+    import torch
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,17 @@ DecodeOutcome = DecodedImage | DecodeFailure
 
 
 @dataclass(frozen=True)
+class ImageRow:
+    """An image as search results and the API show it."""
+
+    id: int
+    path: str
+    width: int | None
+    height: int | None
+    format: str | None
+
+
+@dataclass(frozen=True)
 class SearchResult:
     """One ranked hit: its final score and where stage 1 had put it."""
 
@@ -72,9 +87,14 @@ class SearchResult:
     score: float
     stage1_score: float
     stage1_rank: int
+    width: int | None = None  # the catalog's row, read once with the path
+    height: int | None = None
+    format: str | None = None
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        """The ranking, as ``vtsearch search --json`` and the APIs print it."""
+        return {"rank": self.rank, "id": self.id, "path": self.path, "score": self.score,
+                "stage1_score": self.stage1_score, "stage1_rank": self.stage1_rank}
 
 
 @dataclass(frozen=True)
@@ -198,3 +218,108 @@ class AttentionMap:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class TextRecord:
+    text: str
+    key: str | None = None  # the caller's own id
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TextRow:
+    """A text of the index's collection."""
+
+    id: int
+    text: str
+    key: str | None
+    meta: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "text": self.text, "key": self.key, "meta": self.meta}
+
+
+@dataclass(frozen=True)
+class RerankerSummary:
+    """What ``reranker.pt`` was trained on, as the manifest records it."""
+
+    config: dict[str, Any]  # the scorer's FusionConfig
+    pairs: int = 0  # captions trained on
+    best_epoch: int = 0
+    negatives: int = 0
+    val: dict[str, float] = field(default_factory=dict)  # validation figures of the best epoch
+    trained_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RerankerSummary | None":
+        """None for an index whose reranker was never trained (an empty mapping)."""
+        if not data:
+            return None
+        known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        return cls(**{"config": {}, **known})
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """What an index holds (``vtsearch info``)."""
+
+    path: str
+    images: int
+    errors: int
+    ann_vectors: int
+    encoder: EncoderSpec
+    embed_dim: int
+    preprocess: dict[str, Any]
+    ann: AnnConfig
+    regions: RegionLayout | None  # None: the encoder has no region tokens
+    reranker: RerankerSummary | None  # None: untrained (stage-1 order)
+    schema_version: int
+    vtsearch_version: str
+    created: float
+    updated: float
+    encoder_probe: list[float] | None = None
+    texts: int = 0  # the text collection (vtsearch match)
+    catalog: str = ""  # the SQLite file, or the server's URL without its password
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "catalog": self.catalog,
+            "images": self.images,
+            "errors": self.errors,
+            "ann_vectors": self.ann_vectors,
+            "texts": self.texts,
+            "encoder": {**self.encoder.to_dict(), "embed_dim": self.embed_dim,
+                        "preprocess": self.preprocess, "probe": self.encoder_probe},
+            "ann": self.ann.to_dict(),
+            "regions": self.regions.to_dict() if self.regions else None,
+            "reranker": self.reranker.to_dict() if self.reranker else {},
+            "schema_version": self.schema_version,
+            "vtsearch_version": self.vtsearch_version,
+            "created": self.created,
+            "updated": self.updated,
+        }
+
+
+@dataclass(frozen=True)
+class RemoveSummary:
+    removed: list[str]  # paths removed from the index
+    not_indexed: list[str]  # given paths with nothing indexed at or under them
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"removed": len(self.removed), "paths": self.removed, "not_indexed": self.not_indexed}
+
+
+@dataclass(frozen=True)
+class TextsSummary:
+    added: int
+    duplicates: int  # already in the collection, or repeated in the input
+    longer_than_context: int  # matched on their first tokens only
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"added": self.added, "duplicates": self.duplicates,
+                "longer_than_context": self.longer_than_context}

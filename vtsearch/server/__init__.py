@@ -1,4 +1,11 @@
-"""``vtsearch serve``: an HTTP server over one or more indexes (see :mod:`.app`)."""
+"""``vtsearch serve``: an HTTP server over one or more indexes (see :mod:`.app`).
+
+Modules: :mod:`.app` assembles the Starlette app from :mod:`.api` (the ``/api`` routes and
+the page) and :mod:`.clip_compat` (clip-retrieval's routes); both take a
+:class:`~.context.ServerContext` (the :class:`Library` of served indexes and the
+settings). :mod:`.params` reads requests, :mod:`.limits` bounds them, and
+:mod:`.thumbnails` caches thumbnails.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,8 @@ import json
 import os
 from typing import Sequence
 
-from .app import ServerSettings, create_app
+from .app import create_app
+from .context import ServerSettings
 from .library import Library
 
 CONFIG_ENV_VAR = "VTSEARCH_SERVE_CONFIG"  # how ``--workers N`` hands the setup to each worker

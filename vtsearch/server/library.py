@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 from urllib.parse import quote
 
-from ..catalog import ImageRow
 from ..index import Index
+from ..records import ImageRow
 from .limits import HTTPError
 from .thumbnails import DEFAULT_MAX_BYTES, ThumbnailCache
 
@@ -47,7 +47,8 @@ class ServedIndex:
         return await asyncio.get_running_loop().run_in_executor(self.worker, call)
 
     def row(self, image_id: int) -> ImageRow:
-        row = self.index.catalog.rows([image_id]).get(image_id)
+        """The catalog row of an indexed image; 404 when the index has none with this id."""
+        row = self.index.image_row(image_id)
         if row is None:
             raise HTTPError(404, f"index {self.name!r} has no image with id {image_id}")
         return row

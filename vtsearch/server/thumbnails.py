@@ -16,10 +16,10 @@ import tempfile
 import threading
 from pathlib import Path
 
-from ..atomic import atomic_path
 from ..config import DecodeConfig
 from ..decode import decode_bytes
 from ..errors import ImageDecodeError
+from ..store.atomic import atomic_path
 from .limits import HTTPError
 
 SIZES = (128, 256, 512, 1024)  # the longest side; a request asks for one of these

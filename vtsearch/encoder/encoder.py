@@ -1,0 +1,214 @@
+"""Stage: encode. An open_clip dual encoder turning images and texts into unit vectors.
+
+Loading and checking weights live in :mod:`.weights`; the text tower's layouts in
+:mod:`.text_tower`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import DecodeConfig, EncoderSpec
+from ..records import ImageFeatures, TextFeatures
+from . import text_tower
+from .weights import PROBE_TEXT, Tokenizer, Transform, load_open_clip
+
+__all__ = ["Encoder", "MAX_ASPECT"]
+
+MAX_ASPECT = 3.0  # longer images are centre-cut to this ratio before a centre-crop preprocess
+
+
+class Encoder:
+    """A loaded open_clip model with its preprocessing and tokenizer, in eval mode."""
+
+    def __init__(
+        self,
+        spec: EncoderSpec,
+        model: torch.nn.Module,
+        preprocess: Transform,
+        tokenizer: Tokenizer,
+        device: torch.device,
+    ):
+        self.spec = spec
+        self.model = model.eval().to(device)
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.device = device
+        self.embed_dim = int(text_tower.embed_dim(model))
+        self.preprocess_config: dict[str, Any] = dict(getattr(model.visual, "preprocess_cfg", {}))
+        size = self.preprocess_config.get("size", getattr(model.visual, "image_size", 224))
+        self.image_size = int(max(size) if isinstance(size, (tuple, list)) else size)
+        if device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # Both towers return their token states too, set once here rather than toggled
+        # per call (calls may come from several threads). Never call model.encode_image
+        # or model.encode_text on this model: use the methods below.
+        if self.supports_regions:
+            self.model.visual.output_tokens = True
+        text_tower.enable_text_tokens(self.model)
+
+    @classmethod
+    def load(cls, spec: EncoderSpec, device: torch.device) -> "Encoder":
+        """Load the model ``spec`` names, or raise :class:`ModelLoadError`."""
+        model, preprocess, tokenizer = load_open_clip(spec)
+        return cls(spec, model, preprocess, tokenizer, device)
+
+    def decode_config(self, **options: Any) -> DecodeConfig:
+        """How files must be decoded for this model (``options``: per-run limits)."""
+        center_crop = self.preprocess_config.get("resize_mode", "shortest") == "shortest"
+        return DecodeConfig(image_size=self.image_size, max_aspect=MAX_ASPECT if center_crop else None,
+                            **options)
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records about this encoder."""
+        return {
+            **self.spec.to_dict(),
+            "embed_dim": self.embed_dim,
+            "preprocess": {k: list(v) if isinstance(v, tuple) else v
+                           for k, v in self.preprocess_config.items()},
+        }
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    # images
+
+    @property
+    def supports_regions(self) -> bool:
+        """True for ViT towers, whose patch tokens are the image's regions."""
+        visual = self.model.visual
+        return (hasattr(visual, "output_tokens") and hasattr(visual, "grid_size")
+                and getattr(visual, "attn_pool", None) is None)
+
+    @property
+    def native_grid(self) -> tuple[int, int] | None:
+        if not self.supports_regions:
+            return None
+        grid = self.model.visual.grid_size
+        return (grid, grid) if isinstance(grid, int) else (int(grid[0]), int(grid[1]))
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
+        """(B, 3, H, W) preprocessed pixels → (B, D) float32 unit vectors."""
+        return self.encode_image_features(pixels, region_grid=None).vectors
+
+    @torch.inference_mode()
+    def encode_image_features(self, pixels: torch.Tensor, region_grid: int | None) -> ImageFeatures:
+        """Vectors and, when ``region_grid`` is set, regions pooled to that square grid."""
+        pixels = pixels.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        visual = self.model.visual
+        with self._autocast():
+            if not self.supports_regions:
+                return ImageFeatures(_unit_rows(visual(pixels)), None)
+            pooled, tokens = visual(pixels)  # (B, D), (B, N, width) after ln_post
+            if region_grid is None:
+                return ImageFeatures(_unit_rows(pooled), None)
+            if visual.proj is not None:
+                tokens = tokens @ visual.proj  # (B, N, D) in the joint space
+        return ImageFeatures(_unit_rows(pooled), _pool_grid(tokens.float(), self.native_grid, region_grid))
+
+    def region_crop(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The part of an upright ``width`` × ``height`` image the model's input square (and
+        so the region grid) covers, as fractions (x0, y0, x1, y1); beyond 0..1 where the
+        preprocessing pads ("longest")."""
+        mode = self.preprocess_config.get("resize_mode", "shortest")
+        if mode == "squash" or width <= 0 or height <= 0:
+            return (0.0, 0.0, 1.0, 1.0)
+        side = min(width, height) if mode == "shortest" else max(width, height)
+        dx, dy = (width - side) / 2 / width, (height - side) / 2 / height
+        return (dx, dy, 1.0 - dx, 1.0 - dy)
+
+    # texts
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """Texts → (N, D) float32 unit vectors."""
+        return self.encode_text_features(texts).vectors
+
+    @property
+    def context_length(self) -> int:
+        """How many tokens the text tower reads (start and end tokens included)."""
+        return int(getattr(self.tokenizer, "context_length", None) or getattr(self.model, "context_length", 77))
+
+    def fits_context(self, text: str) -> bool:
+        """True when ``text`` needs no more tokens than the text tower reads. Byte-level
+        BPE never makes more tokens than UTF-8 bytes, so short texts are not tokenized."""
+        if len(text.encode("utf-8")) + 2 <= self.context_length:
+            return True
+        count = self.token_count(text)
+        return count is None or count <= self.context_length
+
+    def token_count(self, text: str) -> int | None:
+        """Tokens ``text`` needs, start and end included (None: the tokenizer cannot tell).
+
+        Counted in a context four times the model's; a text that does not fit even there
+        counts as that long context.
+        """
+        try:
+            rows = self.tokenizer(["", text], context_length=4 * self.context_length)
+        except TypeError:
+            return None
+        pad = rows[0, -1]  # the empty text's far end is padding, whatever the pad id
+        return int((rows[1] != pad).sum())
+
+    def token_strings(self, text: str, count: int) -> list[str]:
+        """The first ``count`` tokens of ``text`` as readable strings (start and end included)."""
+        ids = self.tokenizer([text])[0].tolist()[:count]
+        if hasattr(self.tokenizer, "decoder") and hasattr(self.tokenizer, "decode"):  # open_clip's BPE
+            return [self.tokenizer.decode([token]).strip() for token in ids]
+        inner = getattr(self.tokenizer, "tokenizer", None)  # a Hugging Face tokenizer
+        if inner is not None and hasattr(inner, "convert_ids_to_tokens"):
+            return [str(token) for token in inner.convert_ids_to_tokens(ids)]
+        return [f"#{token}" for token in ids]
+
+    def probe_vector(self) -> list[float]:
+        """The unit vector of :data:`PROBE_TEXT`, rounded: the index keeps it, and an
+        encoder whose weights changed since (same name, same width) gives another one."""
+        return [round(float(x), 5) for x in self.encode_texts([PROBE_TEXT])[0]]
+
+    @property
+    def text_token_dim(self) -> int:
+        """Width of one text token for stage 2: contextual state ⊕ word embedding."""
+        return self.embed_dim + text_tower.word_width(self.model)
+
+    @torch.inference_mode()
+    def encode_text_features(self, texts: list[str]) -> TextFeatures:
+        """Unit vectors plus, per token through the end-of-text token, the tower's
+        contextual state beside the word's own input embedding (token + position).
+
+        The contextual states of a tower trained only through its pooled vector blur which
+        word stands where ("a red cube left of a blue ball" against the same words in
+        another order); the input embedding keeps word and position crisp for the scorer.
+        """
+        tokens = self.tokenizer(texts).to(self.device)
+        with self._autocast():
+            pooled, states, lengths, words = text_tower.text_states(self.model, tokens)
+        states = torch.cat([states.float(), words.float()], dim=-1).cpu()  # (B, T, D + width)
+        return TextFeatures(
+            vectors=_unit_rows(pooled),
+            tokens=[states[row, :length] for row, length in enumerate(lengths.tolist())],
+        )
+
+
+def _pool_grid(tokens: torch.Tensor, native: tuple[int, int], grid: int) -> torch.Tensor:
+    """(B, h*w, D) patch tokens → (B, g*g, D), average-pooled when g < the native grid."""
+    batch, count, dim = tokens.shape
+    height, width = native
+    if grid >= height and grid >= width:
+        return tokens
+    maps = tokens.reshape(batch, height, width, dim).permute(0, 3, 1, 2)  # (B, D, h, w)
+    pooled = torch.nn.functional.adaptive_avg_pool2d(maps, grid)  # (B, D, g, g)
+    return pooled.flatten(2).transpose(1, 2)  # (B, g*g, D)
+
+
+def _unit_rows(features: torch.Tensor) -> np.ndarray:
+    features = torch.nn.functional.normalize(features.float(), dim=-1)
+    return features.cpu().numpy().astype(np.float32, copy=False)

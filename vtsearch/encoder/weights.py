@@ -1,0 +1,234 @@
+"""Encoder weights: loading them through open_clip, and checking they are still the same.
+
+Models are named three ways, as open_clip names them: a built-in name plus a pretrained
+tag (``ViT-B-32`` + ``laion2b_s34b_b79k``), ``hf-hub:org/name``, or ``local-dir:/path``
+(a folder holding ``open_clip_config.json`` and the weights). Weight loading failures
+become one :class:`ModelLoadError` whose message names the fix.
+
+Weights can change under an unchanged name (a ``local-dir`` folder overwritten, a hub
+repo updated), so an index records its encoder's :data:`PROBE_TEXT` vector; an encoder
+that no longer reproduces it is refused with :class:`ModelMismatchError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from urllib.parse import urlparse
+
+import numpy as np
+import open_clip
+import torch
+from PIL import Image
+
+from ..config import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, EncoderSpec
+from ..errors import ModelLoadError, ModelMismatchError
+
+if TYPE_CHECKING:
+    from .encoder import Encoder
+
+__all__ = [
+    "PROBE_AGREEMENT", "PROBE_TEXT", "Tokenizer", "Transform",
+    "check_probe", "check_weights", "load_open_clip", "probe_agreement",
+]
+
+Transform = Callable[[Image.Image], torch.Tensor]
+Tokenizer = Callable[..., torch.Tensor]
+
+PROBE_TEXT = "a photo of a dog on a beach"  # its vector fingerprints the weights an index was built with
+PROBE_AGREEMENT = 0.99  # same weights agree to ~1e-4 (fp16 on a GPU); other weights fall far below
+
+WEIGHT_FILES = (
+    "open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth",
+    "model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth",
+)
+OFFLINE_FIX = (
+    "without network access, point --model at a local open_clip folder: "
+    "--model local-dir:/path/to/model (open_clip_config.json + open_clip_model.safetensors)"
+)
+
+Source = tuple[str, str, str]  # ("hub", repo, filename) or ("url", url, "")
+
+
+# loading
+
+def load_open_clip(spec: EncoderSpec) -> tuple[torch.nn.Module, Transform, Tokenizer]:
+    """The model ``spec`` names with its eval preprocessing and tokenizer, or raise
+    :class:`ModelLoadError`."""
+    check_weights_available(spec)
+    try:
+        with _quiet_open_clip():
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                spec.model, pretrained=spec.pretrained or None
+            )
+            tokenizer = open_clip.get_tokenizer(spec.model)
+    except ModelLoadError:
+        raise
+    except Exception as error:  # open_clip raises RuntimeError/ValueError/OSError
+        raise ModelLoadError(_explain_load_failure(spec, error)) from None
+    return model, preprocess, tokenizer
+
+
+def check_weights_available(spec: EncoderSpec) -> None:
+    """Fail fast and clearly before open_clip would retry downloads for a minute, or
+    silently return a randomly initialised model."""
+    if spec.model.startswith(LOCAL_DIR_PREFIX):
+        check_local_dir(Path(spec.model[len(LOCAL_DIR_PREFIX):]))
+        return
+    sources = _weight_sources(spec)
+    if sources is None or all(_cached(*source) for source in sources):
+        return
+    host = _source_host(sources[0])
+    if not _reachable(host):
+        raise ModelLoadError(
+            f"the weights of {spec.describe()} are not in the local cache and {host} "
+            f"cannot be reached; {OFFLINE_FIX}"
+        )
+
+
+def check_local_dir(folder: Path) -> None:
+    """Raise :class:`ModelLoadError` unless ``folder`` is in open_clip's local-dir layout."""
+    if not folder.is_dir():
+        raise ModelLoadError(f"model folder {folder} does not exist")
+    if not (folder / "open_clip_config.json").is_file():
+        raise ModelLoadError(
+            f"model folder {folder} has no open_clip_config.json "
+            "(open_clip's local-dir layout: open_clip_config.json + weights)"
+        )
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise ModelLoadError(
+            f"model folder {folder} has no weights file "
+            f"(expected one of: {', '.join(WEIGHT_FILES[:3])}, ...)"
+        )
+
+
+def _weight_sources(spec: EncoderSpec) -> list[Source] | None:
+    """Where a hub or built-in model's weights come from; None for a weights file on disk."""
+    if spec.model.startswith(HF_HUB_PREFIX):
+        return [("hub", spec.model[len(HF_HUB_PREFIX):], "open_clip_config.json")]
+    name = spec.model.replace("/", "-")
+    if open_clip.get_model_config(name) is None:
+        raise ModelLoadError(
+            f"unknown model {spec.model!r}; see open_clip.list_models(), "
+            "or use hf-hub:org/name or local-dir:/path"
+        )
+    if not spec.pretrained:
+        raise ModelLoadError(
+            f"no weights named for {spec.model}: give --pretrained TAG "
+            f"(known: {', '.join(open_clip.list_pretrained_tags_by_model(name)) or 'none'}) "
+            "or --model local-dir:/path"
+        )
+    if Path(spec.pretrained).is_file():
+        return None
+    config = open_clip.get_pretrained_cfg(name, spec.pretrained)
+    if not config:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise ModelLoadError(
+            f"unknown pretrained tag {spec.pretrained!r} for {spec.model}; "
+            f"known tags: {', '.join(tags) or 'none'}"
+        )
+    if config.get("hf_hub"):
+        repo, filename = _split_hub(config["hf_hub"])
+        return [("hub", repo, filename)]
+    return [("url", config.get("url", ""), "")]
+
+
+def _split_hub(hub: str) -> tuple[str, str]:
+    """open_clip writes 'org/name/' (default file) or 'org/name/file.bin'."""
+    repo, filename = os.path.split(hub)
+    return repo, filename or "open_clip_pytorch_model.bin"
+
+
+def _cached(kind: str, where: str, filename: str) -> bool:
+    if kind == "url":
+        return bool(where) and (Path.home() / ".cache" / "clip" / os.path.basename(where)).is_file()
+    from huggingface_hub import try_to_load_from_cache
+
+    names = [filename]
+    if filename.endswith(".bin"):
+        names.insert(0, filename.replace("pytorch_model.bin", "model.safetensors"))
+    return any(isinstance(try_to_load_from_cache(where, name), str) for name in names)
+
+
+def _source_host(source: Source) -> str:
+    kind, where, _ = source
+    if kind == "url":
+        return urlparse(where).hostname or where
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    return urlparse(endpoint).hostname or "huggingface.co"
+
+
+def _reachable(host: str, timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _explain_load_failure(spec: EncoderSpec, error: Exception) -> str:
+    text = str(error)
+    first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    if spec.model.startswith(LOCAL_DIR_PREFIX):
+        return f"cannot load {spec.describe()}: {first_line}"
+    return f"cannot fetch weights for {spec.describe()} ({first_line[:200]}); {OFFLINE_FIX}"
+
+
+@contextlib.contextmanager
+def _quiet_open_clip() -> Iterator[None]:
+    """open_clip logs and warns liberally while loading; the user sees our message."""
+    loggers = [logging.getLogger(name) for name in ("", "huggingface_hub", "open_clip")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+# the same weights as when an index was built
+
+def probe_agreement(encoder: Encoder, probe: Sequence[float]) -> float:
+    """Cosine between ``encoder``'s :data:`PROBE_TEXT` vector and a recorded ``probe``."""
+    return float(np.dot(encoder.probe_vector(), probe))
+
+
+def check_probe(encoder: Encoder, probe: Sequence[float] | None, where: str) -> None:
+    """Raise :class:`ModelMismatchError` when ``encoder`` ``where`` (e.g. "on this Ray
+    worker") no longer reproduces the index's recorded ``probe`` (None: nothing recorded)."""
+    if probe is not None and probe_agreement(encoder, probe) < PROBE_AGREEMENT:
+        raise ModelMismatchError(f"{encoder.spec.describe()} {where} embeds text differently "
+                                 "from the index's encoder: its weights differ here")
+
+
+def check_weights(encoder: Encoder, embed_dim: int, probe: Sequence[float] | None, index_path: Path | str) -> None:
+    """Raise :class:`ModelMismatchError` unless ``encoder`` still has the weights the index at
+    ``index_path`` was built with: the same width, and its ``probe`` reproduced (None:
+    the index recorded none, so only the width is checked)."""
+    if encoder.embed_dim != embed_dim:
+        raise ModelMismatchError(
+            f"{encoder.spec.describe()} now gives {encoder.embed_dim}-wide vectors, but index "
+            f"{index_path} holds {embed_dim}-wide ones: its weights changed "
+            "since the index was built; restore them or index again into a new --index"
+        )
+    if probe is None:
+        return
+    agreement = probe_agreement(encoder, probe)
+    if agreement < PROBE_AGREEMENT:
+        raise ModelMismatchError(
+            f"{encoder.spec.describe()} now embeds text differently from when index {index_path} "
+            f"was built (cosine {agreement:.3f} on a fixed probe text): its weights changed; "
+            "restore them or index again into a new --index"
+        )

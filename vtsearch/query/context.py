@@ -1,0 +1,41 @@
+"""What a query reads: the index's parts as one query sees them.
+
+The encoder, the reranker and the region source are loaded on first use (a query by
+vector needs none of them), so they are given as functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..config import RegionLayout
+from ..encoder import Encoder
+from ..store.ann import AnnIndex
+from ..store.catalog import Catalog
+from .rerank import Reranker
+from .sources import RegionSource
+
+
+@dataclass(frozen=True)
+class QueryContext:
+    catalog: Catalog
+    ann: AnnIndex
+    embed_dim: int
+    layout: RegionLayout | None  # None: no regions, so no stage 2
+    exact_filter_limit: int
+    load_encoder: Callable[[], Encoder]
+    load_reranker: Callable[[], Reranker | None]
+    load_region_source: Callable[[], RegionSource | None]
+
+    @property
+    def encoder(self) -> Encoder:
+        return self.load_encoder()
+
+    def scorer(self, wanted: bool) -> tuple[Reranker, RegionSource] | None:
+        """The reranker and its regions when reranking is ``wanted`` and would change the
+        order (``w != 0``); None when stage-1 order stands."""
+        reranker = self.load_reranker() if wanted else None
+        if reranker is None or not reranker.changes_order:
+            return None
+        return reranker, self.load_region_source()

@@ -1,0 +1,165 @@
+"""The query path's one entry point: a text, an image or a vector in; ranked images out.
+
+    request ──▶ checked once ──▶ encoded (text: vector + token states) ──▶ recall (FAISS,
+    within the filter) ──▶ rerank (the fusion scorer, text queries) ──▶ catalog rows
+    ──▶ near-duplicates dropped (when asked) ──▶ SearchResponse
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from ..errors import QueryError
+from ..filters import SearchFilter
+from ..records import SearchResponse, SearchResult
+from ..store.catalog import Catalog
+from .context import QueryContext
+from .images import QueryImage, resolve_image
+from .recall import recall
+
+MAX_K = 10_000
+MAX_QUERY_CHARS = 10_000  # far past any text tower's context; longer input is cut first
+DUPLICATE_COSINE = 0.94  # clip-retrieval's threshold for "the same picture"
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """One search: exactly one of ``text``, ``image`` or ``vector``."""
+
+    text: str | None = None
+    image: QueryImage | None = None
+    vector: np.ndarray | None = None  # in the encoder's space (normalised here)
+    k: int = 10
+    recall_k: int = 100  # the shortlist the reranker reorders
+    rerank: bool = True
+    filters: SearchFilter | None = None
+    deduplicate: bool = False  # drop near-duplicates of better ranked results
+
+    def checked(self) -> "SearchRequest":
+        check_k(self.k)
+        check_k(self.recall_k, "recall_k")
+        if sum(given is not None for given in (self.text, self.image, self.vector)) != 1:
+            raise QueryError("give a query text or a query image (one of them)")
+        if self.text is not None:
+            return replace(self, text=check_text(self.text)[:MAX_QUERY_CHARS])
+        return self
+
+
+def check_k(k: int, name: str = "k") -> int:
+    if not isinstance(k, int) or isinstance(k, bool):
+        raise QueryError(f"{name} must be an integer, got {k!r}")
+    if k < 1:
+        raise QueryError(f"{name} must be at least 1, got {k}")
+    if k > MAX_K:
+        raise QueryError(f"{name} must be at most {MAX_K}, got {k}")
+    return k
+
+
+def check_text(text: str) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise QueryError("the query text is empty")
+    return text.strip()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: int
+    stage1_score: float
+    stage1_rank: int
+    score: float
+
+
+@dataclass(frozen=True)
+class EncodedQuery:
+    vector: np.ndarray  # (D,) unit vector: stage 1
+    tokens: torch.Tensor | None  # (T, Dt) token states: stage 2 (text queries only)
+    notices: list[str]
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round((now - self._last) * 1000.0, 3)
+        self._last = now
+
+
+def search(context: QueryContext, request: SearchRequest) -> SearchResponse:
+    """Recall ``max(k, recall_k)`` candidates, rerank them when the scorer would change
+    their order, keep ``k``. Without a scorer (or without text: query by example or by
+    vector) only ``k`` are recalled."""
+    request = request.checked()
+    clock = _Clock()
+    query = encode_query(context, request)
+    clock.lap("encode")
+    scorer = context.scorer(request.rerank) if query.tokens is not None else None
+    wanted = max(request.k, request.recall_k) if scorer else request.k
+    hits = recall(query.vector, wanted, context.ann, context.catalog, request.filters, context.exact_filter_limit)
+    clock.lap("ann")
+    candidates = [Candidate(image_id, score, rank, score) for rank, (image_id, score) in enumerate(hits, 1)]
+    if scorer and candidates:
+        reranker, region_source = scorer
+        regions = region_source.regions([c.id for c in candidates])
+        clock.lap("regions")
+        output = reranker.rerank(query.tokens, np.array([c.stage1_score for c in candidates]), regions)
+        candidates = [replace(candidates[i], score=float(output.final[i])) for i in output.order]
+        clock.lap("rerank")
+    results = to_results(candidates[:request.k], context.catalog)
+    if request.deduplicate:
+        results = drop_near_duplicates(results, context.catalog, context.embed_dim)
+    return SearchResponse(results, scorer is not None, clock.timings, query.notices)
+
+
+def encode_query(context: QueryContext, request: SearchRequest) -> EncodedQuery:
+    if request.vector is not None:
+        vector = np.asarray(request.vector, dtype=np.float32).reshape(-1)
+        norm = float(np.linalg.norm(vector))
+        return EncodedQuery(vector / norm if norm else vector, None, [])
+    if request.image is not None:
+        return EncodedQuery(resolve_image(request.image, context).vector, None, [])
+    encoder = context.encoder
+    features = encoder.encode_text_features([request.text])
+    return EncodedQuery(features.vectors[0], features.tokens[0], length_notices(encoder, request.text))
+
+
+def length_notices(encoder, text: str) -> list[str]:
+    """A notice when the text tower reads only the start of ``text``."""
+    if encoder.fits_context(text):
+        return []
+    count, context = encoder.token_count(text), encoder.context_length
+    at_least = "at least " if count >= 4 * context else ""
+    return [f"the query is {at_least}{count} tokens long; the model reads the first {context} "
+            "and ignores the rest"]
+
+
+def to_results(candidates: list[Candidate], catalog: Catalog) -> list[SearchResult]:
+    rows = catalog.rows([c.id for c in candidates])
+    # an id the catalog no longer has (removed while this snapshot was loaded) is dropped
+    present = [c for c in candidates if c.id in rows]
+    return [
+        SearchResult(rank=rank, id=c.id, path=rows[c.id].path, score=c.score, stage1_score=c.stage1_score,
+                     stage1_rank=c.stage1_rank, width=rows[c.id].width, height=rows[c.id].height,
+                     format=rows[c.id].format)
+        for rank, c in enumerate(present, start=1)
+    ]
+
+
+def drop_near_duplicates(results: list[SearchResult], catalog: Catalog, dim: int,
+                         threshold: float = DUPLICATE_COSINE) -> list[SearchResult]:
+    """Keep a result unless its stage-1 vector is within ``threshold`` cosine of a better
+    ranked result that was kept (bursts, re-saved copies); ranks are renumbered."""
+    if len(results) < 2:
+        return results
+    vectors = catalog.vectors([r.id for r in results], dim)  # (n, D) unit rows
+    kept: list[int] = []
+    for position in range(len(results)):
+        if not kept or float(np.max(vectors[kept] @ vectors[position])) < threshold:
+            kept.append(position)
+    return [replace(results[position], rank=rank) for rank, position in enumerate(kept, start=1)]

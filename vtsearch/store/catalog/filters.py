@@ -1,0 +1,88 @@
+"""A :class:`SearchFilter` resolved in SQL: the ids a query may return.
+
+Both backends answer the same: folder conditions are range queries on the path index
+(byte order on both), and SQLite's GLOB becomes an anchored regular expression on
+PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from ...filters import SearchFilter
+from .schema import INDEXED, images_table
+
+
+class FilterQueries:
+    """Search filters over the image rows (a :class:`Catalog` part)."""
+
+    engine: Engine
+    on_server: bool
+
+    def filtered_ids(self, conditions: SearchFilter) -> np.ndarray:
+        """Ids of the indexed rows that meet every condition (int64, ascending)."""
+        where = [images_table.c.status == INDEXED, *filter_conditions(conditions, self.on_server)]
+        query = select(images_table.c.id).where(*where).order_by(images_table.c.id)
+        with self.engine.connect() as connection:
+            return np.fromiter(connection.scalars(query), dtype=np.int64)
+
+
+def filter_conditions(conditions: SearchFilter, on_server: bool) -> list:
+    """The WHERE clauses of ``conditions`` on the images table."""
+    table = images_table.c
+    where = []
+    if conditions.path_prefix:
+        where.append(at_or_under(conditions.path_prefix))
+    if conditions.glob:
+        pattern = conditions.glob if "/" in conditions.glob else "*/" + conditions.glob
+        if on_server:
+            where.append(table.path.regexp_match(glob_regex(pattern)))
+        else:
+            where.append(table.path.op("GLOB")(pattern))
+    if conditions.formats:
+        where.append(table.format.in_(conditions.formats))
+    if conditions.min_width is not None:
+        where.append(table.width >= conditions.min_width)
+    if conditions.min_height is not None:
+        where.append(table.height >= conditions.min_height)
+    if conditions.modified_after is not None:
+        where.append(table.mtime_ns >= int(conditions.modified_after * 1e9))
+    if conditions.modified_before is not None:
+        where.append(table.mtime_ns < int(conditions.modified_before * 1e9))
+    return where
+
+
+def at_or_under(root: str):
+    """``path`` is ``root`` or lies below the folder ``root``: a range on the path index
+    (``root/`` ≤ path < ``root0``, ``0`` being the character after ``/``)."""
+    root = root.rstrip(os.sep) or os.sep
+    prefix = root if root.endswith(os.sep) else root + os.sep
+    upper = prefix[:-1] + chr(ord(os.sep) + 1)
+    path = images_table.c.path
+    return (path == root) | ((path >= prefix) & (path < upper))
+
+
+def glob_regex(pattern: str) -> str:
+    """SQLite's GLOB pattern as a PostgreSQL regular expression (``*`` any run of
+    characters, ``?`` one, ``[...]`` and ``[^...]`` a set; case matters)."""
+    out, position = ["^"], 0
+    while position < len(pattern):
+        char = pattern[position]
+        if char == "*":
+            out.append(".*")
+        elif char == "?":
+            out.append(".")
+        elif char == "[" and (end := pattern.find("]", position + 2)) != -1:
+            body = pattern[position + 1:end]
+            negate = body[:1] == "^"
+            body = body[1:] if negate else body
+            out.append("[" + ("^" if negate else "") + body.replace("\\", "\\\\") + "]")
+            position = end
+        else:
+            out.append(char if char.isalnum() else "\\" + char)
+        position += 1
+    return "".join(out) + "$"

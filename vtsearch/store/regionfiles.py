@@ -1,0 +1,72 @@
+"""Upkeep of the region store's files: follow the file the catalog names, compact it when
+much of it is unused, and delete files a killed run left behind."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..config import RegionLayout
+from .annsync import AnnSync
+from .catalog import Catalog
+from .regions import REGIONS_FILE, RegionStore, compacted_name
+
+log = logging.getLogger(__name__)
+
+COMPACT_WHEN_UNUSED = 0.25  # compact the region store when more of it than this is unused
+
+
+class RegionFiles:
+    """The region store of one index folder (``store`` is None when regions are not kept)."""
+
+    def __init__(self, folder: Path, catalog: Catalog, layout: RegionLayout | None):
+        self.folder = folder
+        self.catalog = catalog
+        stored = layout is not None and layout.stored
+        self.store = RegionStore(folder / catalog.regions_file(REGIONS_FILE), layout) if stored else None
+
+    def sync(self) -> None:
+        """Follow the region file the catalog names (another process may have compacted)."""
+        if self.store is not None:
+            name = self.catalog.regions_file(REGIONS_FILE)
+            if name != self.store.path.name:
+                self.store = RegionStore(self.folder / name, self.store.layout)
+
+    def compact_if_sparse(self, ann: AnnSync) -> None:
+        store = self.store
+        if store is not None and len(store) > 0:
+            if len(store) - self.catalog.count_region_rows() > len(store) * COMPACT_WHEN_UNUSED:
+                self.compact(ann)
+
+    def compact(self, ann: AnnSync) -> int:
+        """Copy the live rows to a new file and drop the old one (lock held); returns the
+        rows dropped. Searches keep reading the old file until the catalog names the new."""
+        old = self.store
+        if old is None:
+            return 0
+        live = self.catalog.live_region_rows()
+        if live and live[-1][1] >= len(old):
+            log.warning("some images point past the end of %s; not compacting it "
+                        "(vtsearch check --repair fixes this)", old.path)
+            return 0
+        new = RegionStore(old.path.with_name(compacted_name(old.path.name)), old.layout)
+        new.path.unlink(missing_ok=True)  # a compaction killed before its commit left it
+        placed = old.copy_rows([row for _id, row in live], new)
+        new.path.touch()  # exists even when nothing is live
+        ann_was_current = ann.is_current()
+        self.catalog.relocate_regions({row_id: row for (row_id, _old), row in zip(live, placed)}, new.path.name)
+        if ann_was_current:  # FAISS holds the same vectors: it stays current
+            ann.mark_current()
+        self.store = new
+        dropped = len(old) - len(live)
+        self.remove_stale()
+        log.info("compacted the region store: %d unused rows dropped", dropped)
+        return dropped
+
+    def remove_stale(self) -> list[str]:
+        """Delete region files the catalog does not name (lock held)."""
+        current = self.catalog.regions_file(REGIONS_FILE) if self.store else None
+        stale = [path for path in self.folder.glob("regions*.f16") if path.name != current]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return [path.name for path in stale]

@@ -1,0 +1,216 @@
+"""Negatives for training the fusion scorer, mined from the index itself.
+
+Caption → image: each caption's stage-1 neighbours (top ``depth``) that are not one of
+its images are its hard negatives (``mine_examples``); each batch draws its candidates
+from them (``sample_candidates``). Image → text: each caption's image gets wrong texts,
+half of them the caption with two content words swapped (``swapped_variants``: the same
+words in another binding, exactly what one vector per text cannot tell apart), half its
+image's stage-1 nearest captions that are not its own (``mine_text_negatives``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..progress import Progress
+from .pairs import ResolvedPairs
+
+if TYPE_CHECKING:
+    from ..encoder import Encoder
+    from ..index import Index
+
+ENCODE_BATCH = 256  # texts per encoder call
+SEARCH_BATCH = 1024  # captions per stage-1 search
+
+STOPWORDS = frozenset("a an the of and or to in on at with by is are its it this that".split())
+
+
+@dataclass(frozen=True, eq=False)
+class Examples:
+    """Per caption: its token states, its stage-1 neighbours that are wrong answers, and
+    what is needed to score any candidate at stage 1."""
+
+    tokens: list[torch.Tensor]  # N × (T, Dt) the caption's token states
+    positives: np.ndarray  # (N,) the caption's image
+    neighbours: list[np.ndarray]  # N × stage-1 ranked wrong answers
+    right: list[set[int]]  # N × every image the caption describes
+    caption_vectors: np.ndarray  # (N, D)
+    image_ids: np.ndarray  # (M,) sorted ids of every indexed image
+    image_vectors: np.ndarray  # (M, D) their stage-1 vectors
+
+    def stage1(self, rows: Sequence[int], candidates: np.ndarray) -> np.ndarray:
+        """(B, C) stage-1 similarities of candidate ids for caption rows."""
+        vectors = self.image_vectors[np.searchsorted(self.image_ids, candidates)]  # (B, C, D)
+        return np.einsum("bd,bcd->bc", self.caption_vectors[list(rows)], vectors).astype(np.float32)
+
+    def positive_vectors(self) -> np.ndarray:
+        """(N, D) the stage-1 vector of each caption's image."""
+        return self.image_vectors[np.searchsorted(self.image_ids, self.positives)]
+
+
+def mine_examples(index: "Index", resolved: ResolvedPairs, depth: int, progress: Progress) -> Examples:
+    """Each caption's stage-1 neighbours (top ``depth``) that are not a right answer."""
+    right: dict[str, set[int]] = defaultdict(set)  # caption → every image it describes
+    for caption, image_id in zip(resolved.captions, resolved.image_ids):
+        right[caption].add(image_id)
+    chunks = list(index.embeddings())
+    image_ids = np.concatenate([ids for ids, _ in chunks])
+    image_vectors = np.concatenate([vectors for _, vectors in chunks])
+    tokens, caption_vectors = _encode_captions(index.encoder, resolved.captions, progress)
+    wrong = [right[caption] for caption in resolved.captions]
+    order = np.argsort(image_ids)
+    return Examples(tokens, np.asarray(resolved.image_ids, dtype=np.int64),
+                    _wrong_neighbours(index, caption_vectors, wrong, depth), wrong, caption_vectors,
+                    image_ids[order], image_vectors[order])
+
+
+def _encode_captions(encoder: "Encoder", captions: list[str],
+                     progress: Progress) -> tuple[list[torch.Tensor], np.ndarray]:
+    """Token states and (N, D) unit vectors of ``captions``."""
+    tokens: list[torch.Tensor] = []
+    vectors = []
+    for start in range(0, len(captions), ENCODE_BATCH):
+        features = encoder.encode_text_features(captions[start:start + ENCODE_BATCH])
+        tokens.extend(features.tokens)
+        vectors.append(features.vectors)
+        progress.advance(min(ENCODE_BATCH, len(captions) - start))
+    return tokens, np.concatenate(vectors)
+
+
+def _wrong_neighbours(index: "Index", caption_vectors: np.ndarray, right: list[set[int]],
+                      depth: int) -> list[np.ndarray]:
+    """Per caption: its top ``depth`` stage-1 hits, in order, less its right answers."""
+    neighbours = []
+    for start in range(0, len(caption_vectors), SEARCH_BATCH):
+        hits = index.neighbours(caption_vectors[start:start + SEARCH_BATCH], depth)
+        for offset, row in enumerate(hits):
+            wrong = right[start + offset]
+            neighbours.append(np.array([i for i, _ in row if i not in wrong], dtype=np.int64))
+    return neighbours
+
+
+def sample_candidates(examples: Examples, rows: Sequence[int], negatives: int,
+                      rng: np.random.Generator | None) -> np.ndarray:
+    """(B, 1 + K) candidate ids, the positive first.
+
+    With ``rng`` (training) the negatives mix three kinds: the hardest stage-1 neighbours
+    (same words, other binding: they teach binding), neighbours drawn from deeper in the
+    shortlist, and random images of the index (other colours and things: they teach the
+    grounding that binding is built on). Half are the hardest: with hard negatives alone
+    the scorer learns nothing (the same words give no signal for which word goes with
+    which region), measured with scripts/probe_binding.py. Without ``rng`` (validation)
+    they are the top stage-1 neighbours in order: with enough of them, a realistic
+    shortlist.
+    """
+    candidates = np.empty((len(rows), negatives + 1), dtype=np.int64)
+    for slot, row in enumerate(rows):
+        pool = examples.neighbours[row]
+        if rng is None:
+            picks = list(pool[:negatives])
+        else:
+            hardest = (negatives + 1) // 2
+            deeper = (negatives - hardest) // 2
+            picks = list(pool[:hardest])
+            rest = pool[hardest:]
+            if len(rest):
+                picks += rng.choice(rest, size=min(deeper, len(rest)), replace=False).tolist()
+        _fill_with_random_images(examples, row, picks, negatives, rng)
+        candidates[slot] = [examples.positives[row], *picks]
+    return candidates
+
+
+def _fill_with_random_images(examples: Examples, row: int, picks: list[int], negatives: int,
+                             rng: np.random.Generator | None) -> None:
+    """Top ``picks`` up to ``negatives`` with random wrong images; on an index of at most
+    ``negatives`` images they may repeat.
+
+    Without ``rng`` (validation) every draw comes from a generator seeded by the row, made
+    afresh, so each row's candidates depend on nothing else (and repeat one draw).
+    """
+    while len(picks) < negatives:
+        draw = rng or np.random.default_rng(row)
+        pick = int(examples.image_ids[draw.integers(len(examples.image_ids))])
+        if pick not in examples.right[row] and (pick not in picks or len(examples.image_ids) <= negatives):
+            picks.append(pick)
+
+
+def swapped_variants(caption: str, count: int, rng: np.random.Generator) -> list[str]:
+    """Up to ``count`` captions made by swapping two different content words of ``caption``."""
+    words = caption.split()
+    slots = [i for i, word in enumerate(words) if word.lower().strip(".,") not in STOPWORDS]
+    pairs = [(i, j) for n, i in enumerate(slots) for j in slots[n + 1:] if words[i].lower() != words[j].lower()]
+    variants: list[str] = []
+    for pick in rng.permutation(len(pairs)):
+        i, j = pairs[pick]
+        swapped = list(words)
+        swapped[i], swapped[j] = swapped[j], swapped[i]
+        text = " ".join(swapped)
+        if text != caption and text not in variants:
+            variants.append(text)
+        if len(variants) == count:
+            break
+    return variants
+
+
+def mine_text_negatives(index: "Index", resolved: ResolvedPairs, examples: Examples, count: int,
+                        seed: int) -> list[list[torch.Tensor]]:
+    """Per caption: token states of ``count`` wrong texts for its image (see module doc)."""
+    rng = np.random.default_rng(seed)
+    own: dict[int, set[str]] = defaultdict(set)  # image → its captions
+    for caption, image_id in zip(resolved.captions, resolved.image_ids):
+        own[image_id].add(caption)
+    nearest = _NearestCaptions(resolved.captions, examples, depth=4 * count + 8)
+    swaps = [swapped_variants(caption, math.ceil(count / 2), rng) for caption in resolved.captions]
+    swap_tokens = _token_states(index.encoder, list(dict.fromkeys(text for variants in swaps for text in variants)))
+    image_vectors = examples.positive_vectors()
+    negatives: list[list[torch.Tensor]] = []
+    for row, variants in enumerate(swaps):
+        mine = own[examples.positives[row]]
+        variants = [text for text in variants if text not in mine]  # a swap may still be true
+        tokens = [swap_tokens[text] for text in variants]
+        for text in nearest.ranked(image_vectors[row]):
+            if len(tokens) >= count:
+                break
+            if text not in mine and text not in variants:
+                tokens.append(nearest.tokens(text))
+        negatives.append(tokens)
+    return negatives
+
+
+def _token_states(encoder: "Encoder", texts: list[str]) -> dict[str, torch.Tensor]:
+    """Each text's token states."""
+    states: dict[str, torch.Tensor] = {}
+    for start in range(0, len(texts), ENCODE_BATCH):
+        chunk = texts[start:start + ENCODE_BATCH]
+        states.update(zip(chunk, encoder.encode_text_features(chunk).tokens))
+    return states
+
+
+class _NearestCaptions:
+    """The distinct training captions, ranked by stage-1 similarity to an image."""
+
+    def __init__(self, captions: list[str], examples: Examples, depth: int):
+        self.unique = list(dict.fromkeys(captions))
+        self.first_row = {caption: row for row, caption in reversed(list(enumerate(captions)))}
+        self.vectors = examples.caption_vectors[[self.first_row[c] for c in self.unique]]  # (U, D)
+        self.depth = min(len(self.unique), depth)
+        self.examples = examples
+
+    def ranked(self, image_vector: np.ndarray) -> Iterator[str]:
+        """The top ``depth`` captions, nearest first (ties in caption order)."""
+        scores = self.vectors @ image_vector  # (U,)
+        if self.depth < len(self.unique):
+            top = np.argpartition(-scores, self.depth - 1)[:self.depth]
+        else:
+            top = np.arange(len(self.unique))
+        for position in top[np.argsort(-scores[top], kind="stable")]:
+            yield self.unique[position]
+
+    def tokens(self, caption: str) -> torch.Tensor:
+        return self.examples.tokens[self.first_row[caption]]

@@ -1,0 +1,132 @@
+"""Captioned image sets (PAIRS) for training and evaluating the reranker.
+
+Three formats, told apart by their content:
+
+* JSON Lines: one ``{"image": "path", "caption": "..."}`` per line (``"captions": [...]``
+  also accepted); relative paths are relative to the file's folder (or ``images_root``).
+* COCO captions JSON: ``{"images": [{"id", "file_name"}], "annotations": [{"image_id",
+  "caption"}]}``; paths are relative to ``images_root`` (default: the file's folder).
+* The Karpathy split JSON used for COCO and Flickr30k: ``{"images": [{"filepath"?,
+  "filename", "split", "sentences": [{"raw"}]}]}``; ``split`` picks one split
+  (``train`` includes ``restval``, as is customary).
+
+``resolve_pairs`` maps the pairs' images to an index's ids (leaving out, and naming, the
+images it does not hold); ``split_by_image`` holds out a share of the images for validation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from ..errors import VtsearchError
+
+if TYPE_CHECKING:
+    from ..index import Index
+
+
+@dataclass(frozen=True)
+class Pair:
+    image: str  # absolute path
+    caption: str
+
+
+@dataclass(frozen=True)
+class ResolvedPairs:
+    """The pairs whose image is in the index, as parallel lists, and the images that are not."""
+
+    captions: list[str]
+    image_ids: list[int]  # the catalog id of each caption's image
+    missing: list[str]  # sorted paths of images not (successfully) indexed
+
+
+def load_pairs(path: str | os.PathLike[str], images_root: str | os.PathLike[str] | None = None,
+               split: str | None = None) -> list[Pair]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise VtsearchError(f"cannot read pairs file {path}: {error.strerror}") from None
+    root = Path(images_root) if images_root else path.parent
+    stripped = text.lstrip()
+    if not stripped:
+        raise VtsearchError(f"pairs file {path} is empty")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = None
+    if isinstance(data, dict) and "annotations" in data and "images" in data:
+        pairs = _coco(data, root)
+    elif isinstance(data, dict) and isinstance(data.get("images"), list):
+        pairs = _karpathy(data, root, split)
+    elif data is None or isinstance(data, dict):
+        pairs = _json_lines(text, root, path)
+    else:
+        raise VtsearchError(f"{path}: expected JSON Lines, COCO captions or a Karpathy split JSON")
+    if not pairs:
+        raise VtsearchError(f"{path} holds no captioned images" + (f" in split {split!r}" if split else ""))
+    return pairs
+
+
+def _absolute(root: Path, relative: str) -> str:
+    return os.path.abspath(os.path.join(root, os.path.expanduser(relative)))
+
+
+def _json_lines(text: str, root: Path, path: Path) -> list[Pair]:
+    pairs = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            image = record["image"]
+            captions = record.get("captions") or [record["caption"]]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise VtsearchError(
+                f'{path}, line {number}: expected {{"image": ..., "caption": ...}}'
+            ) from None
+        pairs.extend(Pair(_absolute(root, image), str(caption).strip()) for caption in captions)
+    return pairs
+
+
+def _coco(data: dict, root: Path) -> list[Pair]:
+    files = {image["id"]: image["file_name"] for image in data["images"]}
+    return [
+        Pair(_absolute(root, files[note["image_id"]]), note["caption"].strip())
+        for note in data["annotations"] if note.get("image_id") in files
+    ]
+
+
+def _karpathy(data: dict, root: Path, split: str | None) -> list[Pair]:
+    wanted = {split, "restval"} if split == "train" else {split}
+    pairs = []
+    for image in data["images"]:
+        if split is not None and image.get("split") not in wanted:
+            continue
+        relative = os.path.join(image.get("filepath", ""), image["filename"])
+        for sentence in image.get("sentences", []):
+            pairs.append(Pair(_absolute(root, relative), sentence["raw"].strip()))
+    return pairs
+
+
+def resolve_pairs(index: "Index", pairs: Sequence[Pair]) -> ResolvedPairs:
+    """Map pair images to catalog ids; images that are not indexed are reported."""
+    ids = index.image_ids(sorted({pair.image for pair in pairs}))
+    kept = [pair for pair in pairs if pair.image in ids]
+    missing = sorted({pair.image for pair in pairs if pair.image not in ids})
+    return ResolvedPairs([pair.caption for pair in kept], [ids[pair.image] for pair in kept], missing)
+
+
+def split_by_image(image_ids: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Row numbers to train on and to validate on: ``fraction`` of the images (with all
+    their captions) are held out, so validation never sees a training image."""
+    images = sorted(set(image_ids))
+    random.Random(seed).shuffle(images)
+    held_out = set(images[: int(len(images) * fraction)])
+    train = [row for row, image_id in enumerate(image_ids) if image_id not in held_out]
+    val = [row for row, image_id in enumerate(image_ids) if image_id in held_out]
+    return train, val
