@@ -100,10 +100,10 @@ def merge_part(vectors: int, folder: Path) -> dict:
     the peak of the process's anonymous memory while it ran."""
     import faiss
 
+    from vtsearch.config import AnnConfig
     from vtsearch.store import ondisk
     from vtsearch.store.ann import AnnIndex
     from vtsearch.store.annbuild import exact_top, recall_at_k
-    from vtsearch.config import AnnConfig
 
     config = AnnConfig(factory="IVF1024,SQ4", auto=False)
     baseline_anon = memory_kb("RssAnon")

@@ -32,12 +32,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from benchkit import random_encoder
 from vtsearch import Index, IngestOptions
+from vtsearch.build.scan import scan
 from vtsearch.decode import decode_file
 from vtsearch.encoder import Encoder
-from vtsearch.build.scan import scan
-
-from benchkit import random_encoder
 
 
 def photo(size: tuple[int, int], seed: int) -> Image.Image:

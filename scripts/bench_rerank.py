@@ -23,13 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vtsearch.store.ann import AnnIndex
+from benchkit import random_encoder
 from vtsearch.config import AnnConfig
 from vtsearch.fusion import FusionConfig
-from vtsearch.store.regions import RegionLayout, RegionStore
 from vtsearch.query.rerank import Reranker
-
-from benchkit import random_encoder
+from vtsearch.store.ann import AnnIndex
+from vtsearch.store.regions import RegionLayout, RegionStore
 
 QUERIES = ["a red car parked left of a blue house", "two dogs playing in the snow",
            "a plate of pasta with basil on a wooden table", "a man riding a bicycle"]

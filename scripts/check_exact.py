@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from vtsearch import Index
+from vtsearch.build.scan import scan
 from vtsearch.decode import decode_batches
 from vtsearch.records import DecodedImage
-from vtsearch.build.scan import scan
 
 QUERIES = ["a red circle left of a blue square", "a green triangle above a white cross",
            "a yellow diamond", "a black square below an orange circle", "a photo of a dog",

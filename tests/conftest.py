@@ -130,6 +130,20 @@ def served_dir(tmp_path_factory, tiny_encoder) -> Path:
     return root / "index"
 
 
+@pytest.fixture(scope="module")
+def index(served_dir):
+    """The served index, opened as a reader (for the server and client tests)."""
+    from vtsearch import Index
+
+    with Index.open(served_dir, device="cpu") as opened:
+        yield opened
+
+
+def photo(served_dir, number=5):
+    """One of the served index's photos."""
+    return served_dir.parent / "photos" / f"image_{number:04d}.{('jpg', 'png', 'webp')[number % 3]}"
+
+
 @contextlib.contextmanager
 def live_server(app):
     """Serve ``app`` with uvicorn on a free loopback port in a thread; yields its base URL."""

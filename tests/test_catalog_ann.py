@@ -4,14 +4,13 @@ import numpy as np
 import pytest
 from sqlalchemy import inspect, text
 
-from vtsearch.store.ann import AnnIndex
-from vtsearch.store.catalog import SCHEMA_VERSION, Catalog, texts_table
-from vtsearch.store.catalog import migrations
-from vtsearch.store.catalog.connect import connect
 from vtsearch.config import AnnConfig
 from vtsearch.errors import IndexFormatError
-from vtsearch.records import DecodedImage, DecodeFailure, ScannedFile
 from vtsearch.query.texts import TextRecord
+from vtsearch.records import DecodedImage, DecodeFailure, ScannedFile
+from vtsearch.store.ann import AnnIndex
+from vtsearch.store.catalog import SCHEMA_VERSION, Catalog, migrations, texts_table
+from vtsearch.store.catalog.connect import connect
 
 
 def unit_rows(count, dim=16, seed=0):

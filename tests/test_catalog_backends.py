@@ -11,11 +11,11 @@ from sqlalchemy.engine import make_url
 
 from conftest import make_images
 from vtsearch import Index, IngestOptions
-from vtsearch.store.catalog import Catalog, glob_regex, public_url
 from vtsearch.errors import IndexExistsError, IndexLockedError, VtsearchError
 from vtsearch.filters import SearchFilter
-from vtsearch.records import DecodedImage, DecodeFailure, ScannedFile
 from vtsearch.query.texts import TextRecord
+from vtsearch.records import DecodedImage, DecodeFailure, ScannedFile
+from vtsearch.store.catalog import Catalog, glob_regex, public_url
 
 DIM = 8
 

@@ -154,3 +154,32 @@ def test_cli_adds_flag_advice_once():
     advised = "no index at indexes/x (create one with: vtsearch index PATH --index indexes/x)"
     assert one_line(MissingIndex("no index at indexes/x", "indexes/x")) == advised
     assert one_line(MissingIndex(advised, "indexes/x")) == advised  # never twice
+
+
+def test_library_errors_name_no_flag_and_the_cli_adds_the_advice(run, built, image_folder, monkeypatch):
+    """Library messages suit every caller (the HTTP server too); the CLI adds the flags."""
+    import torch
+    from sqlalchemy.exc import DatabaseError
+
+    from vtsearch import EncoderSpec, Index
+    from vtsearch.cli.hints import one_line
+    from vtsearch.device import resolve_device
+    from vtsearch.errors import ModelMismatchError, VtsearchError
+    from vtsearch.store.catalog.guard import catalog_error
+
+    with pytest.raises(ModelMismatchError) as mismatch:
+        Index.open_or_create(built, EncoderSpec("ViT-B-16", "openai"))
+    result = run("index", image_folder, "--index", built, "--model", "ViT-B-16", "--pretrained", "openai")
+    assert result.stderr.strip() == (f"Error: {mismatch.value}; "
+                                     "omit --model to use the index's own model, or choose another --index")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(VtsearchError) as no_gpu:
+        resolve_device("cuda")
+    result = run("search", "x", "--index", built, "--device", "cuda")
+    assert result.stderr.strip() == "Error: --device cuda was asked for, but no CUDA GPU is available"
+
+    damaged = catalog_error("idx/catalog.sqlite", DatabaseError("SELECT 1", {}, Exception("file is not a database")))
+    assert one_line(damaged) == f"{damaged}; restore it from a backup, or index again into a new --index"
+    for error in (mismatch.value, no_gpu.value, damaged):
+        assert "--" not in str(error) and "vtsearch " not in str(error)

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-from conftest import SERVED_TEXTS, live_server, need
+from conftest import SERVED_TEXTS, live_server, need, photo
 from vtsearch import Index
 from vtsearch.server import Library, create_app
 
@@ -28,14 +28,6 @@ def client(served_dir):
         yield c
 
 
-@pytest.fixture(scope="module")
-def index(served_dir):
-    with Index.open(served_dir, device="cpu") as opened:
-        yield opened
-
-
-def photo(served_dir, number=5):
-    return served_dir.parent / "photos" / f"image_{number:04d}.{('jpg', 'png', 'webp')[number % 3]}"
 
 
 # ---- the routes

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from conftest import need
 from vtsearch import Index, IngestOptions
-from vtsearch.cli import main
 from vtsearch.build.distributed import SHARDS_DIR, EncodeWorker, RayEngine, RayOptions
+from vtsearch.cli import main
 
 WORKER_EXIT_ONCE = "VTSEARCH_TEST_WORKER_EXIT_ONCE"  # a marker path; absent: the next shard kills its worker
 

@@ -10,8 +10,8 @@ import torch
 
 from conftest import make_images
 from vtsearch import AnnConfig, Index, IngestOptions
-from vtsearch.store.ann import AnnIndex, gpu_count
 from vtsearch.encoder import Encoder
+from vtsearch.store.ann import AnnIndex, gpu_count
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 needs_faiss_gpu = pytest.mark.skipif(gpu_count() == 0, reason="faiss sees no GPU (faiss-cpu, or no GPU)")

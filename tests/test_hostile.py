@@ -5,11 +5,11 @@ import os
 import time
 
 import numpy as np
+from hostile import CHANGES, VANISHES, write_hostile_corpus
 from PIL import Image
 
 import vtsearch.build.plan as ingest_module
 from conftest import CountingEncoder
-from hostile import CHANGES, VANISHES, write_hostile_corpus
 from vtsearch import Index, IngestOptions
 from vtsearch.config import DecodeConfig
 from vtsearch.decode import decode_file, limit_aspect

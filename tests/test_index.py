@@ -9,13 +9,13 @@ from PIL import Image
 
 from conftest import CountingEncoder, make_images
 from vtsearch import (
-    EncoderSpec, Index, IndexExistsError, IndexLockedError, IndexNotFoundError, IngestOptions,
-    ModelMismatchError, QueryError,
+    EncoderSpec, Index, IndexExistsError, IndexLockedError, IndexNotFoundError, IngestOptions, ModelMismatchError,
+    QueryError,
 )
+from vtsearch.build.scan import scan
 from vtsearch.config import DecodeConfig
 from vtsearch.decode import decode_file
 from vtsearch.records import DecodedImage
-from vtsearch.build.scan import scan
 
 OPTIONS = IngestOptions(batch_size=8, workers=0)
 

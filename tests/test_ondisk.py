@@ -9,9 +9,9 @@ import pytest
 
 from conftest import make_images
 from vtsearch import Index, IngestOptions
-from vtsearch.store.ann import AnnIndex
 from vtsearch.config import AnnConfig
 from vtsearch.store import ondisk
+from vtsearch.store.ann import AnnIndex
 
 DIM = 16
 

@@ -1,12 +1,13 @@
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from vtsearch.errors import IndexFormatError, VtsearchError
-from vtsearch.train import load_pairs, recall_at
 from vtsearch.store.regions import RegionLayout, RegionStore
+from vtsearch.train import load_pairs, recall_at
 
 
 def test_json_lines_relative_and_absolute(tmp_path):
@@ -76,3 +77,19 @@ def test_region_store_appends_durably_and_cuts_torn_rows(tmp_path):
         store.read([5])
     with pytest.raises(ValueError):
         store.append(np.zeros((1, 2, 3)))
+
+
+def test_random_negatives_are_found_when_few_images_are_wrong():
+    """Validation fills a short list of wrong answers with random images: with most of the
+    index right for a caption, it still ends (drawing again, then allowing repeats)."""
+    from vtsearch.train.mining import Examples, sample_candidates
+
+    examples = Examples(tokens=[], positives=np.array([1, 1]), neighbours=[np.array([], dtype=np.int64)] * 2,
+                        right=[{1, 2}, {1, 2, 3}], caption_vectors=np.zeros((2, 4)),
+                        image_ids=np.array([1, 2, 3, 4]), image_vectors=np.zeros((4, 4)))
+    for rng in (None, np.random.default_rng(0)):
+        candidates = sample_candidates(examples, [0, 1], 2, rng)
+        assert candidates[:, 0].tolist() == [1, 1]
+        assert set(candidates[0, 1:]) <= {3, 4} and set(candidates[1, 1:]) == {4}
+    with pytest.raises(VtsearchError, match="no wrong image"):
+        sample_candidates(replace(examples, right=[{1, 2, 3, 4}] * 2), [0], 2, None)

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 import vtsearch.store.annbuild as annbuild
 from conftest import make_images
 from vtsearch import AnnConfig, Index, IngestOptions, QueryError, SearchFilter
+from vtsearch.cli import main
 from vtsearch.config import Tuning
 from vtsearch.store.ann import AnnIndex
-from vtsearch.cli import main
 
 OPTIONS = IngestOptions(batch_size=32, workers=0)
 DAY = 86_400

@@ -4,7 +4,6 @@ hostile or malformed requests get (clip-retrieval's routes: tests/test_clip_clie
 import asyncio
 import base64
 import io
-import json
 import struct
 import zlib
 
@@ -13,9 +12,10 @@ from click.testing import CliRunner
 from PIL import Image
 from starlette.testclient import TestClient
 
+from conftest import photo
 from vtsearch import Index, IndexFormatError, IndexLockedError, QueryError, SearchFilter
-from vtsearch.errors import NoTextCollectionError
 from vtsearch.cli import main
+from vtsearch.errors import NoTextCollectionError
 from vtsearch.server import Library, ServerSettings, create_app, is_loopback
 from vtsearch.server.limits import HTTPError, WorkGate
 
@@ -27,14 +27,6 @@ def client(served_dir):
         yield c
 
 
-@pytest.fixture(scope="module")
-def index(served_dir):
-    with Index.open(served_dir, device="cpu") as opened:
-        yield opened
-
-
-def photo(served_dir, number=5):
-    return served_dir.parent / "photos" / f"image_{number:04d}.{('jpg', 'png', 'webp')[number % 3]}"
 
 
 def png_header(width, height):
@@ -359,8 +351,8 @@ def test_the_thumbnail_cache_follows_changes_and_keeps_to_its_cap(tmp_path):
 def test_near_duplicates_are_dropped_on_request(client):
     import numpy as np
 
-    from vtsearch.records import SearchResult
     from vtsearch.query.search import drop_near_duplicates
+    from vtsearch.records import SearchResult
 
     class Vectors:
         rows = {1: [1.0, 0.0], 2: [0.96, 0.28], 3: [0.0, 1.0], 4: [0.6, 0.8]}  # 2 ≈ 1; 4 near neither

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from conftest import CountingEncoder, make_images
 from vtsearch import Index, IngestOptions
-from vtsearch.store.ann import AnnIndex
 from vtsearch.cli import main
+from vtsearch.store.ann import AnnIndex
 
 OPTIONS = IngestOptions(batch_size=4, workers=0)
 

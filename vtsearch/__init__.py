@@ -9,28 +9,27 @@ in SQLite. The public surface is small::
     for hit in index.search("a red bicycle", k=5):
         print(hit.rank, hit.score, hit.path)
 
-``Index`` and ``IndexInfo`` are imported on first use: they bring in torch, open_clip
-and FAISS, which ``vtsearch --help`` and the light records below do not need.
+``Index`` is imported on first use: it brings in torch, open_clip and FAISS, which
+``vtsearch --help`` and the light records below do not need.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .version import __version__  # noqa: E402
-
-from .config import AnnConfig, EncoderSpec, IngestOptions  # noqa: E402
-from .errors import (  # noqa: E402
-    IndexExistsError, IndexFormatError, IndexLockedError, IndexNotFoundError, ModelLoadError,
-    ModelMismatchError, QueryError, VtsearchError,
+from .config import AnnConfig, EncoderSpec, IngestOptions
+from .errors import (
+    IndexExistsError, IndexFormatError, IndexLockedError, IndexNotFoundError, ModelLoadError, ModelMismatchError,
+    QueryError, VtsearchError,
 )
-from .filters import SearchFilter  # noqa: E402
-from .records import ErrorRecord, IngestSummary, SearchResult  # noqa: E402
+from .filters import SearchFilter
+from .records import ErrorRecord, IndexInfo, IngestSummary, SearchResult
+from .version import __version__
 
 if TYPE_CHECKING:
-    from .index import Index, IndexInfo
+    from .index import Index
 
-_LAZY = {"Index": "index", "IndexInfo": "index"}
+_LAZY = {"Index": "index"}  # brings in torch, open_clip and FAISS: imported on first use
 
 __all__ = [
     "__version__",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .errors import VtsearchError
+from .errors import DeviceUnavailableError, VtsearchError
 
 if TYPE_CHECKING:
     import torch
@@ -27,5 +27,5 @@ def resolve_device(choice: str = "auto") -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda")
     if choice == "cuda":
-        raise VtsearchError("--device cuda was asked for, but no CUDA GPU is available")
+        raise DeviceUnavailableError("CUDA was asked for, but no CUDA GPU is available", device=choice)
     return torch.device("cpu")

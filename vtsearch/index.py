@@ -1,17 +1,6 @@
-"""``Index``: one object owns one index directory; each method hands its work to the
-build path (:mod:`vtsearch.build`), the query path (:mod:`vtsearch.query`) or the store
-(:mod:`vtsearch.store`).
-
-Layout::
-
-    DIR/manifest.json     encoder spec, ANN config, versions, times
-    DIR/catalog.sqlite    the source of truth (images, errors, embeddings, texts); or a
-                          database on a PostgreSQL server, whose URL the manifest records
-    DIR/ann.faiss         FAISS index of the embeddings (derived, rebuildable)
-    DIR/ann-*.ivfdata     its inverted lists, when built on disk (vtsearch rebuild --on-disk)
-    DIR/regions.f16       region features, fp16, memory-mapped (absent: --no-regions)
-    DIR/reranker.pt       trained fusion scorer (absent: untrained, stage-1 order)
-    DIR/.writer.lock      the writer lock
+"""``Index``: one object owns one index directory (its files: :mod:`vtsearch.store.layout`);
+each method hands its work to the build path (:mod:`vtsearch.build`), the query path
+(:mod:`vtsearch.query`) or the store (:mod:`vtsearch.store`).
 
 Writers (``add``) take the lock; readers (``search``) never do. The encoder is loaded
 on first use, or passed in (tests pass small real ones).
@@ -44,11 +33,11 @@ from .query.rerank import Reranker
 from .query.sources import ComputedRegions, RegionSource, StoredRegions
 from .query.texts import check_text_value, encode_texts
 from .records import (
-    AttentionMap, ErrorRecord, ImageRow, IndexInfo, IngestSummary, MatchResponse, RemoveSummary,
-    RerankerSummary, SearchResponse, SearchResult, TextRecord, TextRow, TextsSummary,
+    AttentionMap, ErrorRecord, ImageRow, IndexInfo, IngestSummary, MatchResponse, RemoveSummary, RerankerSummary,
+    SearchResponse, SearchResult, TextRecord, TextRow, TextsSummary,
 )
 from .store import Store
-from .store.ann import AnnIndex, Hits, gpu_count
+from .store.ann import Hits, gpu_count
 from .store.catalog import ERROR, INDEXED, Catalog
 from .store.check import CheckReport
 from .store.layout import MANIFEST, RERANKER_FILE
@@ -109,7 +98,7 @@ class Index:
         store = Store.open(Path(path), _use_gpu(device), tuning)
         if encoder is not None and encoder.spec != store.manifest.encoder:
             store.close()
-            raise ModelMismatchError(_mismatch_message(store.path, store.manifest.encoder, encoder.spec))
+            raise _encoder_mismatch(store.path, store.manifest.encoder, encoder.spec)
         store.ann.load(rebuild_stale)
         return cls(store, device, encoder)
 
@@ -125,7 +114,7 @@ class Index:
                               region_grid=region_grid, catalog_url=catalog_url, tuning=tuning)
         manifest = Manifest.load(path / MANIFEST)
         if spec is not None and not _same_encoder(manifest.encoder, spec):
-            raise ModelMismatchError(_mismatch_message(path, manifest.encoder, spec))
+            raise _encoder_mismatch(path, manifest.encoder, spec)
         if catalog_url is not None:
             Store.check_catalog_url(path, manifest, catalog_url)
         return cls.open(path, device, encoder, tuning=tuning)
@@ -211,14 +200,11 @@ class Index:
 
         ``ray``: encode on a pool of Ray actors (:mod:`vtsearch.build.distributed`) instead of
         in this process; the result is the same. ``engine``: another engine, passed in."""
-        if engine is not None:
-            pass
-        elif ray is not None:
-            from .build.distributed import RayEngine
+        if engine is None and ray is not None:
+            from .build.distributed import RayEngine  # Ray code is imported only when asked for
 
             engine = RayEngine(self.path, self.manifest.encoder, self.device, ray, self.manifest.encoder_probe)
-        else:
-            engine = LocalEngine(lambda: self.encoder)
+        engine = engine or LocalEngine(lambda: self.encoder)
         return pipeline.add(self.store, engine, paths, options or IngestOptions(), progress)
 
     def remove(self, paths: Iterable[str | os.PathLike[str]]) -> RemoveSummary:
@@ -290,6 +276,17 @@ class Index:
         from the index's text collection, or from ad-hoc ``labels`` (zero-shot style)."""
         request = match.MatchRequest(image=image, k=k, recall_k=recall_k, rerank=rerank, labels=labels)
         return match.match(self._context(), self._texts, request)
+
+    def rerank_texts(self, image_id: int, texts: list[str], stage1: np.ndarray) -> np.ndarray | None:
+        """The order (best first) the scorer gives candidate ``texts`` for an indexed image,
+        whose stage-1 similarities are ``stage1``; None when it would keep stage-1 order."""
+        context = self._context()
+        scorer = context.scorer(True)
+        if scorer is None:
+            return None
+        reranker, region_source = scorer
+        order, _final = match.rank_texts(reranker, context, texts, stage1, region_source.regions([image_id])[0])
+        return order
 
     def explain(self, image_id: int, text: str) -> AttentionMap:
         """Where the fusion scorer looks in an indexed image for each token of ``text``:
@@ -381,7 +378,7 @@ def _same_encoder(stored: EncoderSpec, requested: EncoderSpec) -> bool:
     return not requested.pretrained or requested.pretrained == stored.pretrained
 
 
-def _mismatch_message(path: Path, stored: EncoderSpec, requested: EncoderSpec) -> str:
-    return (f"index {path} was built with {stored.describe()}, not {requested.describe()}; "
-            "omit --model to use the index's own model, or choose another --index")
+def _encoder_mismatch(path: Path, stored: EncoderSpec, requested: EncoderSpec) -> ModelMismatchError:
+    return ModelMismatchError(f"index {path} was built with {stored.describe()}, not {requested.describe()}",
+                              path=str(path), stored=stored.describe(), requested=requested.describe())
 

@@ -45,20 +45,21 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from ..config import EncoderSpec, IngestOptions
+from ..errors import NotEnoughGpusError, RayNotInstalledError, VtsearchError
+from ..progress import NoProgress, Progress
+from ..records import DecodedImage, DecodeFailure, IngestSummary, ScannedFile
 from ..store.ann import AnnIndex
 from ..store.atomic import atomic_path
 from ..store.catalog import Catalog, CatalogEntry
-from ..config import EncoderSpec, IngestOptions
-from ..errors import VtsearchError
-from ..progress import NoProgress, Progress
-from .local import EncodedBatch, commit_batch, prepare
-from ..records import DecodedImage, DecodeFailure, IngestSummary, ScannedFile
 from ..store.regions import RegionStore
+from .local import EncodedBatch, commit_batch, prepare
 
 log = logging.getLogger(__name__)
 
 SHARDS_DIR = "shards"
 DEFAULT_SHARD_BATCHES = 8  # batches per shard
+RAY_INSTALL = "pip install 'vtsearch[ray]'"
 
 
 @dataclass(frozen=True)
@@ -251,7 +252,7 @@ def _import_ray():
     try:
         import ray
     except ImportError:
-        raise VtsearchError("--engine ray needs Ray: pip install 'vtsearch[ray]'") from None
+        raise RayNotInstalledError(f"Ray is not installed: {RAY_INSTALL}", install=RAY_INSTALL) from None
     return ray
 
 
@@ -276,8 +277,10 @@ def _actor_pool(ray, options: RayOptions, spec: EncoderSpec, device: str, ingest
         count = int(resources.get("CPU", 1) / options.num_cpus_per_worker)
     count = max(1, min(count, shard_count))
     if options.num_gpus_per_worker and resources.get("GPU", 0) < options.num_gpus_per_worker:
-        raise VtsearchError(f"the Ray cluster has {resources.get('GPU', 0):g} GPUs; "
-                            f"--num-gpus-per-worker {options.num_gpus_per_worker:g} asks for more")
+        available = resources.get("GPU", 0)
+        raise NotEnoughGpusError(f"the Ray cluster has {available:g} GPUs, fewer than the "
+                                 f"{options.num_gpus_per_worker:g} each worker asks for",
+                                 available=available, per_worker=options.num_gpus_per_worker)
     actor_class = ray.remote(
         num_cpus=options.num_cpus_per_worker, num_gpus=options.num_gpus_per_worker,
         max_restarts=3, max_task_retries=3,

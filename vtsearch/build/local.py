@@ -18,13 +18,13 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from ..store.ann import AnnIndex
-from ..store.catalog import INDEXED, Catalog, CatalogEntry
 from ..config import IngestOptions
 from ..decode import decode_batches
 from ..encoder import Encoder
 from ..progress import NoProgress, Progress
 from ..records import DecodedImage, DecodeFailure, ErrorRecord, IngestSummary
+from ..store.ann import AnnIndex
+from ..store.catalog import INDEXED, Catalog, CatalogEntry
 from ..store.regions import RegionStore
 from .plan import prepare
 

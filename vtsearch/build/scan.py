@@ -32,70 +32,72 @@ def is_image_name(name: str) -> bool:
 
 def scan(paths: Iterable[str | os.PathLike[str]]) -> ScanReport:
     """List candidate image files under ``paths`` (files or folders)."""
-    candidates: list[ScannedFile] = []
-    not_images = 0
-    missing: list[str] = []
-    unreadable: list[tuple[str, str]] = []
-    roots: list[str] = []
-    seen_dirs: set[tuple[int, int]] = set()
-    seen_files: set[tuple[int, int]] = set()
+    walk = _Walk()
+    for given in paths:
+        path = os.path.abspath(os.path.expanduser(os.fspath(given)))
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            walk.missing.append(path)
+            continue
+        except OSError as error:
+            walk.unreadable.append((path, error.strerror or str(error)))
+            continue
+        walk.roots.append(path)
+        walk.visit(path, stat)
+    return ScanReport(candidates=walk.candidates, not_images=walk.not_images, missing=walk.missing,
+                      unreadable=walk.unreadable, roots=walk.roots)
 
-    def visit_file(path: str, stat: os.stat_result) -> None:
-        nonlocal not_images
+
+class _Walk:
+    """One scan's findings; files and folders reached twice (links, bind mounts) count once."""
+
+    def __init__(self) -> None:
+        self.candidates: list[ScannedFile] = []
+        self.not_images = 0
+        self.missing: list[str] = []
+        self.unreadable: list[tuple[str, str]] = []
+        self.roots: list[str] = []
+        self.seen_dirs: set[tuple[int, int]] = set()
+        self.seen_files: set[tuple[int, int]] = set()
+
+    def visit(self, path: str, stat: os.stat_result) -> None:
+        if _is_dir(stat):
+            self.visit_dir(path, stat)
+        elif _is_regular(stat):
+            self.visit_file(path, stat)
+
+    def visit_file(self, path: str, stat: os.stat_result) -> None:
         if not is_image_name(path):
-            not_images += 1
+            self.not_images += 1
             return
         key = (stat.st_dev, stat.st_ino)
-        if key in seen_files:
+        if key in self.seen_files:
             return
-        seen_files.add(key)
-        candidates.append(ScannedFile(path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns))
+        self.seen_files.add(key)
+        self.candidates.append(ScannedFile(path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns))
 
-    def visit_dir(path: str, stat: os.stat_result) -> None:
+    def visit_dir(self, path: str, stat: os.stat_result) -> None:
         key = (stat.st_dev, stat.st_ino)
-        if key in seen_dirs:
+        if key in self.seen_dirs:
             return
-        seen_dirs.add(key)
+        self.seen_dirs.add(key)
         try:
             with os.scandir(path) as entries:
                 children = sorted(entries, key=lambda entry: entry.name)
         except OSError as error:
-            unreadable.append((path, error.strerror or str(error)))
+            self.unreadable.append((path, error.strerror or str(error)))
             return
         for entry in children:
             try:
                 child_stat = entry.stat(follow_symlinks=True)
             except OSError as error:  # dangling link, vanished file, no permission
                 if entry.is_symlink() and isinstance(error, FileNotFoundError):
-                    unreadable.append((entry.path, "broken symbolic link"))
+                    self.unreadable.append((entry.path, "broken symbolic link"))
                 elif not isinstance(error, FileNotFoundError):  # a vanished file is simply gone
-                    unreadable.append((entry.path, error.strerror or str(error)))
+                    self.unreadable.append((entry.path, error.strerror or str(error)))
                 continue
-            if _is_dir(child_stat):
-                visit_dir(entry.path, child_stat)
-            elif _is_regular(child_stat):
-                visit_file(entry.path, child_stat)
-
-    for given in paths:
-        path = os.path.abspath(os.path.expanduser(os.fspath(given)))
-        try:
-            stat = os.stat(path)
-        except FileNotFoundError:
-            missing.append(path)
-            continue
-        except OSError as error:
-            unreadable.append((path, error.strerror or str(error)))
-            continue
-        roots.append(path)
-        if _is_dir(stat):
-            visit_dir(path, stat)
-        elif _is_regular(stat):
-            visit_file(path, stat)
-
-    return ScanReport(
-        candidates=candidates, not_images=not_images, missing=missing, unreadable=unreadable,
-        roots=roots,
-    )
+            self.visit(entry.path, child_stat)
 
 
 def _is_dir(stat: os.stat_result) -> bool:

@@ -8,8 +8,7 @@ import click
 
 from ..filters import SearchFilter
 from .app import (
-    device_option, fail_cleanly, index_option, json_option, main, no_rerank_option, open_index,
-    recall_k_option,
+    device_option, fail_cleanly, index_option, json_option, main, no_rerank_option, open_index, recall_k_option,
 )
 from .render import format_timings, note, print_json, print_ranking
 

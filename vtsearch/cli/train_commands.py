@@ -7,9 +7,7 @@ from typing import TYPE_CHECKING
 import click
 
 from .app import device_option, fail_cleanly, index_option, json_option, main, open_index, pairs_options
-from .render import (
-    TqdmProgress, epoch_line, format_timings, note, print_json, print_recall_header, print_recalls,
-)
+from .render import TqdmProgress, epoch_line, format_timings, note, print_json, print_recall_header, print_recalls
 
 if TYPE_CHECKING:
     from ..train.evaluate import EvalReport

@@ -3,7 +3,8 @@
 Models are named three ways, as open_clip names them: a built-in name plus a pretrained
 tag (``ViT-B-32`` + ``laion2b_s34b_b79k``), ``hf-hub:org/name``, or ``local-dir:/path``
 (a folder holding ``open_clip_config.json`` and the weights). Weight loading failures
-become one :class:`ModelLoadError` whose message names the fix.
+become one :class:`ModelLoadError` that says what went wrong (``offline`` when the weights
+could not be fetched).
 
 Weights can change under an unchanged name (a ``local-dir`` folder overwritten, a hub
 repo updated), so an index records its encoder's :data:`PROBE_TEXT` vector; an encoder
@@ -27,7 +28,7 @@ import torch
 from PIL import Image
 
 from ..config import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, EncoderSpec
-from ..errors import ModelLoadError, ModelMismatchError
+from ..errors import OFFLINE_ADVICE, ModelLoadError, ModelMismatchError, PretrainedTagMissingError, WeightsChangedError
 
 if TYPE_CHECKING:
     from .encoder import Encoder
@@ -48,10 +49,6 @@ WEIGHT_FILES = (
     "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth",
     "model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth",
 )
-OFFLINE_FIX = (
-    "without network access, point --model at a local open_clip folder: "
-    "--model local-dir:/path/to/model (open_clip_config.json + open_clip_model.safetensors)"
-)
 
 Source = tuple[str, str, str]  # ("hub", repo, filename) or ("url", url, "")
 
@@ -71,7 +68,7 @@ def load_open_clip(spec: EncoderSpec) -> tuple[torch.nn.Module, Transform, Token
     except ModelLoadError:
         raise
     except Exception as error:  # open_clip raises RuntimeError/ValueError/OSError
-        raise ModelLoadError(_explain_load_failure(spec, error)) from None
+        raise _load_failure(spec, error) from None
     return model, preprocess, tokenizer
 
 
@@ -88,7 +85,7 @@ def check_weights_available(spec: EncoderSpec) -> None:
     if not _reachable(host):
         raise ModelLoadError(
             f"the weights of {spec.describe()} are not in the local cache and {host} "
-            f"cannot be reached; {OFFLINE_FIX}"
+            f"cannot be reached; {OFFLINE_ADVICE}", offline=True
         )
 
 
@@ -119,11 +116,8 @@ def _weight_sources(spec: EncoderSpec) -> list[Source] | None:
             "or use hf-hub:org/name or local-dir:/path"
         )
     if not spec.pretrained:
-        raise ModelLoadError(
-            f"no weights named for {spec.model}: give --pretrained TAG "
-            f"(known: {', '.join(open_clip.list_pretrained_tags_by_model(name)) or 'none'}) "
-            "or --model local-dir:/path"
-        )
+        raise PretrainedTagMissingError(f"no weights named for {spec.model}", model=spec.model,
+                                        known_tags=open_clip.list_pretrained_tags_by_model(name))
     if Path(spec.pretrained).is_file():
         return None
     config = open_clip.get_pretrained_cfg(name, spec.pretrained)
@@ -174,12 +168,12 @@ def _reachable(host: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def _explain_load_failure(spec: EncoderSpec, error: Exception) -> str:
+def _load_failure(spec: EncoderSpec, error: Exception) -> ModelLoadError:
     text = str(error)
     first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
     if spec.model.startswith(LOCAL_DIR_PREFIX):
-        return f"cannot load {spec.describe()}: {first_line}"
-    return f"cannot fetch weights for {spec.describe()} ({first_line[:200]}); {OFFLINE_FIX}"
+        return ModelLoadError(f"cannot load {spec.describe()}: {first_line}")
+    return ModelLoadError(f"cannot fetch weights for {spec.describe()} ({first_line[:200]})", offline=True)
 
 
 @contextlib.contextmanager
@@ -218,17 +212,17 @@ def check_weights(encoder: Encoder, embed_dim: int, probe: Sequence[float] | Non
     ``index_path`` was built with: the same width, and its ``probe`` reproduced (None:
     the index recorded none, so only the width is checked)."""
     if encoder.embed_dim != embed_dim:
-        raise ModelMismatchError(
+        raise WeightsChangedError(
             f"{encoder.spec.describe()} now gives {encoder.embed_dim}-wide vectors, but index "
             f"{index_path} holds {embed_dim}-wide ones: its weights changed "
-            "since the index was built; restore them or index again into a new --index"
+            "since the index was built", path=str(index_path), stored=encoder.spec.describe()
         )
     if probe is None:
         return
     agreement = probe_agreement(encoder, probe)
     if agreement < PROBE_AGREEMENT:
-        raise ModelMismatchError(
+        raise WeightsChangedError(
             f"{encoder.spec.describe()} now embeds text differently from when index {index_path} "
-            f"was built (cosine {agreement:.3f} on a fixed probe text): its weights changed; "
-            "restore them or index again into a new --index"
+            f"was built (cosine {agreement:.3f} on a fixed probe text): its weights changed",
+            path=str(index_path), stored=encoder.spec.describe()
         )

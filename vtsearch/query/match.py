@@ -65,8 +65,7 @@ class TextIndex:
         rows = {row.id: row for row in self.catalog.text_rows([i for i, _ in hits])}
         found = [TextCandidate(i, rows[i].text, score) for i, score in hits if i in rows]
         if not found and self.catalog.text_count() == 0:
-            raise NoTextCollectionError("the index has no text collection: add one with vtsearch texts add, "
-                                        "or give labels to match against")
+            raise NoTextCollectionError("the index has no text collection")
         return found
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import IndexFormatError, VtsearchError
+from ..errors import IndexFormatError, RerankerMismatchError
 from ..fusion import FusionConfig, FusionScorer, pad_tokens
 from ..store.atomic import atomic_path
 
@@ -117,7 +117,7 @@ class Reranker:
             empty = np.empty(0, dtype=np.float32)
             return RerankOutput(np.empty(0, dtype=np.int64), empty, empty)
         if tokens.shape[-1] != self.scorer.config.text_dim or regions.shape[-1] != self.scorer.config.region_dim:
-            raise VtsearchError("the reranker was trained for another encoder; retrain it with vtsearch train-reranker")
+            raise RerankerMismatchError("the reranker was trained for another encoder")
         match_logit, attention = self.scorer(tokens.to(self.device), lengths.to(self.device),
                                              regions.to(self.device), need_weights)
         stage1_tensor = torch.as_tensor(stage1, dtype=torch.float32, device=self.device)

@@ -11,7 +11,7 @@ import torch
 from ..config import RegionLayout
 from ..decode import decode_file
 from ..encoder import Encoder
-from ..errors import IndexFormatError
+from ..errors import NeedsRepairError
 from ..records import DecodedImage, ScannedFile
 from ..store.catalog import Catalog
 from ..store.regions import REGIONS_FILE, RegionStore
@@ -33,10 +33,7 @@ class StoredRegions:
         name, rows = self.catalog.region_locations(ids, default=REGIONS_FILE)
         missing = [image_id for image_id in ids if rows.get(image_id) is None]
         if missing:
-            raise IndexFormatError(
-                f"{len(missing)} images have no stored regions (e.g. id {missing[0]}); "
-                "run vtsearch check --repair"
-            )
+            raise NeedsRepairError(f"{len(missing)} images have no stored regions (e.g. id {missing[0]})")
         if name != self.store.path.name:  # compacted since this reader looked
             self.store = RegionStore(self.store.path.with_name(name), self.store.layout)
         try:

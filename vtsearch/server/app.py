@@ -8,8 +8,8 @@ needs (JSON bodies without a Content-Type, numbers sent as strings, 400 rather t
 time, behind a :class:`~.limits.WorkGate` that answers 503 when too many wait.
 
 Library errors become responses here, and only here: :data:`ERROR_STATUS` maps each
-error type to its status code, and :data:`HTTP_WORDING` rephrases the few whose message
-advises on command-line flags.
+error type to its status code, and :data:`HTTP_WORDING` adds the API's own advice where
+an error has some (as the CLI adds its flags in :mod:`vtsearch.cli.hints`).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ ERROR_STATUS: tuple[tuple[type[VtsearchError], int], ...] = (
     (IndexLockedError, 503),
 )
 RETRY_AFTER = {503: {"Retry-After": "1"}}
-# library messages that give command-line advice, said instead in this API's terms
+# errors this API has advice of its own for, said in its terms
 HTTP_WORDING: dict[type[VtsearchError], str] = {
     NoTextCollectionError: "the index has no text collection to match against; "
                            "/api/match also takes \"labels\", a list of texts",

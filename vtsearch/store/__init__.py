@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..config import AnnConfig, Tuning
-from ..errors import IndexExistsError, IndexNotFoundError
+from ..errors import CatalogMismatchError, IndexExistsError, IndexNotFoundError
 from .ann import AnnIndex
 from .annsync import AnnSync, placeholder_ann
 from .atomic import remove_stale_temps
@@ -94,10 +94,9 @@ class Store:
     def check_catalog_url(path: Path, manifest: Manifest, catalog_url: str) -> None:
         """Refuse a ``catalog_url`` other than the one the index keeps its catalog in."""
         if public_url(catalog_url) != manifest.catalog:
-            raise IndexExistsError(
-                f"index {path} keeps its catalog in {manifest.catalog or path / CATALOG}, not "
-                f"{public_url(catalog_url)}; leave out --catalog, or index into a new --index"
-            )
+            kept, requested = str(manifest.catalog or path / CATALOG), public_url(catalog_url)
+            raise CatalogMismatchError(f"index {path} keeps its catalog in {kept}, not {requested}",
+                                       path=str(path), catalog=kept, requested=requested)
 
     def close(self) -> None:
         self.lock.release()

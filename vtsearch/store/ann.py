@@ -25,9 +25,9 @@ from typing import Callable, Iterable
 import faiss
 import numpy as np
 
-from .atomic import atomic_path
 from ..config import AnnConfig
 from ..errors import IndexFormatError
+from .atomic import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -33,10 +33,10 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from ..config import AnnConfig, Tuning
 from . import ondisk
 from .ann import AnnIndex, Refine
 from .catalog import Catalog
-from ..config import AnnConfig, Tuning
 
 log = logging.getLogger(__name__)
 

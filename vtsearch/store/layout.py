@@ -1,4 +1,16 @@
-"""The index folder's file names, and how a reader tells that a file was replaced."""
+"""The index folder's file names, and how a reader tells that a file was replaced.
+
+Layout::
+
+    DIR/manifest.json     encoder spec, ANN config, versions, times
+    DIR/catalog.sqlite    the source of truth (images, errors, embeddings, texts); or a
+                          database on a PostgreSQL server, whose URL the manifest records
+    DIR/ann.faiss         FAISS index of the embeddings (derived, rebuildable)
+    DIR/ann-*.ivfdata     its inverted lists, when built on disk (vtsearch rebuild --on-disk)
+    DIR/regions.f16       region features, fp16, memory-mapped (absent: --no-regions)
+    DIR/reranker.pt       trained fusion scorer (absent: untrained, stage-1 order)
+    DIR/.writer.lock      the writer lock
+"""
 
 from __future__ import annotations
 

@@ -8,19 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..records import RerankerSummary
-from .atomic import write_bytes_atomic
-from .layout import file_identity
 from ..config import AnnConfig, EncoderSpec, RegionLayout
 from ..errors import IndexFormatError
+from ..records import RerankerSummary
+from ..version import __version__
+from .atomic import write_bytes_atomic
+from .layout import file_identity
 
 MANIFEST_VERSION = 1
-
-
-def _version() -> str:
-    from ..version import __version__
-
-    return __version__
 
 
 @dataclass
@@ -34,7 +29,7 @@ class Manifest:
     encoder_probe: list[float] | None = None  # Encoder.probe_vector() at creation (None: older index)
     catalog: str | None = None  # a server catalog's URL, without its password (None: DIR/catalog.sqlite)
     schema_version: int = MANIFEST_VERSION
-    vtsearch_version: str = field(default_factory=_version)
+    vtsearch_version: str = __version__
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
 

@@ -14,15 +14,14 @@ the file name in one statement, so they never read a row from the wrong file.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from ..config import RegionLayout
-from ..errors import IndexFormatError
+from ..errors import NeedsRepairError
 
 REGIONS_FILE = "regions.f16"
 COPY_CHUNK = 1024  # rows per read/append while compacting
@@ -100,7 +99,6 @@ class RegionStore:
         if self._map is None or len(self._map) < needed:
             count = len(self)
             if count < needed:
-                raise IndexFormatError(f"region row {needed - 1} is past the end of {self.path} "
-                                       f"({count} rows); run vtsearch check --repair")
+                raise NeedsRepairError(f"region row {needed - 1} is past the end of {self.path} ({count} rows)")
             self._map = np.memmap(self.path, dtype=self.layout.dtype, mode="r", shape=self._shape(count))
         return np.asarray(self._map[np.asarray(rows, dtype=np.int64)])

@@ -135,19 +135,15 @@ def evaluate_image_to_text(index: "Index", captions: Sequence[str], image_ids: S
     for caption, image_id in zip(captions, image_ids):
         if caption in position:
             right.setdefault(image_id, set()).add(position[caption])
-    reranker = index.reranker
-    use_scorer = reranker is not None and reranker.changes_order
     stage1_ranks: list[int | None] = []
     reranked_ranks: list[int | None] = []
     images = sorted(right)
     for image_id, image_vector in zip(images, index.vectors(images)):
         scores = vectors @ image_vector  # (T,)
         shortlist = np.argsort(-scores, kind="stable")[:recall_k]
-        order = np.arange(len(shortlist))
-        if use_scorer:
-            tokens = index.encoder.encode_text_features([texts[i] for i in shortlist]).tokens
-            regions = index.region_source.regions([image_id])[0]
-            order = reranker.rerank_texts(tokens, scores[shortlist], regions).order
+        order = index.rerank_texts(image_id, [texts[i] for i in shortlist], scores[shortlist])
+        if order is None:  # the scorer keeps stage-1 order
+            order = np.arange(len(shortlist))
         hits = right[image_id]
         stage1_ranks.append(next((rank for rank, i in enumerate(shortlist, 1) if i in hits), None))
         reranked_ranks.append(next((rank for rank, i in enumerate(shortlist[order], 1) if i in hits), None))

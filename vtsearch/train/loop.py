@@ -179,9 +179,8 @@ def train_reranker(index: "Index", pairs: Sequence[Pair], options: TrainOptions 
 def _seeded_torch(seed: int, device: torch.device) -> Iterator[None]:
     """torch's generators seeded for the run (the scorer's first weights), and put back as
     they were afterwards, so a run leaves the caller's random draws alone."""
-    accelerated = device.type != "cpu"
-    with torch.random.fork_rng(devices=[device] if accelerated else [],
-                               device_type=device.type if accelerated else None):
+    forks = {"devices": [device], "device_type": device.type} if device.type != "cpu" else {"devices": []}
+    with torch.random.fork_rng(**forks):
         torch.manual_seed(seed)
         yield
 

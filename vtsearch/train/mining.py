@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import numpy as np
 import torch
 
+from ..errors import VtsearchError
 from ..progress import Progress
 from .pairs import ResolvedPairs
 
@@ -127,17 +128,23 @@ def sample_candidates(examples: Examples, rows: Sequence[int], negatives: int,
 
 def _fill_with_random_images(examples: Examples, row: int, picks: list[int], negatives: int,
                              rng: np.random.Generator | None) -> None:
-    """Top ``picks`` up to ``negatives`` with random wrong images; on an index of at most
-    ``negatives`` images they may repeat.
+    """Top ``picks`` up to ``negatives`` with random wrong images; they may repeat on an index
+    of at most ``negatives`` images, or once distinct ones are hard to find.
 
-    Without ``rng`` (validation) every draw comes from a generator seeded by the row, made
-    afresh, so each row's candidates depend on nothing else (and repeat one draw).
+    Without ``rng`` (validation) the draws come from a generator seeded by the row, so each
+    row's candidates depend on nothing else.
     """
-    while len(picks) < negatives:
-        draw = rng or np.random.default_rng(row)
-        pick = int(examples.image_ids[draw.integers(len(examples.image_ids))])
-        if pick not in examples.right[row] and (pick not in picks or len(examples.image_ids) <= negatives):
+    draw = rng or np.random.default_rng(row)
+    count = len(examples.image_ids)
+    for attempt in range(100 * (count + negatives)):
+        if len(picks) == negatives:
+            return
+        pick = int(examples.image_ids[draw.integers(count)])
+        repeats = count <= negatives or attempt >= 10 * (count + negatives)
+        if pick not in examples.right[row] and (repeats or pick not in picks):
             picks.append(pick)
+    raise VtsearchError(f"found no wrong image to rank against caption {row}: every image in the "
+                        "index is one of its own")
 
 
 def swapped_variants(caption: str, count: int, rng: np.random.Generator) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 
 from sqlalchemy.exc import DatabaseError, OperationalError
 
-from ...errors import IndexFormatError, VtsearchError
+from ...errors import CatalogDamagedError, VtsearchError
 from .server import is_url
 
 UNGUARDED = frozenset({"open", "close"})  # open maps its own errors; close only disposes
@@ -26,10 +26,7 @@ def catalog_error(location: str, error: DatabaseError) -> VtsearchError:
         )
     if isinstance(error, OperationalError) and is_url(location):
         return VtsearchError(f"catalog {location} cannot be reached ({reason})")
-    return IndexFormatError(
-        f"catalog {location} is damaged ({reason}); restore it from a backup, or index again into "
-        "a new --index"
-    )
+    return CatalogDamagedError(f"catalog {location} is damaged ({reason})", location=location, reason=reason)
 
 
 def failure_reason(error: DatabaseError) -> str:
