@@ -54,6 +54,13 @@ class EncoderSpec:
     def describe(self) -> str:
         return f"{self.model} ({self.pretrained})" if self.pretrained else self.model
 
+    def accepts(self, requested: "EncoderSpec") -> bool:
+        """Whether an index built with this spec serves a request for ``requested`` (a
+        request without a weight tag takes whichever the index has)."""
+        if self.model != requested.model:
+            return False
+        return not requested.pretrained or requested.pretrained == self.pretrained
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -125,6 +132,9 @@ class AnnConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "AnnConfig":
         return _from_dict(cls, data)
+
+
+DEFAULT_REGION_GRID = 7  # regions are pooled to at most this square grid
 
 
 @dataclass(frozen=True)

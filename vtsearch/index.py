@@ -18,7 +18,7 @@ import numpy as np
 
 from .build import pipeline
 from .build.local import LocalEngine
-from .config import AnnConfig, EncoderSpec, IngestOptions, RegionLayout, Tuning
+from .config import AnnConfig, EncoderSpec, IngestOptions, Tuning
 from .device import resolve_device
 from .encoder import Encoder
 from .encoder.weights import check_weights
@@ -38,7 +38,7 @@ from .records import (
 )
 from .store import Store
 from .store.ann import Hits, gpu_count
-from .store.catalog import ERROR, INDEXED, Catalog
+from .store.catalog import INDEXED, Catalog
 from .store.check import CheckReport
 from .store.layout import MANIFEST, RERANKER_FILE
 from .store.manifest import Manifest
@@ -47,8 +47,6 @@ if TYPE_CHECKING:
     from .build.distributed import RayOptions
 
 log = logging.getLogger(__name__)
-
-DEFAULT_REGION_GRID = 7
 
 __all__ = ["Index", "IndexInfo", "RemoveSummary", "TextsSummary", "QueryImage"]
 
@@ -81,11 +79,14 @@ class Index:
         Store.refuse_existing(path)
         encoder = encoder or Encoder.load(spec or EncoderSpec(), resolve_device(device))
 
+        layout = encoder.region_layout(store_regions, region_grid)
+        if layout is None:
+            log.warning("%s has no region tokens: searches will not be reranked", encoder.spec.describe())
+
         def describe(catalog: Catalog) -> Manifest:
             return Manifest(encoder=encoder.spec, embed_dim=encoder.embed_dim,
                             preprocess=encoder.describe()["preprocess"], ann=ann_config or AnnConfig(),
-                            regions=_region_layout(encoder, store_regions, region_grid),
-                            encoder_probe=encoder.probe_vector(),
+                            regions=layout, encoder_probe=encoder.probe_vector(),
                             catalog=catalog.location if catalog.on_server else None)
 
         return cls(Store.create(path, describe, catalog_url, _use_gpu(device), tuning), device, encoder)
@@ -113,7 +114,7 @@ class Index:
             return cls.create(path, spec, device, encoder, store_regions=store_regions,
                               region_grid=region_grid, catalog_url=catalog_url, tuning=tuning)
         manifest = Manifest.load(path / MANIFEST)
-        if spec is not None and not _same_encoder(manifest.encoder, spec):
+        if spec is not None and not manifest.encoder.accepts(spec):
             raise _encoder_mismatch(path, manifest.encoder, spec)
         if catalog_url is not None:
             Store.check_catalog_url(path, manifest, catalog_url)
@@ -349,33 +350,11 @@ class Index:
         return self.catalog.errors()
 
     def info(self) -> IndexInfo:
-        manifest = self.manifest
-        return IndexInfo(
-            path=str(self.path.resolve()), images=self.catalog.count(INDEXED), errors=self.catalog.count(ERROR),
-            ann_vectors=len(self), encoder=manifest.encoder, embed_dim=manifest.embed_dim,
-            preprocess=manifest.preprocess, ann=manifest.ann, regions=manifest.regions,
-            reranker=manifest.reranker, schema_version=manifest.schema_version,
-            vtsearch_version=manifest.vtsearch_version, created=manifest.created, updated=manifest.updated,
-            encoder_probe=manifest.encoder_probe, texts=self.catalog.text_count(), catalog=self.catalog.location,
-        )
-
-
-def _region_layout(encoder: Encoder, store: bool, grid: int | None) -> RegionLayout | None:
-    native = encoder.native_grid
-    if native is None:
-        log.warning("%s has no region tokens: searches will not be reranked", encoder.spec.describe())
-        return None
-    return RegionLayout(grid=min(grid or DEFAULT_REGION_GRID, min(native)), dim=encoder.embed_dim, stored=store)
+        return self.store.info()
 
 
 def _use_gpu(device: str) -> bool:
     return device != "cpu" and gpu_count() > 0
-
-
-def _same_encoder(stored: EncoderSpec, requested: EncoderSpec) -> bool:
-    if stored.model != requested.model:
-        return False
-    return not requested.pretrained or requested.pretrained == stored.pretrained
 
 
 def _encoder_mismatch(path: Path, stored: EncoderSpec, requested: EncoderSpec) -> ModelMismatchError:

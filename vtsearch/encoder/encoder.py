@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import DecodeConfig, EncoderSpec
+from ..config import DEFAULT_REGION_GRID, DecodeConfig, EncoderSpec, RegionLayout
 from ..records import ImageFeatures, TextFeatures
 from . import text_tower
 from .weights import PROBE_TEXT, Tokenizer, Transform, load_open_clip
@@ -92,6 +92,15 @@ class Encoder:
             return None
         grid = self.model.visual.grid_size
         return (grid, grid) if isinstance(grid, int) else (int(grid[0]), int(grid[1]))
+
+    def region_layout(self, stored: bool = True, grid: int | None = None) -> RegionLayout | None:
+        """How an index keeps this encoder's regions: its patch grid pooled to ``grid`` (at
+        most :data:`DEFAULT_REGION_GRID`, never finer than the native grid); None when it
+        has no region tokens."""
+        if self.native_grid is None:
+            return None
+        side = min(grid or DEFAULT_REGION_GRID, min(self.native_grid))
+        return RegionLayout(grid=side, dim=self.embed_dim, stored=stored)
 
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> np.ndarray:

@@ -14,10 +14,11 @@ from typing import Callable, Iterator
 
 from ..config import AnnConfig, Tuning
 from ..errors import CatalogMismatchError, IndexExistsError, IndexNotFoundError
+from ..records import IndexInfo
 from .ann import AnnIndex
 from .annsync import AnnSync, placeholder_ann
 from .atomic import remove_stale_temps
-from .catalog import Catalog, public_url
+from .catalog import ERROR, INDEXED, Catalog, public_url
 from .check import LOST, CheckReport, Findings, inspect
 from .layout import ANN, CATALOG, MANIFEST
 from .lock import WriterLock
@@ -144,6 +145,17 @@ class Store:
             self.ann.ann = self.ann.rebuilt(retrain=True)
             self.ann.save()
         return self.ann.ann.config
+
+    def info(self) -> IndexInfo:
+        manifest, catalog = self.manifest, self.catalog
+        return IndexInfo(
+            path=str(self.path.resolve()), images=catalog.count(INDEXED), errors=catalog.count(ERROR),
+            ann_vectors=len(self.ann.ann), encoder=manifest.encoder, embed_dim=manifest.embed_dim,
+            preprocess=manifest.preprocess, ann=manifest.ann, regions=manifest.regions, reranker=manifest.reranker,
+            schema_version=manifest.schema_version, vtsearch_version=manifest.vtsearch_version,
+            created=manifest.created, updated=manifest.updated, encoder_probe=manifest.encoder_probe,
+            texts=catalog.text_count(), catalog=catalog.location,
+        )
 
     def compact_regions(self) -> int:
         with self.writing():
