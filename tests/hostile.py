@@ -60,6 +60,54 @@ def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
             + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + _png_chunk(b"IEND", b""))
 
 
+def _png(width: int = 32, height: int = 24, seed: int = 0) -> tuple[bytes, bytes]:
+    """A PNG's signature and IHDR, and its IDAT data (zlib), RGB."""
+    rows = np.random.default_rng(seed).integers(0, 256, (height, width * 3), dtype=np.uint8)
+    raw = b"".join(b"\x00" + row.tobytes() for row in rows)
+    head = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return head, zlib.compress(raw)
+
+
+def broken_stream_png() -> bytes:
+    """A PNG whose IDAT holds a damaged zlib stream (valid chunk CRCs): Pillow's decoder
+    fails on it after filling part of the pixels."""
+    head, data = _png()
+    damaged = bytearray(data)
+    for position in range(10, len(damaged) - 10, 7):
+        damaged[position] ^= 0x5A
+    return head + _png_chunk(b"IDAT", bytes(damaged)) + _png_chunk(b"IEND", b"")
+
+
+def truncated_end_chunk_png() -> bytes:
+    """A PNG whose pixels are whole but whose last chunk is cut off (it claims 100 bytes)."""
+    head, data = _png()
+    return head + _png_chunk(b"IDAT", data) + struct.pack(">I", 100) + b"tEXt" + b"Com"
+
+
+def tiny_eps() -> bytes:
+    """An Encapsulated PostScript file: Pillow would hand it to Ghostscript to draw."""
+    return b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nnewpath 0 0 moveto 8 8 lineto stroke\n"
+
+
+def webp_compressed_tiff() -> bytes:
+    """A TIFF claiming WebP compression, which the bundled libtiff cannot decode: libtiff
+    says so on the C-level stderr."""
+    data = bytearray(_encoded(_picture((16, 16)), "TIFF", compression="tiff_adobe_deflate"))
+    offset = struct.unpack("<I", data[4:8])[0]
+    for entry in range(struct.unpack("<H", data[offset:offset + 2])[0]):
+        position = offset + 2 + 12 * entry
+        if struct.unpack("<H", data[position:position + 2])[0] == 259:  # Compression
+            data[position + 8:position + 10] = struct.pack("<H", 50001)  # WebP
+    return bytes(data)
+
+
+def corrupt_exif_jpeg() -> bytes:
+    """A good JPEG whose EXIF names a tag longer than the EXIF block: Pillow warns."""
+    ifd = (struct.pack("<H", 2) + struct.pack("<HHII", 0x010F, 2, 400, 200)
+           + struct.pack("<HHII", 0x0112, 3, 1, 1) + b"\x00" * 4)
+    return _encoded(_picture((16, 16)), "JPEG", exif=b"Exif\x00\x00II*\x00\x08\x00\x00\x00" + ifd)
+
+
 def _animated(fmt: str) -> bytes:
     frames = [Image.new("RGB", (40, 30), colour) for colour in ("red", "green", "blue")]
     return _encoded(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
@@ -107,6 +155,12 @@ def write_hostile_corpus(folder: Path) -> dict[str, Expect]:
         "UPPER CASE.JPEG": (_encoded(_picture(seed=9), "JPEG"), INDEXED),
         "no permission.png": (good_png, INDEXED if os.geteuid() == 0 else skipped("unreadable")),
         "folder named like an image.jpg/inside.png": (_encoded(_picture(seed=10), "PNG"), INDEXED),
+        "broken data stream.png": (broken_stream_png(), skipped("damaged")),
+        "truncated end chunk.png": (truncated_end_chunk_png(), skipped("truncated")),
+        "postscript.eps": (tiny_eps(), skipped("not a raster image format vtsearch reads: EPS")),
+        "postscript named.jpg": (tiny_eps(), skipped("not a raster image format vtsearch reads: EPS")),
+        "webp-compressed.tiff": (webp_compressed_tiff(), skipped("decode error")),
+        "corrupt exif.jpg": (corrupt_exif_jpeg(), INDEXED),
         VANISHES: (good_png, skipped("missing")),
         CHANGES: (good_png, INDEXED),
     }
@@ -120,4 +174,5 @@ def write_hostile_corpus(folder: Path) -> dict[str, Expect]:
     return {name: expect for name, (_data, expect) in files.items()}
 
 
-__all__ = ["write_hostile_corpus", "Expect", "VANISHES", "CHANGES", "bomb_png"]
+__all__ = ["write_hostile_corpus", "Expect", "VANISHES", "CHANGES", "bomb_png", "broken_stream_png",
+           "truncated_end_chunk_png", "tiny_eps", "webp_compressed_tiff", "corrupt_exif_jpeg"]

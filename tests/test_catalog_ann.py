@@ -1,4 +1,5 @@
 import sqlite3
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -114,17 +115,17 @@ def recorded_version(catalog):
 
 @pytest.mark.parametrize("with_texts_table", [False, True])
 def test_a_schema_one_catalog_is_upgraded_in_place(catalog_location, with_texts_table):
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3
     [image_id] = schema_one_catalog(catalog_location, with_texts_table)
     catalog = Catalog.open(catalog_location)  # opened as an existing index opens it
-    assert recorded_version(catalog) == 2
+    assert recorded_version(catalog) == 3
     assert catalog.text_count() == 0 and catalog.texts_revision() == 0
     assert catalog.indexed_ids().tolist() == [image_id]  # the images are untouched
     [added] = catalog.add_texts([TextRecord("a cat")], unit_rows(1))
     assert [row.text for row in catalog.text_rows([added])] == ["a cat"] and catalog.texts_revision() == 1
     catalog.close()
     catalog = Catalog.open(catalog_location)  # nothing left to do
-    assert recorded_version(catalog) == 2 and catalog.text_count() == 1
+    assert recorded_version(catalog) == 3 and catalog.text_count() == 1
     catalog.close()
 
 
@@ -146,5 +147,48 @@ def test_a_failed_upgrade_leaves_the_catalog_as_it_was(catalog_location, monkeyp
         assert version == "1" and not inspect(connection).has_table("texts")
     engine.dispose()
     catalog = Catalog.open(catalog_location)
-    assert recorded_version(catalog) == 2 and catalog.text_count() == 0
+    assert recorded_version(catalog) == 3 and catalog.text_count() == 0
+    catalog.close()
+
+
+def test_a_schema_two_catalog_gets_its_backslash_paths_escaped(catalog_location):
+    """Schema 2 stored paths as they are; 3 escapes the backslash (and bytes that are not
+    UTF-8). The upgrade rewrites the paths holding one, even when an old path's new form
+    is another old path as it was (``/p/a\\b`` becomes ``/p/a\\x5cb``, which exists)."""
+    catalog = Catalog.open(catalog_location, create=True)
+    old = ["/p/a\\b.png", "/p/a\\x5cb.png", "/p/plain.png", "/p/é\\\\.png"]
+    ids, _ = catalog.store([decoded(path) for path in old], unit_rows(4), [], {})
+    with catalog.engine.begin() as connection:  # as schema 2 stored them: unescaped
+        for row_id, path in zip(ids, old):
+            connection.execute(text("UPDATE images SET path = :path WHERE id = :id"), {"path": path, "id": row_id})
+        connection.execute(text("UPDATE meta SET value = '2' WHERE key = 'schema_version'"))
+    catalog.close()
+    catalog = Catalog.open(catalog_location)
+    assert recorded_version(catalog) == 3
+    assert {path: entry.id for path, entry in catalog.under("/p").items()} == dict(zip(old, ids))
+    with catalog.engine.connect() as connection:
+        stored = set(connection.scalars(text("SELECT path FROM images")))
+    assert stored == {"/p/a\\x5cb.png", "/p/a\\x5cx5cb.png", "/p/plain.png", "/p/é\\x5c\\x5c.png"}
+    catalog.close()
+
+
+def test_paths_that_are_not_utf8_are_kept_on_either_backend(catalog_location):
+    import os
+
+    from vtsearch.filters import SearchFilter
+
+    names = [b"/p/caf\xe9.png", b"/p/\xff/x.png", b"/p/a\\b.png", "/p/café.png".encode()]
+    paths = [os.fsdecode(name) for name in names]
+    catalog = Catalog.open(catalog_location, create=True)
+    images = [replace(decoded(path), content_hash=f"{number:032x}") for number, path in enumerate(paths)]
+    ids, _ = catalog.store(images, unit_rows(4), [], {})
+    assert [os.fsencode(row.path) for row in catalog.rows(ids).values()] == names
+    assert set(catalog.entries(paths)) == set(paths) and set(catalog.under("/p")) == set(paths)
+    assert list(catalog.under(os.fsdecode(b"/p/\xff"))) == [paths[1]]
+    assert catalog.filtered_ids(SearchFilter(glob=os.fsdecode(b"caf\xe9*"))).tolist() == [ids[0]]
+    assert catalog.filtered_ids(SearchFilter(glob="a\\b.*")).tolist() == [ids[2]]
+    assert catalog.filtered_ids(SearchFilter(path_prefix=os.fsdecode(b"/p/\xff"))).tolist() == [ids[1]]
+    catalog.move([(ids[0], os.fsdecode(b"/q/\xe9.png"), 10, 2)])
+    assert [os.fsencode(e.path) for e in catalog.errors()] == []
+    assert list(catalog.under("/q")) == [os.fsdecode(b"/q/\xe9.png")]
     catalog.close()

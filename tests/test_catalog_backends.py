@@ -11,7 +11,7 @@ from sqlalchemy.engine import make_url
 
 from conftest import make_images
 from vtsearch import Index, IngestOptions
-from vtsearch.errors import IndexExistsError, IndexLockedError, VtsearchError
+from vtsearch.errors import IndexExistsError, IndexLockedError, QueryError, VtsearchError
 from vtsearch.filters import SearchFilter
 from vtsearch.query.texts import TextRecord
 from vtsearch.records import DecodedImage, DecodeFailure, ScannedFile
@@ -185,3 +185,15 @@ def test_an_index_with_its_catalog_on_the_server(tmp_path, tiny_encoder, postgre
                                  catalog_url=str(tmp_path / "other.sqlite"))
     finally:
         del os.environ["VTSEARCH_CATALOG_PASSWORD"]
+
+
+@pytest.mark.parametrize("pattern", ["[z-a]*", "*" * 4000 + "x", "[[:alpha:]]*"])
+def test_a_pattern_a_backend_cannot_take_is_the_callers_error(catalog_location, pattern):
+    """SQLite matches nothing where PostgreSQL's regular expressions refuse the pattern:
+    either way the catalog is not called damaged."""
+    catalog = Catalog.open(catalog_location, create=True)
+    store(catalog, ["/p/a.png"])
+    try:
+        assert catalog.filtered_ids(SearchFilter(glob=pattern)).tolist() == []
+    except QueryError as refused:
+        assert catalog.on_server and "cannot be used" in str(refused)

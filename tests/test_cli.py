@@ -82,6 +82,8 @@ def test_errors_lists_skips(run, built):
         (("index", "{folder}", "--index", "{index}", "--model", "ViT-B-16", "--pretrained", "openai"),
          "Error: index {index} was built with"),
         (("search", "--image", "{folder}/fake.jpg", "--index", "{index}"), "Error: cannot use query image"),
+        (("match", "99999999999999999999999", "--index", "{index}", "--label", "a"),
+         "Error: no indexed image has id 99999999999999999999999"),
     ],
 )
 def test_errors_are_one_line_and_exit_non_zero(run, built, image_folder, tmp_path, args, message):

@@ -18,13 +18,13 @@ from starlette.testclient import TestClient
 
 from conftest import SERVED_TEXTS, live_server, need, photo
 from vtsearch import Index
-from vtsearch.server import Library, create_app
+from vtsearch.server import Library, ServerSettings, create_app
 
 
 @pytest.fixture(scope="module")
 def client(served_dir):
     library = Library.open([served_dir, served_dir], device="cpu")  # the second is served as "index-2"
-    with TestClient(create_app(library)) as c:
+    with TestClient(create_app(library), base_url="http://localhost") as c:
         yield c
 
 
@@ -34,7 +34,7 @@ def client(served_dir):
 
 def test_clip_retrieval_routes(client, served_dir, index):
     assert client.get("/indices-list").json() == ["index", "index-2"]
-    assert client.get("/config.json").json() == {"defaultBackend": "http://testserver", "defaultIndex": "index",
+    assert client.get("/config.json").json() == {"defaultBackend": "http://localhost", "defaultIndex": "index",
                                                  "urlColumn": "url"}
     body = {"text": "a red square", "image": None, "image_url": None, "embedding_input": None,
             "deduplicate": False, "use_safety_model": True, "use_violence_detector": True, "indice_name": "index",
@@ -79,10 +79,20 @@ def test_clip_retrieval_bad_requests(client, change, status, message):
     assert response.status_code == status and message in response.json()["error"]
 
 
-def test_clip_retrieval_routes_allow_cross_origin_calls(client):
-    preflight = client.options("/knn-service", headers={"origin": "http://front.example",
-                                                        "access-control-request-method": "POST"})
-    assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == "*"
+def test_clip_retrieval_routes_allow_cross_origin_calls_from_named_origins_only(served_dir):
+    """Opted in with --cors-origin: that front end may call the routes; other origins may not
+    (the default, none at all: tests/test_hardening_server.py)."""
+    settings = ServerSettings(cors_origins=("http://front.example",))
+    with TestClient(create_app(Library.open([served_dir], device="cpu"), settings), base_url="http://localhost") as c:
+        def preflight(origin):
+            return c.options("/knn-service", headers={"origin": origin, "access-control-request-method": "POST"})
+
+        assert preflight("http://front.example").headers["access-control-allow-origin"] == "http://front.example"
+        assert "access-control-allow-origin" not in preflight("http://attacker.example").headers
+        listed = c.get("/indices-list", headers={"origin": "http://front.example"})
+        assert listed.headers["access-control-allow-origin"] == "http://front.example"
+        api = c.post("/api/search", json={"text": "x"}, headers={"origin": "http://front.example"})
+        assert "access-control-allow-origin" not in api.headers  # /api stays same-origin
 
 
 # ---- clip-retrieval's own client

@@ -25,6 +25,8 @@ from PIL import Image
 
 from conftest import CountingEncoder, make_images
 from vtsearch import Index, IndexNotFoundError, IngestOptions
+from vtsearch.errors import IndexLockedError
+from vtsearch.store.lock import WriterLock
 
 OPTIONS = IngestOptions(batch_size=4, workers=0)
 
@@ -82,6 +84,7 @@ class Case:
     folder: Path | None = None
     index: Path | None = None
     process: subprocess.Popen | None = field(default=None, repr=False)
+    lock_free_after_kill: bool | None = None  # "outside": could the lock be taken at once?
 
 
 FRESH = 20  # images in a fresh folder; 5 batches of 4
@@ -158,7 +161,19 @@ def killed_runs(tmp_path_factory, tiny_model_dir, tiny_encoder):
         if case.point == "outside":
             kill_when_rows_committed(case, rows=10)
         case.process.wait(timeout=300)
+        if case.point == "outside":  # its decode workers still run: they must not hold the lock
+            case.lock_free_after_kill = lock_is_free(case.index)
     return {case.name: case for case in CASES}
+
+
+def lock_is_free(index_dir: Path) -> bool:
+    lock = WriterLock(index_dir)
+    try:
+        lock.acquire()
+    except IndexLockedError:
+        return False
+    lock.release()
+    return True
 
 
 def agreement(index: Index) -> tuple[list[int], list[int], list[int]]:
@@ -177,6 +192,12 @@ def test_killed_run_leaves_a_usable_index_and_resumes(killed_runs, name, tiny_en
         with pytest.raises(IndexNotFoundError):
             Index.open(case.index, encoder=tiny_encoder)
         Index.open_or_create(case.index, encoder=tiny_encoder).close()  # what a re-run does
+    if case.point == "outside":
+        assert case.lock_free_after_kill  # at once, though its decode workers lived on
+
+    with Index.open(case.index, encoder=tiny_encoder, rebuild_stale=False) as index:
+        first = index.check()  # the first check, as vtsearch check opens: a FAISS file behind is a notice
+        assert first.ok, first.problems
 
     with Index.open(case.index, encoder=tiny_encoder) as index:  # opens; FAISS rebuilt if behind
         results = index.search_text("a red square", k=5)

@@ -73,9 +73,9 @@ def test_animation_gives_first_frame(tmp_path):
 
 def test_jpeg_draft_keeps_at_least_the_model_input_size():
     data = encoded(Image.new("RGB", (2000, 1500), "blue"), "JPEG")
-    image, width, height, fmt = load_image(data, DecodeConfig(image_size=224, draft=True))
-    assert (width, height, fmt) == (2000, 1500, "JPEG")
-    assert min(image.size) >= 224 and image.size[0] < 2000
+    decoded = load_image(data, DecodeConfig(image_size=224, draft=True))
+    assert (decoded.width, decoded.height, decoded.format) == (2000, 1500, "JPEG")
+    assert min(decoded.image.size) >= 224 and decoded.image.size[0] < 2000
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 in one run with real decode worker processes, and the run never stops."""
 
 import os
+import signal
 import time
 
 import numpy as np
@@ -12,7 +13,7 @@ import vtsearch.build.plan as ingest_module
 from conftest import CountingEncoder
 from vtsearch import Index, IngestOptions
 from vtsearch.config import DecodeConfig
-from vtsearch.decode import decode_file, limit_aspect
+from vtsearch.decode import decode_batches, limit_aspect
 from vtsearch.records import DecodedImage, DecodeFailure, ScannedFile
 
 
@@ -78,19 +79,26 @@ def test_extreme_strips_are_cut_around_the_centre_without_changing_what_the_mode
     assert tiny_encoder.decode_config().max_aspect == 3.0
 
 
+def hang_in_c(image):
+    """A decoder stuck in C: no Python signal handler can run (SIGALRM blocked), so only
+    killing the process ends it."""
+    if image.size == (9, 9):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        time.sleep(120)
+    return np.asarray(image)
+
+
 def test_a_file_that_decodes_too_slowly_is_skipped(tmp_path):
-    path = tmp_path / "slow.png"
-    Image.new("RGB", (8, 8)).save(path)
-    stat = os.stat(path)
-
-    def slow_transform(image):
-        time.sleep(5)
-
+    files = []
+    for number, size in enumerate([(8, 8), (9, 9), (10, 10), (11, 11)]):
+        path = tmp_path / f"{number}.png"
+        Image.new("RGB", size).save(path)
+        stat = os.stat(path)
+        files.append(ScannedFile(str(path), stat.st_size, stat.st_mtime_ns))
     started = time.perf_counter()
-    outcome = decode_file(ScannedFile(str(path), stat.st_size, stat.st_mtime_ns),
-                          DecodeConfig(timeout_s=0.3), slow_transform)
-    assert isinstance(outcome, DecodeFailure) and outcome.reason.startswith("too slow")
-    assert time.perf_counter() - started < 2
-    outcome = decode_file(ScannedFile(str(path), stat.st_size, stat.st_mtime_ns),
-                          DecodeConfig(timeout_s=0.3), lambda image: np.asarray(image))
-    assert isinstance(outcome, DecodedImage)
+    outcomes = [outcome for batch in decode_batches(files, DecodeConfig(timeout_s=1.0), hang_in_c, 2, 2)
+                for outcome in batch]
+    assert time.perf_counter() - started < 10
+    assert [outcome.source.path for outcome in outcomes] == [file.path for file in files]
+    assert isinstance(outcomes[1], DecodeFailure) and outcomes[1].reason.startswith("too slow"), outcomes[1]
+    assert all(isinstance(outcomes[i], DecodedImage) for i in (0, 2, 3))

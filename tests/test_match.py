@@ -36,7 +36,7 @@ def test_each_file_format(tmp_path):
     ("nofield.jsonl", '{"caption": "x"}\n', 'expected an object with a "text" field'),
     ("broken.jsonl", '{"text": \n', "broken.jsonl:1: not JSON"),
     ("number.jsonl", '{"text": 5}\n', "the text must be a string"),
-    ("nocolumn.csv", "title\nx\n", "no column 'text' (columns: title); name it with --column"),
+    ("nocolumn.csv", "title\nx\n", "no column 'text' (columns: 'title'); name it with --column"),
     ("blank.txt", "\n\n", "holds no texts"),
 ])
 def test_bad_text_files_are_clear_errors(tmp_path, name, content, message):

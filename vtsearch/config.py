@@ -80,7 +80,8 @@ class DecodeConfig:
     size and crops the centre, an image longer than this many times its width (or wider
     than its height) is first cut to that ratio around its centre: the crop keeps every
     pixel the model would see, and a 30000 × 3 strip no longer scales to gigabytes.
-    ``timeout_s``: a single file that takes longer is skipped.
+    ``timeout_s``: a single file still decoding after this long is skipped; the decode
+    process is killed, so the limit holds in any thread and for a codec stuck in C (0: none).
     """
 
     image_size: int = 224

@@ -194,7 +194,7 @@ class Index:
 
     # writing
 
-    def add(self, paths: Iterable[str | os.PathLike[str]], options: IngestOptions | None = None,
+    def add(self, paths: Iterable[str | bytes | os.PathLike], options: IngestOptions | None = None,
             progress: Progress | None = None, ray: "RayOptions | None" = None,
             engine: pipeline.Engine | None = None) -> IngestSummary:
         """Index the image files under ``paths``; returns what happened to them.
@@ -208,7 +208,7 @@ class Index:
         engine = engine or LocalEngine(lambda: self.encoder)
         return pipeline.add(self.store, engine, paths, options or IngestOptions(), progress)
 
-    def remove(self, paths: Iterable[str | os.PathLike[str]]) -> RemoveSummary:
+    def remove(self, paths: Iterable[str | bytes | os.PathLike]) -> RemoveSummary:
         """Remove files (or everything under folders) from the index, whether or not
         they still exist on disk."""
         return pipeline.remove(self.store, paths)

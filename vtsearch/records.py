@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +77,9 @@ class ImageRow:
     width: int | None
     height: int | None
     format: str | None
+    status: str = "indexed"  # or "error": a file the index skipped (see ErrorRecord)
+    size: int | None = None  # bytes and mtime when it was read: is the file still the one indexed?
+    mtime_ns: int | None = None
 
 
 @dataclass(frozen=True)
@@ -323,3 +328,14 @@ class TextsSummary:
     def to_dict(self) -> dict[str, Any]:
         return {"added": self.added, "duplicates": self.duplicates,
                 "longer_than_context": self.longer_than_context}
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # a byte of a file name that is not UTF-8 (os.fsdecode)
+
+
+def json_text(data: Any, **dumps: Any) -> str:
+    """``data`` as JSON that encodes to UTF-8, for the CLI and the HTTP API alike: a path's
+    undecodable bytes become the ``\\udcNN`` escapes JSON allows (``json.loads`` gives the
+    ``str`` back, ``os.fsencode`` its bytes). ``dumps``: more of json.dumps' options."""
+    text = json.dumps(data, ensure_ascii=False, **dumps)
+    return _LONE_SURROGATE.sub(lambda match: f"\\u{ord(match[0]):04x}", text)

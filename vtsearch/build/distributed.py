@@ -89,7 +89,8 @@ def shards(files: Sequence[ScannedFile], batch_size: int, shard_batches: int, se
         part = tuple(files[start:start + size])
         digest = hashlib.sha256(salt.encode())
         for scanned in part:
-            digest.update(f"\0{scanned.path}\0{scanned.size}\0{scanned.mtime_ns}".encode())
+            record = f"\0{scanned.path}\0{scanned.size}\0{scanned.mtime_ns}"
+            digest.update(record.encode("utf-8", "surrogateescape"))  # a name's own bytes, UTF-8 or not
         cut.append(Shard(number, digest.hexdigest()[:32], part))
     return cut
 

@@ -27,7 +27,7 @@ class Engine(Protocol):
                progress: Progress | None, region_store: RegionStore | None) -> IngestSummary: ...
 
 
-def add(store: Store, engine: Engine, paths: Iterable[str | os.PathLike[str]], options: IngestOptions,
+def add(store: Store, engine: Engine, paths: Iterable[str | bytes | os.PathLike], options: IngestOptions,
         progress: Progress | None = None) -> IngestSummary:
     """Index the image files under ``paths`` into ``store``."""
     with store.writing():
@@ -35,21 +35,21 @@ def add(store: Store, engine: Engine, paths: Iterable[str | os.PathLike[str]], o
         store.sync_locked()
         store.sweep_leftovers()  # a killed writer's, never ours: we hold the lock
         target = store.ann.write_target()
-        summary = engine.ingest([os.fspath(p) for p in paths], store.catalog, target, options, progress,
+        summary = engine.ingest([os.fsdecode(p) for p in paths], store.catalog, target, options, progress,
                                 store.regions.store)
         store.ann.settle()
         store.regions.compact_if_sparse(store.ann)
     return summary
 
 
-def remove(store: Store, paths: Iterable[str | os.PathLike[str]]) -> RemoveSummary:
+def remove(store: Store, paths: Iterable[str | bytes | os.PathLike]) -> RemoveSummary:
     """Remove files, or everything under folders, whether or not they still exist."""
     with store.writing():
         store.sync_locked()
         found: dict[str, int] = {}
         not_indexed: list[str] = []
         for given in paths:
-            root = os.path.abspath(os.path.expanduser(os.fspath(given)))
+            root = os.path.abspath(os.path.expanduser(os.fsdecode(given)))  # bytes or str
             entries = store.catalog.under(root)
             if not entries:
                 not_indexed.append(root)

@@ -30,11 +30,12 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in image_extensions()
 
 
-def scan(paths: Iterable[str | os.PathLike[str]]) -> ScanReport:
-    """List candidate image files under ``paths`` (files or folders)."""
+def scan(paths: Iterable[str | bytes | os.PathLike]) -> ScanReport:
+    """List candidate image files under ``paths`` (files or folders). Paths are ``str``
+    as ``os.fsdecode`` gives them: a name that is not UTF-8 keeps its bytes (surrogates)."""
     walk = _Walk()
     for given in paths:
-        path = os.path.abspath(os.path.expanduser(os.fspath(given)))
+        path = os.path.abspath(os.path.expanduser(os.fsdecode(given)))
         try:
             stat = os.stat(path)
         except FileNotFoundError:

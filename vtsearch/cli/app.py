@@ -8,6 +8,7 @@ torch, open_clip and FAISS are imported inside a command body, when it runs.
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import sys
 from pathlib import Path
@@ -92,3 +93,12 @@ def main(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="vtsearch: %(message)s", stream=sys.stderr,
     )
+    print_names_as_bytes()
+
+
+def print_names_as_bytes() -> None:
+    """A file name that is not UTF-8 reaches Python with a lone surrogate standing for each
+    byte that does not decode (``os.fsdecode``); tables print those bytes as they are, as
+    ``ls`` does, instead of failing (JSON escapes them: see ``render.print_json``)."""
+    if isinstance(sys.stdout, io.TextIOWrapper) and sys.stdout.errors == "strict":
+        sys.stdout.reconfigure(errors="surrogateescape")

@@ -209,6 +209,8 @@ def _print_check(report: CheckReport, remaining: CheckReport, repair: bool, as_j
     torn = f", {report.torn_region_bytes} bytes of a torn row" if report.torn_region_bytes else ""
     click.echo(f"{report.images} images, {report.ann_vectors} FAISS vectors, "
                f"{report.region_rows} region rows ({report.dead_region_rows} unused{torn})")
+    for notice in report.notices:
+        click.echo(f"  notice: {notice}")
     for problem in report.problems:
         click.echo(f"  problem ({problem.part}): {problem.message}")
     for action in report.repaired:

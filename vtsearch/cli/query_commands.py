@@ -58,10 +58,10 @@ def search_command(query, image_path, index_dir, k, recall_k, no_rerank, path_pr
     with open_index(index_dir, device) as index:
         response = index.query(query, image=image_path, k=k, recall_k=recall_k, rerank=not no_rerank,
                                filters=filters, deduplicate=deduplicate)
-    _print_search(response, image_path if image_path is not None else query, as_json)
+    _print_search(response, image_path if image_path is not None else query, as_json, filters.active)
 
 
-def _print_search(response: SearchResponse, query: str, as_json: bool) -> None:
+def _print_search(response: SearchResponse, query: str, as_json: bool, filtered: bool) -> None:
     if as_json:
         print_json({"query": query, "reranked": response.reranked, "timings_ms": response.timings_ms,
                     "notices": response.notices,
@@ -70,7 +70,8 @@ def _print_search(response: SearchResponse, query: str, as_json: bool) -> None:
     for notice in response.notices:
         note(f"note: {notice}")
     if not response.results:
-        click.echo("no results (the index is empty)")
+        click.echo("no results (no indexed image passes the filters)" if filtered else
+                   "no results (the index is empty)")
         return
     print_ranking(response.results, "path")
     note(f"({'reranked' if response.reranked else 'stage 1 only'}: {format_timings(response.timings_ms)})")

@@ -7,17 +7,19 @@ stdout stays the answer alone.
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any, Iterable, Mapping
 
 import click
 
+from ..records import json_text
+
 RECALL_KS = (1, 5, 10)  # the R@k columns eval prints
 
 
 def print_json(data: Any) -> None:
-    click.echo(json.dumps(data, ensure_ascii=False, indent=None))
+    """One line of JSON, UTF-8 (:func:`vtsearch.records.json_text`)."""
+    click.echo(json_text(data))
 
 
 def print_rows(rows: Iterable[tuple[str, Any]]) -> None:

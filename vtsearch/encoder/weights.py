@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
@@ -176,20 +177,58 @@ def _load_failure(spec: EncoderSpec, error: Exception) -> ModelLoadError:
     return ModelLoadError(f"cannot fetch weights for {spec.describe()} ({first_line[:200]})", offline=True)
 
 
+class _OpenClipRecords(logging.Filter):
+    """Drops the records open_clip's own code logs (it logs through the root logger's
+    functions, ``logging.info(...)``), and only those: other code's records pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.folder = os.path.dirname(os.path.abspath(open_clip.__file__)) + os.sep
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.pathname.startswith(self.folder)
+
+
+class _QuietLoading:
+    """What silences a model load, shared by loads in several threads at once: the first
+    to start installs it, the last to finish takes it away."""
+
+    LOGGERS = ("huggingface_hub",)  # the libraries' own loggers; open_clip has none (see above)
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.loads = 0
+        self.records = _OpenClipRecords()
+        self.levels: dict[str, int] = {}
+
+    def __enter__(self) -> None:
+        with self.lock:
+            if self.loads == 0:
+                logging.getLogger().addFilter(self.records)
+                for name in self.LOGGERS:
+                    self.levels[name] = logging.getLogger(name).level
+                    logging.getLogger(name).setLevel(logging.CRITICAL)
+            self.loads += 1
+
+    def __exit__(self, *_exc: object) -> None:
+        with self.lock:
+            self.loads -= 1
+            if self.loads == 0:
+                logging.getLogger().removeFilter(self.records)
+                for name, level in self.levels.items():
+                    logging.getLogger(name).setLevel(level)
+
+
+_QUIET_LOADING = _QuietLoading()
+
+
 @contextlib.contextmanager
 def _quiet_open_clip() -> Iterator[None]:
-    """open_clip logs and warns liberally while loading; the user sees our message."""
-    loggers = [logging.getLogger(name) for name in ("", "huggingface_hub", "open_clip")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
+    """open_clip logs and warns liberally while loading; the user sees our message. Only
+    open_clip's and huggingface_hub's records are held back, and only while loading."""
+    with _QUIET_LOADING, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 # the same weights as when an index was built

@@ -8,6 +8,7 @@ import torch
 from ..errors import QueryError
 from ..records import AttentionMap
 from .context import QueryContext
+from .images import indexed_row
 from .search import MAX_QUERY_CHARS, check_text
 
 
@@ -19,9 +20,7 @@ def explain(context: QueryContext, image_id: int, text: str) -> AttentionMap:
     if reranker is None:
         raise QueryError("this index has no region features (its encoder has no patch tokens), "
                          "so there is no fusion scorer to explain")
-    row = context.catalog.rows([image_id]).get(image_id)
-    if row is None:
-        raise QueryError(f"no indexed image has id {image_id}")
+    row = indexed_row(image_id, context)
     encoder = context.encoder
     features = encoder.encode_text_features([text])
     tokens = features.tokens[0]  # (T, D)

@@ -12,10 +12,12 @@ import torch
 
 from ..decode import decode_query_bytes, decode_query_image
 from ..errors import QueryError
+from ..records import ImageRow
 from ..store.catalog import INDEXED
 from .context import QueryContext
 
 QueryImage = str | int | bytes | os.PathLike  # a file, an upload's bytes, or an indexed image's id
+MAX_ID = 2**63  # catalog ids are signed 64-bit integers
 
 if TYPE_CHECKING:
     from ..encoder import Encoder
@@ -42,17 +44,26 @@ def resolve_image(image: QueryImage, context: QueryContext) -> ResolvedImage:
         return ResolvedImage("(upload)", _encode(encoder, pixels), None, pixels)
     given = os.fspath(image) if not isinstance(image, int) else str(image)
     if isinstance(image, int) or (given.isdigit() and not os.path.exists(given)):
-        image_id = int(given)
-        row = context.catalog.rows([image_id]).get(image_id)
-        if row is None:
-            raise QueryError(f"no indexed image has id {image_id}")
-        return ResolvedImage(row.path, context.catalog.vectors([image_id], context.embed_dim)[0], image_id, None)
+        row = indexed_row(int(given), context)
+        return ResolvedImage(row.path, context.catalog.vectors([row.id], context.embed_dim)[0], row.id, None)
     path = os.path.abspath(os.path.expanduser(given))
     entry = context.catalog.entries([path]).get(path)
     if entry is not None and entry.status == INDEXED:
         return ResolvedImage(path, context.catalog.vectors([entry.id], context.embed_dim)[0], entry.id, None)
     pixels = decode_query_image(path, encoder.decode_config(), encoder.preprocess)
     return ResolvedImage(path, _encode(encoder, pixels), None, pixels)
+
+
+def indexed_row(image_id: int, context: QueryContext) -> ImageRow:
+    """The catalog row of an indexed image; a QueryError naming the id when there is none
+    (ids past the catalog's 64-bit range included) or the file was skipped."""
+    row = context.catalog.rows([image_id]).get(image_id) if 0 <= image_id < MAX_ID else None
+    if row is None:
+        raise QueryError(f"no indexed image has id {image_id}")
+    if row.status != INDEXED:
+        raise QueryError(f"image {image_id} ({row.path}) was skipped when it was indexed: "
+                         "it has no vector or regions to query with")
+    return row
 
 
 def _encode(encoder: "Encoder", pixels: torch.Tensor) -> np.ndarray:

@@ -24,6 +24,7 @@ from .recall import recall
 MAX_K = 10_000
 MAX_QUERY_CHARS = 10_000  # far past any text tower's context; longer input is cut first
 DUPLICATE_COSINE = 0.94  # clip-retrieval's threshold for "the same picture"
+DEDUP_BLOCK = 1024  # results compared per matrix product when dropping near-duplicates
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,28 @@ def check_k(k: int, name: str = "k") -> int:
 def check_text(text: str) -> str:
     if not isinstance(text, str) or not text.strip():
         raise QueryError("the query text is empty")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise QueryError("the query text is not valid Unicode (it holds a lone surrogate)") from None
     return text.strip()
+
+
+def check_vector(vector: np.ndarray, dim: int) -> np.ndarray:
+    """A query vector as a (D,) float32 unit vector; finite, nonzero and ``dim`` wide."""
+    vector = np.asarray(vector, dtype=np.float64).reshape(-1)
+    if len(vector) != dim:
+        raise QueryError(f"the query vector has {len(vector)} numbers; this index's vectors have {dim}")
+    if not np.isfinite(vector).all():
+        raise QueryError("the query vector holds a value that is not a finite number")
+    scale = np.abs(vector).max()
+    if scale == 0:
+        raise QueryError("the query vector is all zeros")
+    if 1e-15 < scale < 1e15:  # as the encoder's own vectors: normalised in float32, as they are
+        single = vector.astype(np.float32)
+        return single / float(np.linalg.norm(single))
+    vector = vector / scale  # huge or tiny values: normalised in float64 without overflow
+    return (vector / np.linalg.norm(vector)).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -119,9 +141,7 @@ def search(context: QueryContext, request: SearchRequest) -> SearchResponse:
 
 def encode_query(context: QueryContext, request: SearchRequest) -> EncodedQuery:
     if request.vector is not None:
-        vector = np.asarray(request.vector, dtype=np.float32).reshape(-1)
-        norm = float(np.linalg.norm(vector))
-        return EncodedQuery(vector / norm if norm else vector, None, [])
+        return EncodedQuery(check_vector(request.vector, context.embed_dim), None, [])
     if request.image is not None:
         return EncodedQuery(resolve_image(request.image, context).vector, None, [])
     encoder = context.encoder
@@ -157,9 +177,23 @@ def drop_near_duplicates(results: list[SearchResult], catalog: Catalog, dim: int
     ranked result that was kept (bursts, re-saved copies); ranks are renumbered."""
     if len(results) < 2:
         return results
-    vectors = catalog.vectors([r.id for r in results], dim)  # (n, D) unit rows
-    kept: list[int] = []
-    for position in range(len(results)):
-        if not kept or float(np.max(vectors[kept] @ vectors[position])) < threshold:
-            kept.append(position)
+    kept = first_of_near_duplicates(catalog.vectors([r.id for r in results], dim), threshold)
     return [replace(results[position], rank=rank) for rank, position in enumerate(kept, start=1)]
+
+
+def first_of_near_duplicates(vectors: np.ndarray, threshold: float, block: int = DEDUP_BLOCK) -> list[int]:
+    """Positions a greedy pass in rank order keeps: a row is kept unless its cosine with a
+    kept row above it reaches ``threshold``. Rows are compared in blocks by matrix products
+    (every earlier kept row at once); only the decisions inside a block are sequential."""
+    kept: list[int] = []
+    for start in range(0, len(vectors), block):
+        rows = vectors[start:start + block]  # (b, D) unit rows
+        dropped = np.zeros(len(rows), dtype=bool)
+        if kept:
+            dropped |= (vectors[kept] @ rows.T).max(axis=0) >= threshold  # (m, b) → (b,)
+        within = rows @ rows.T  # (b, b)
+        for position in range(len(rows)):
+            if not dropped[position]:
+                kept.append(start + position)
+                dropped[position + 1:] |= within[position, position + 1:] >= threshold
+    return kept

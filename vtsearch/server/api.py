@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -16,15 +18,16 @@ from .. import __version__
 from ..query.search import MAX_K
 from ..records import SearchResult
 from .context import ServerContext
-from .library import ServedIndex
+from .files import chunks, open_indexed
+from .library import MAX_IMAGE_ID, ServedIndex
 from .limits import HTTPError
 from .params import boolean, integer, read_fields, search_filter, string, strings
+from .responses import JSONResponse
 from .thumbnails import SIZES
 
 STATIC = Path(__file__).with_name("static")
 MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif",
                "BMP": "image/bmp", "TIFF": "image/tiff", "AVIF": "image/avif"}
-MAX_IMAGE_ID = 2**62
 
 
 class ApiRoutes:
@@ -34,9 +37,9 @@ class ApiRoutes:
         self.context = context
         self.library = context.library
 
-    def query_image(self, fields: dict[str, Any], served: ServedIndex, *, required: bool) -> bytes | int | None:
+    async def query_image(self, fields: dict[str, Any], served: ServedIndex, *, required: bool) -> bytes | int | None:
         """The query image of a request: an upload (``image``) or an indexed one (``image_id``)."""
-        upload = self.context.upload(fields, "image")
+        upload = await self.context.upload(fields, "image")
         image_id = integer(fields, "image_id", -1, 0, MAX_IMAGE_ID) if fields.get("image_id") not in (None, "") else None
         if upload is not None and image_id is not None:
             raise HTTPError(400, "give image or image_id, not both")
@@ -51,7 +54,7 @@ class ApiRoutes:
         fields = await read_fields(request)
         served = self.library.get(string(fields, "index"))
         text = string(fields, "text")
-        image = self.query_image(fields, served, required=False)
+        image = await self.query_image(fields, served, required=False)
         if (text is None) == (image is None):
             raise HTTPError(400, "give one query: text, image (upload) or image_id")
         response = await self.context.run(
@@ -66,7 +69,7 @@ class ApiRoutes:
     async def match(self, request: Request) -> Response:
         fields = await read_fields(request)
         served = self.library.get(string(fields, "index"))
-        image = self.query_image(fields, served, required=True)
+        image = await self.query_image(fields, served, required=True)
         response = await self.context.run(
             served, served.index.match, image, k=integer(fields, "k", 10, 1, MAX_K),
             recall_k=integer(fields, "recall_k", 100, 1, MAX_K), rerank=boolean(fields, "rerank", True),
@@ -91,18 +94,20 @@ class ApiRoutes:
 
     async def thumbnail(self, request: Request) -> Response:
         served = self.library.get(request.query_params.get("index"))
-        row = served.row(request.path_params["id"])
+        row = served.row(path_id(request))
         size = integer(dict(request.query_params), "size", self.context.settings.thumbnail_size, 1, max(SIZES))
-        path = await self.context.thumbnail(served, row, size)
-        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+        jpeg = await self.context.thumbnail(served, row, size)
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
     async def original(self, request: Request) -> Response:
+        """The indexed file, only while it is the regular file the index read (:mod:`.files`)."""
         served = self.library.get(request.query_params.get("index"))
-        row = served.row(request.path_params["id"])
-        if not os.path.isfile(row.path):
-            raise HTTPError(404, f"the file of image {row.id} is gone from disk")
-        return FileResponse(row.path, media_type=MEDIA_TYPES.get(row.format or "", "application/octet-stream"),
-                            filename=os.path.basename(row.path), content_disposition_type="inline")
+        row = served.row(path_id(request))
+        handle, size = await run_in_threadpool(open_indexed, row)
+        name = quote(os.fsencode(os.path.basename(row.path)))
+        media_type = MEDIA_TYPES.get(row.format or "", "application/octet-stream")
+        return StreamingResponse(chunks(handle), media_type=media_type, headers={
+            "Content-Length": str(size), "Content-Disposition": f"inline; filename*=utf-8''{name}"})
 
     async def info(self, request: Request) -> Response:
         name = request.query_params.get("index")
@@ -127,10 +132,21 @@ class ApiRoutes:
             Route("/api/search", self.search, methods=["POST"]),
             Route("/api/match", self.match, methods=["POST"]),
             Route("/api/explain", self.explain, methods=["POST"]),
-            Route("/api/images/{id:int}/thumbnail", self.thumbnail),
-            Route("/api/images/{id:int}", self.original),
+            Route("/api/images/{id}/thumbnail", self.thumbnail),
+            Route("/api/images/{id}", self.original),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ]
+
+
+def path_id(request: Request) -> int:
+    """The image id in a route's path: digits (Starlette's int convertor would turn 5,000
+    of them into a 500), any other text no route of ours."""
+    text = request.path_params["id"]
+    if not text.isascii() or not text.isdigit():
+        raise HTTPError(404, "no such route")
+    if len(text) > 19:
+        raise HTTPError(400, f"an image id is between 0 and {MAX_IMAGE_ID}, got {len(text)} digits")
+    return int(text)
 
 
 def _result(served: ServedIndex, result: SearchResult) -> dict[str, Any]:

@@ -22,15 +22,17 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from ..errors import ImageDecodeError, IndexLockedError, NoTextCollectionError, QueryError, VtsearchError
 from . import clip_compat
 from .api import ApiRoutes
 from .clip_compat import ClipRetrievalRoutes
 from .context import ServerContext, ServerSettings
+from .hosts import TrustedHosts
 from .library import Library
 from .limits import BodyLimit, HTTPError, RouteCORS, SecurityHeaders
+from .responses import JSONResponse
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ ERROR_STATUS: tuple[tuple[type[VtsearchError], int], ...] = (
     (IndexLockedError, 503),
 )
 RETRY_AFTER = {503: {"Retry-After": "1"}}
+INTERNAL_ERROR = "internal error (the server log has the details)"
 # errors this API has advice of its own for, said in its terms
 HTTP_WORDING: dict[type[VtsearchError], str] = {
     NoTextCollectionError: "the index has no text collection to match against; "
@@ -64,8 +67,9 @@ def create_app(library: Library, settings: ServerSettings | None = None, close_l
         routes=ApiRoutes(context).routes() + ClipRetrievalRoutes(context).routes(),
         middleware=[
             Middleware(SecurityHeaders),
+            Middleware(TrustedHosts, hosts=settings.allowed_hosts),
             Middleware(RouteCORS, paths=clip_compat.PATHS, origins=settings.cors_origins),
-            Middleware(BodyLimit, limit=settings.max_body_bytes),
+            Middleware(BodyLimit, limit=settings.max_body_bytes, timeout_s=settings.body_timeout_s),
         ],
         exception_handlers={HTTPError: _http_error, HTTPException: _starlette_error,
                             VtsearchError: _vtsearch_error, Exception: _internal_error},
@@ -93,15 +97,16 @@ async def _starlette_error(_request: Request, error: HTTPException) -> Response:
 
 async def _vtsearch_error(request: Request, error: VtsearchError) -> Response:
     status = error_status(error)
-    if status == 500:
+    if status == 500:  # the index is unwell: its operator reads why in the log, a client learns nothing
         log.error("%s on %s %s: %s", type(error).__name__, request.method, request.url.path, error)
+        return error_response(500, INTERNAL_ERROR)
     message = next((words for kind, words in HTTP_WORDING.items() if isinstance(error, kind)), str(error))
     return error_response(status, message, RETRY_AFTER.get(status))
 
 
 async def _internal_error(request: Request, error: Exception) -> Response:
     log.exception("internal error on %s %s", request.method, request.url.path, exc_info=error)
-    return error_response(500, "internal error (the server log has the details)")
+    return error_response(500, INTERNAL_ERROR)
 
 
 __all__ = ["ERROR_STATUS", "ServerSettings", "create_app", "error_status"]

@@ -13,23 +13,27 @@ safety and aesthetic options are accepted and ignored.
 from __future__ import annotations
 
 import base64
+import math
 import re
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from ..query.search import MAX_K
 from ..records import SearchResult
 from .context import ServerContext
-from .library import ServedIndex
-from .limits import HTTPError
+from .library import MAX_IMAGE_ID, ServedIndex
+from .limits import HTTPError, shown
 from .params import boolean, integer, read_fields, string
+from .responses import JSONResponse
 
 PATHS = ("/knn-service", "/metadata", "/indices-list", "/config.json")
-LOCAL_IMAGE = re.compile(r"^/api/images/(\d+)(?:/thumbnail)?$")
+LOCAL_IMAGE = re.compile(r"^/api/images/([0-9]{1,19})(?:/thumbnail)?$")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 Query = str | bytes | int | list[float]  # text, an upload, an image of this server, a vector
 
@@ -56,7 +60,7 @@ class ClipRetrievalRoutes:
             raise HTTPError(400, f"modality must be \"image\" or \"text\", got {modality!r}")
         num_images = integer(fields, "num_images", 40, 1, MAX_K)
         count = max(num_images, integer(fields, "num_result_ids", num_images, 1, MAX_K))
-        query = self._query(fields, request, served)
+        query = await self._query(fields, request, served)
         if modality == "text":
             return await self._describe(served, query, count)
         hits = await self._search(served, query, count, boolean(fields, "deduplicate", False))
@@ -75,6 +79,8 @@ class ClipRetrievalRoutes:
             raise HTTPError(400, "ids must be a list of integers")
         if len(ids) > MAX_K:
             raise HTTPError(400, f"at most {MAX_K} ids at a time")
+        if not all(0 <= i <= MAX_IMAGE_ID for i in ids):
+            raise HTTPError(400, f"ids are between 0 and {MAX_IMAGE_ID}")
         return JSONResponse(await self._metadata(served, ids, request, thumbnails=False))
 
     def routes(self) -> list[Route]:
@@ -108,12 +114,12 @@ class ClipRetrievalRoutes:
         return JSONResponse([{"id": r.id, "similarity": r.score, "caption": r.text, "text": r.text}
                              for r in response.results])
 
-    def _query(self, fields: dict[str, Any], request: Request, served: ServedIndex) -> Query:
+    async def _query(self, fields: dict[str, Any], request: Request, served: ServedIndex) -> Query:
         """The query, by clip-retrieval's precedence: text > image > image_url > embedding_input."""
         text = string(fields, "text")
         if text is not None and text.strip():
             return text
-        image = self.context.upload(fields, "image")
+        image = await self.context.upload(fields, "image")
         if image is not None:
             return image
         url = string(fields, "image_url")
@@ -128,7 +134,7 @@ class ClipRetrievalRoutes:
                         thumbnails: bool) -> list[dict[str, Any]]:
         """clip-retrieval's metadata for image ids, in order: url, image_path, caption, size, and
         with ``thumbnails`` the base64 JPEG thumbnail as ``image``."""
-        rows = served.index.image_rows(ids)
+        rows = served.indexed_rows(ids)
         base = str(request.base_url).rstrip("/")
         items = []
         for image_id in ids:
@@ -140,29 +146,44 @@ class ClipRetrievalRoutes:
                                     "caption": None, "width": row.width, "height": row.height}
             if thumbnails:
                 try:
-                    jpeg = await self.context.thumbnail_bytes(served, row)
+                    jpeg = await self.context.thumbnail(served, row)
                     data["image"] = base64.b64encode(jpeg).decode("ascii")
                 except HTTPError as error:
-                    if error.status != 404:  # a file gone from disk: the item, without its picture
+                    if error.status not in (404, 409):  # a file gone or changed: the item, without its picture
                         raise
             items.append({"id": image_id, "metadata": data})
         return items
 
 
 def _embedding(value: Any, dim: int) -> list[float]:
+    """A query vector: ``dim`` finite numbers, not all zero (the vector is normalised; NaN,
+    Infinity or a number past float32's range would leave nothing to compare)."""
     if not isinstance(value, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
         raise HTTPError(400, "embedding_input must be a list of numbers")
     if len(value) != dim:
         raise HTTPError(400, f"embedding_input has {len(value)} numbers; this index's vectors have {dim}")
-    return [float(x) for x in value]
+    try:
+        vector = np.array(value, dtype=np.float64)
+    except OverflowError:  # an integer past float64
+        raise HTTPError(400, "embedding_input holds a number too large for a vector") from None
+    largest = float(np.max(np.abs(vector)))
+    if not math.isfinite(largest) or largest > FLOAT32_MAX:
+        raise HTTPError(400, "embedding_input must hold finite numbers within float32's range "
+                             "(no NaN or Infinity)")
+    if largest == 0.0:
+        raise HTTPError(400, "embedding_input is all zeros: it has no direction to search in")
+    return (vector / largest).tolist()  # the same direction; its length cannot overflow float32
 
 
 def _local_image_id(url: str, request: Request, served: ServedIndex) -> int:
     """The id of an image of this server named by its URL (ours: thumbnail or original)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        named = parse_qs(parts.query).get("index", [served.name])[0]
+    except ValueError:  # e.g. "http://[not-an-address"
+        raise HTTPError(400, f"image_url is not a URL: {shown(url)}") from None
     match = LOCAL_IMAGE.match(parts.path)
     same_host = not parts.netloc or parts.netloc == request.url.netloc
-    named = parse_qs(parts.query).get("index", [served.name])[0]
     if not (match and same_host and named == served.name):
         raise HTTPError(400, "this server does not fetch images from other addresses (image_url); "
                              "send the image itself in \"image\" (base64)")

@@ -8,12 +8,12 @@ nothing else, so neither depends on the other and :mod:`.app` only assembles the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 
 from ..records import ImageRow
+from .hosts import LOOPBACK_HOSTS
 from .library import Library, ServedIndex
 from .limits import WorkGate
 from .params import image_bytes
@@ -31,7 +31,9 @@ class ServerSettings:
     queue_timeout_s: float = 30.0  # the longest a request waits before 503
     thumbnail_size: int = 256
     thumbnail_cache_bytes: int = DEFAULT_MAX_BYTES  # per index; the least recently served go first
-    cors_origins: tuple[str, ...] = ("*",)  # for the clip-retrieval routes only
+    cors_origins: tuple[str, ...] = ()  # may call the clip-retrieval routes from a browser; none by default
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # the Host names answered (see .hosts)
+    body_timeout_s: float = 60.0  # a request body must have arrived by then (408)
 
     @property
     def max_body_bytes(self) -> int:
@@ -56,16 +58,14 @@ class ServerContext:
         async with self.work.slot():
             return await served.run(method, *args, **kwargs)
 
-    async def thumbnail(self, served: ServedIndex, row: ImageRow, size: int) -> Path:
-        """The JPEG thumbnail file of an indexed image, made when missing."""
+    async def thumbnail(self, served: ServedIndex, row: ImageRow, size: int | None = None) -> bytes:
+        """The JPEG thumbnail of an indexed image (at the configured size by default), made when missing."""
         async with self.thumbnail_work.slot():
-            return await run_in_threadpool(served.thumbnails.get, row.id, row.path, size)
+            return await run_in_threadpool(served.thumbnails.read, row,
+                                          self.settings.thumbnail_size if size is None else size)
 
-    async def thumbnail_bytes(self, served: ServedIndex, row: ImageRow) -> bytes:
-        """The JPEG bytes of an indexed image's thumbnail at the configured size."""
-        async with self.thumbnail_work.slot():
-            return await run_in_threadpool(served.thumbnails.read, row.id, row.path, self.settings.thumbnail_size)
-
-    def upload(self, fields: dict[str, Any], name: str = "image") -> bytes | None:
-        """An uploaded query image, within the server's upload limits."""
-        return image_bytes(fields, name, self.settings.max_upload_bytes, self.settings.max_upload_pixels)
+    async def upload(self, fields: dict[str, Any], name: str = "image") -> bytes | None:
+        """An uploaded query image, within the server's upload limits (checked off the event
+        loop: reading a crafted header can take seconds)."""
+        return await run_in_threadpool(image_bytes, fields, name, self.settings.max_upload_bytes,
+                                       self.settings.max_upload_pixels)

@@ -12,10 +12,12 @@ from urllib.parse import quote
 
 from ..index import Index
 from ..records import ImageRow
-from .limits import HTTPError
+from ..store.catalog import INDEXED
+from .limits import HTTPError, shown
 from .thumbnails import DEFAULT_MAX_BYTES, ThumbnailCache
 
 T = TypeVar("T")
+MAX_IMAGE_ID = 2**62  # catalog ids are 64-bit signed integers
 
 
 class ServedIndex:
@@ -47,11 +49,22 @@ class ServedIndex:
         return await asyncio.get_running_loop().run_in_executor(self.worker, call)
 
     def row(self, image_id: int) -> ImageRow:
-        """The catalog row of an indexed image; 404 when the index has none with this id."""
+        """The catalog row of an indexed image: 400 for an id no catalog can hold, 404 when
+        the index has no image with this id, or only a file it skipped (not an image)."""
+        if not 0 <= image_id <= MAX_IMAGE_ID:
+            raise HTTPError(400, f"an image id is between 0 and {MAX_IMAGE_ID}, got {shown(image_id)}")
         row = self.index.image_row(image_id)
         if row is None:
             raise HTTPError(404, f"index {self.name!r} has no image with id {image_id}")
+        if row.status != INDEXED:
+            raise HTTPError(404, f"index {self.name!r} has no image with id {image_id} "
+                                 "(its file was skipped when indexing)")
         return row
+
+    def indexed_rows(self, ids: Sequence[int]) -> dict[int, ImageRow]:
+        """The rows of those ``ids`` that are indexed images (ids in the catalog's range)."""
+        rows = self.index.image_rows([i for i in ids if 0 <= i <= MAX_IMAGE_ID])
+        return {image_id: row for image_id, row in rows.items() if row.status == INDEXED}
 
     def image_url(self, image_id: int, thumbnail: bool = False) -> str:
         return f"/api/images/{image_id}{'/thumbnail' if thumbnail else ''}?index={quote(self.name)}"

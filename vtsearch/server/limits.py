@@ -1,11 +1,11 @@
-"""What one client can make the server do: body size, concurrent model work, and CORS
-only on the routes that need it."""
+"""What one client can make the server do: body size and time, concurrent model work,
+and CORS only on the routes that need it (and only for the origins given)."""
 
 from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Iterable
+from typing import Any, AsyncIterator, Iterable
 
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,32 +21,56 @@ class HTTPError(Exception):
         self.headers = headers or {}
 
 
+def shown(value: Any, limit: int = 60) -> str:
+    """``value`` as an error message quotes it: its repr, cut to ``limit`` characters (a
+    client's 5,000-digit number or 10 MB string is not sent back)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"a {value.bit_length()}-bit integer"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class BodyLimit:
     """Refuse request bodies over ``limit`` bytes with 413, whether the client announces
-    the length or streams the body: reading past the limit raises :class:`HTTPError`,
-    which the app's error handler turns into the response."""
+    the length or streams the body, and bodies still arriving ``timeout_s`` after the
+    request began with 408 (a client dripping its body holds a connection no longer):
+    reading past either raises :class:`HTTPError`, which the app's error handler turns
+    into the response."""
 
-    def __init__(self, app: ASGIApp, limit: int):
+    def __init__(self, app: ASGIApp, limit: int, timeout_s: float = 60.0):
         self.app = app
         self.limit = limit
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         too_large = HTTPError(413, f"the request body is over the server's limit of {self.limit:,} bytes")
+        too_slow = HTTPError(408, f"the request body did not arrive within {self.timeout_s:g} s")
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:
                 receive = _refuse(too_large)
-        received = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        received, complete = 0, False
 
         async def counted() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # later calls wait for the disconnect, as long as a response streams
+                return await receive()
+            try:  # a message already there is taken even past the deadline
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.5))
+            except asyncio.TimeoutError:
+                raise too_slow from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                complete = True
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
                     raise too_large
+                if not complete and loop.time() > deadline:
+                    raise too_slow
             return message
 
         await self.app(scope, counted, send)
@@ -61,7 +85,8 @@ def _refuse(error: HTTPError) -> Receive:
 
 class RouteCORS:
     """Starlette's CORS middleware on the listed paths only (the clip-retrieval routes,
-    which a front end on another origin calls); every other route stays same-origin."""
+    which a front end on another origin may call) and for the listed origins only; with
+    none (the default) and on every other route, browsers keep other origins out."""
 
     def __init__(self, app: ASGIApp, paths: Iterable[str], origins: Iterable[str]):
         self.app = app

@@ -9,8 +9,10 @@ The catalog is the source of truth; everything else is checked against it:
 - every indexed row points at its own, complete region row (when regions are stored).
 
 Left-overs of a killed run are noted but are not problems: region rows no catalog row
-points at, and a torn row at the end of the region file (temporary files are not looked
-at; ``repair`` and the next writer delete them). ``repair`` fixes
+points at, a torn row at the end of the region file (temporary files are not looked
+at; ``repair`` and the next writer delete them), and an ``ann.faiss`` that is behind the
+catalog but sound (it reflects an older revision, no id twice: the run was killed
+before its final save), which the next open rebuilds. ``repair`` fixes
 what can be fixed without the images: the FAISS index is rebuilt from the catalog, the
 left-overs are cleared (unused rows stay until the store is compacted), and rows whose
 embedding or regions are lost are turned into errors that the next ``vtsearch index`` run
@@ -50,6 +52,7 @@ class CheckReport:
     dead_region_rows: int = 0  # rows no catalog row points at (space, not an error)
     torn_region_bytes: int = 0  # a partial row at the end of the region file (harmless)
     problems: list[Problem] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)  # drift a killed run leaves; fixed by itself
     repaired: list[str] = field(default_factory=list)
 
     @property
@@ -62,7 +65,7 @@ class CheckReport:
             "region_rows": self.region_rows, "dead_region_rows": self.dead_region_rows,
             "torn_region_bytes": self.torn_region_bytes,
             "problems": [problem.to_dict() for problem in self.problems],
-            "repaired": self.repaired,
+            "notices": self.notices, "repaired": self.repaired,
         }
 
 
@@ -77,6 +80,9 @@ class Findings:
 
     def problem(self, part: str, message: str) -> None:
         self.report.problems.append(Problem(part, message))
+
+    def notice(self, message: str) -> None:
+        self.report.notices.append(message)
 
 
 def inspect(catalog: Catalog, ann: AnnIndex, embed_dim: int, store: RegionStore | None) -> Findings:
@@ -113,21 +119,26 @@ def _check_ann(catalog: Catalog, ann: AnnIndex, layout: list[tuple[int, int, int
         findings.rebuild_ann = True
         return
     revision, ann_revision = catalog.revision(), catalog.ann_revision()
+    held = ann.ids()
+    unique, counts = np.unique(held, return_counts=True)
+    if 0 <= ann_revision < revision:  # a run killed before its final save: rebuilt on the next open
+        findings.rebuild_ann = True
+        if _check_doubled(unique, counts, findings):  # sound: no revision ever held an id twice
+            findings.notice(f"ann.faiss reflects catalog revision {ann_revision}, the catalog is at "
+                            f"{revision} (a run was interrupted); the next open or a repair rebuilds it")
+        return
     if ann_revision != revision:
         findings.problem("ann", f"ann.faiss reflects catalog revision {ann_revision}, "
                                 f"the catalog is at {revision}")
         findings.rebuild_ann = True
-    held = ann.ids()
-    unique, counts = np.unique(held, return_counts=True)
     expected = np.fromiter((row_id for row_id, _length, _row in layout), dtype=np.int64)
     missing = np.setdiff1d(expected, unique)
     extra = np.setdiff1d(unique, expected)
-    doubled = unique[counts > 1]
-    for name, ids in (("missing from", missing), ("not in the catalog but in", extra),
-                      ("held more than once by", doubled)):
+    for name, ids in (("missing from", missing), ("not in the catalog but in", extra)):
         if len(ids):
             findings.problem("ann", f"{len(ids)} ids {name} ann.faiss (ids {_sample(ids.tolist())})")
             findings.rebuild_ann = True
+    _check_doubled(unique, counts, findings)
     if not findings.rebuild_ann and len(expected):
         sample = expected[:: max(1, len(expected) // VECTOR_SAMPLE)]
         stored = ann.reconstruct(sample)
@@ -137,6 +148,16 @@ def _check_ann(catalog: Catalog, ann: AnnIndex, layout: list[tuple[int, int, int
                 findings.problem("ann", f"{int(differ.sum())} of {len(sample)} sampled vectors in "
                                         "ann.faiss differ from the catalog's")
                 findings.rebuild_ann = True
+
+
+def _check_doubled(unique: np.ndarray, counts: np.ndarray, findings: Findings) -> bool:
+    """No id held twice (True), or a problem."""
+    doubled = unique[counts > 1]
+    if len(doubled):
+        findings.problem("ann", f"{len(doubled)} ids held more than once by ann.faiss "
+                                f"(ids {_sample(doubled.tolist())})")
+        findings.rebuild_ann = True
+    return not len(doubled)
 
 
 def _check_regions(store: RegionStore, layout: list[tuple[int, int, int | None]], findings: Findings) -> None:

@@ -21,7 +21,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import VtsearchError
 
@@ -51,6 +51,8 @@ def load_pairs(path: str | os.PathLike[str], images_root: str | os.PathLike[str]
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise VtsearchError(f"cannot read pairs file {path}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise VtsearchError(f"pairs file {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
     root = Path(images_root) if images_root else path.parent
     stripped = text.lstrip()
     if not stripped:
@@ -59,10 +61,10 @@ def load_pairs(path: str | os.PathLike[str], images_root: str | os.PathLike[str]
         data = json.loads(text)
     except json.JSONDecodeError:
         data = None
-    if isinstance(data, dict) and "annotations" in data and "images" in data:
-        pairs = _coco(data, root)
+    if isinstance(data, dict) and isinstance(data.get("annotations"), list) and isinstance(data.get("images"), list):
+        pairs = _coco(data, root, path)
     elif isinstance(data, dict) and isinstance(data.get("images"), list):
-        pairs = _karpathy(data, root, split)
+        pairs = _karpathy(data, root, path, split)
     elif data is None or isinstance(data, dict):
         pairs = _json_lines(text, root, path)
     else:
@@ -76,40 +78,75 @@ def _absolute(root: Path, relative: str) -> str:
     return os.path.abspath(os.path.join(root, os.path.expanduser(relative)))
 
 
+def _string(value: Any, where: str, what: str) -> str:
+    """``value`` when it is a non-empty string; else an error naming where it was found."""
+    if not isinstance(value, str) or not value.strip():
+        shown = repr(value) if isinstance(value, str) else f"a JSON {_json_kind(value)}"
+        raise VtsearchError(f"{where}: {what} must be a non-empty string, not {shown}")
+    return value
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {str: "string", bool: "boolean", int: "number", float: "number", list: "array", dict: "object",
+             type(None): "null"}
+    return kinds.get(type(value), type(value).__name__)
+
+
 def _json_lines(text: str, root: Path, path: Path) -> list[Pair]:
     pairs = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
+        where = f"{path}, line {number}"
         try:
             record = json.loads(line)
-            image = record["image"]
-            captions = record.get("captions") or [record["caption"]]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise VtsearchError(
-                f'{path}, line {number}: expected {{"image": ..., "caption": ...}}'
-            ) from None
-        pairs.extend(Pair(_absolute(root, image), str(caption).strip()) for caption in captions)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or "image" not in record or not (record.get("captions") or "caption" in record):
+            raise VtsearchError(f'{where}: expected {{"image": ..., "caption": ...}}')
+        image = _string(record["image"], where, '"image"')
+        captions = record.get("captions") or [record["caption"]]
+        if not isinstance(captions, list):
+            raise VtsearchError(f'{where}: "captions" must be a list of strings, not a JSON {_json_kind(captions)}')
+        pairs.extend(Pair(_absolute(root, image), _string(caption, where, "a caption").strip())
+                     for caption in captions)
     return pairs
 
 
-def _coco(data: dict, root: Path) -> list[Pair]:
-    files = {image["id"]: image["file_name"] for image in data["images"]}
-    return [
-        Pair(_absolute(root, files[note["image_id"]]), note["caption"].strip())
-        for note in data["annotations"] if note.get("image_id") in files
-    ]
+def _coco(data: dict, root: Path, path: Path) -> list[Pair]:
+    files = {}
+    for number, image in enumerate(data["images"]):
+        where = f"{path}: images[{number}]"
+        if not isinstance(image, dict) or "id" not in image:
+            raise VtsearchError(f'{where}: expected {{"id": ..., "file_name": ...}}')
+        files[image["id"]] = _string(image.get("file_name"), where, '"file_name"')
+    pairs = []
+    for number, note in enumerate(data["annotations"]):
+        if not isinstance(note, dict):
+            raise VtsearchError(f'{path}: annotations[{number}]: expected {{"image_id": ..., "caption": ...}}')
+        if note.get("image_id") in files:
+            caption = _string(note.get("caption"), f"{path}: annotations[{number}]", '"caption"')
+            pairs.append(Pair(_absolute(root, files[note["image_id"]]), caption.strip()))
+    return pairs
 
 
-def _karpathy(data: dict, root: Path, split: str | None) -> list[Pair]:
+def _karpathy(data: dict, root: Path, path: Path, split: str | None) -> list[Pair]:
     wanted = {split, "restval"} if split == "train" else {split}
     pairs = []
-    for image in data["images"]:
+    for number, image in enumerate(data["images"]):
+        where = f"{path}: images[{number}]"
+        if not isinstance(image, dict):
+            raise VtsearchError(f'{where}: expected {{"filename": ..., "sentences": [...]}}')
         if split is not None and image.get("split") not in wanted:
             continue
-        relative = os.path.join(image.get("filepath", ""), image["filename"])
-        for sentence in image.get("sentences", []):
-            pairs.append(Pair(_absolute(root, relative), sentence["raw"].strip()))
+        folder = image.get("filepath", "")
+        relative = os.path.join(_string(folder, where, '"filepath"') if folder else "",
+                                _string(image.get("filename"), where, '"filename"'))
+        sentences = image.get("sentences", [])
+        if not isinstance(sentences, list) or not all(isinstance(sentence, dict) for sentence in sentences):
+            raise VtsearchError(f'{where}: "sentences" must be a list of {{"raw": ...}} objects')
+        for sentence in sentences:
+            pairs.append(Pair(_absolute(root, relative), _string(sentence.get("raw"), where, '"raw"').strip()))
     return pairs
 
 

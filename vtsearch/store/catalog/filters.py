@@ -2,7 +2,11 @@
 
 Both backends answer the same: folder conditions are range queries on the path index
 (byte order on both), and SQLite's GLOB becomes an anchored regular expression on
-PostgreSQL.
+PostgreSQL. Patterns and folders are compared with the paths' stored form (:mod:`.paths`).
+
+A pattern the database cannot take (too long or too complex for it, a set the regular
+expression engine refuses) is the caller's input, not damage: a :class:`QueryError` that
+names it. (:class:`SearchFilter` limits lengths before a query is made.)
 """
 
 from __future__ import annotations
@@ -10,11 +14,18 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import Text, literal, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DatabaseError
 
+from ...errors import QueryError
 from ...filters import SearchFilter
+from .guard import failure_reason
+from .paths import stored_path
 from .schema import INDEXED, images_table
+
+# how each backend says that a pattern is more than it takes (SQLite: over 50,000 bytes)
+PATTERN_REFUSALS = ("pattern too complex", "regular expression")
 
 
 class FilterQueries:
@@ -27,8 +38,14 @@ class FilterQueries:
         """Ids of the indexed rows that meet every condition (int64, ascending)."""
         where = [images_table.c.status == INDEXED, *filter_conditions(conditions, self.on_server)]
         query = select(images_table.c.id).where(*where).order_by(images_table.c.id)
-        with self.engine.connect() as connection:
-            return np.fromiter(connection.scalars(query), dtype=np.int64)
+        try:
+            with self.engine.connect() as connection:
+                return np.fromiter(connection.scalars(query), dtype=np.int64)
+        except DatabaseError as error:
+            reason = failure_reason(error)
+            if conditions.glob is not None and any(words in reason for words in PATTERN_REFUSALS):
+                raise QueryError(f"the glob pattern {_shown(conditions.glob)} cannot be used ({reason})") from None
+            raise
 
 
 def filter_conditions(conditions: SearchFilter, on_server: bool) -> list:
@@ -39,10 +56,10 @@ def filter_conditions(conditions: SearchFilter, on_server: bool) -> list:
         where.append(at_or_under(conditions.path_prefix))
     if conditions.glob:
         pattern = conditions.glob if "/" in conditions.glob else "*/" + conditions.glob
-        if on_server:
-            where.append(table.path.regexp_match(glob_regex(pattern)))
+        if on_server:  # a regular expression over the stored form, bound as plain text
+            where.append(table.path.regexp_match(literal(glob_regex(stored_path(pattern)), Text)))
         else:
-            where.append(table.path.op("GLOB")(pattern))
+            where.append(table.path.op("GLOB")(pattern))  # the column's type stores the pattern as a path
     if conditions.formats:
         where.append(table.format.in_(conditions.formats))
     if conditions.min_width is not None:
@@ -54,6 +71,11 @@ def filter_conditions(conditions: SearchFilter, on_server: bool) -> list:
     if conditions.modified_before is not None:
         where.append(table.mtime_ns < int(conditions.modified_before * 1e9))
     return where
+
+
+def _shown(value: str, length: int = 40) -> str:
+    """A long input named by its start."""
+    return repr(value if len(value) <= length else value[:length] + "...")
 
 
 def at_or_under(root: str):

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from ...records import ErrorRecord, ImageRow
 from .filters import at_or_under
 from .meta import REGIONS_FILE, meta_query
-from .schema import ERROR, INDEXED, chunks, images_table
+from .schema import ERROR, INDEXED, chunks, images_table, storable_ids
 
 _ENTRY_COLUMNS = (images_table.c.path, images_table.c.id, images_table.c.size, images_table.c.mtime_ns,
                   images_table.c.content_hash, images_table.c.status)
@@ -59,7 +59,8 @@ class ImageReads:
             return {row_path: CatalogEntry(*rest) for row_path, *rest in connection.execute(query)}
 
     def rows(self, ids: Sequence[int]) -> dict[int, ImageRow]:
-        columns = (images_table.c.path, images_table.c.width, images_table.c.height, images_table.c.format)
+        columns = (images_table.c.path, images_table.c.width, images_table.c.height, images_table.c.format,
+                   images_table.c.status, images_table.c.size, images_table.c.mtime_ns)
         return {row_id: ImageRow(row_id, *rest) for row_id, rest in self._by_id(ids, *columns).items()}
 
     def vectors(self, ids: Sequence[int], dim: int) -> np.ndarray:
@@ -111,10 +112,11 @@ class ImageReads:
                 yield int(row_id), int(length or 0), region_row
 
     def _by_id(self, ids: Sequence[int], *columns) -> dict[int, tuple]:
-        """{id: (columns...)} for the ids present, queried in chunks."""
+        """{id: (columns...)} for the ids present, queried in chunks (an id past the 64-bit
+        range the column holds is simply not present)."""
         found: dict[int, tuple] = {}
         with self.engine.connect() as connection:
-            for chunk in chunks(list(ids)):
+            for chunk in chunks(storable_ids(ids)):
                 query = select(images_table.c.id, *columns).where(images_table.c.id.in_(chunk))
                 found.update({row_id: tuple(rest) for row_id, *rest in connection.execute(query)})
         return found

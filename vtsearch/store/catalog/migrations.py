@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Callable
 
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError, OperationalError
 
 from ...errors import IndexFormatError, VtsearchError
 from .guard import catalog_error, failure_reason
 from .meta import REVISION, SCHEMA_VERSION_KEY, TEXTS_REVISION, insert_meta_if_missing, read_meta
+from .paths import stored_path
 from .schema import SCHEMA_VERSION, meta_table, metadata, texts_table
 
 
@@ -27,7 +28,24 @@ def _add_text_collection(connection: Connection) -> None:
     insert_meta_if_missing(connection, TEXTS_REVISION, 0)
 
 
-UPGRADES: dict[int, Callable[[Connection], None]] = {1: _add_text_collection}  # from version n to n + 1
+def _escape_backslashes(connection: Connection) -> None:
+    """2 → 3: paths are stored escaped (:mod:`.paths`); before, a path was stored as it
+    is, and only those holding a backslash change. They are first renamed to a
+    placeholder each (no path starts with ``:``), so a new value never meets an old one
+    under the unique constraint."""
+    rows = connection.execute(text("SELECT id, path FROM images WHERE replace(path, :slash, '') <> path"),
+                              {"slash": "\\"}).all()
+    if not rows:
+        return
+    rename = text("UPDATE images SET path = :path WHERE id = :row_id")
+    connection.execute(rename, [{"row_id": row_id, "path": f":{row_id}"} for row_id, _path in rows])
+    connection.execute(rename, [{"row_id": row_id, "path": stored_path(path)} for row_id, path in rows])
+
+
+UPGRADES: dict[int, Callable[[Connection], None]] = {  # from version n to n + 1
+    1: _add_text_collection,
+    2: _escape_backslashes,
+}
 
 
 def ensure_schema(engine: Engine, location: str, create: bool) -> None:

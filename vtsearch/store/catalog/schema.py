@@ -3,21 +3,24 @@
 The differences between the backends are kept in the column types: 64-bit ids on
 servers (on SQLite an INTEGER PRIMARY KEY is the 64-bit rowid already), and PostgreSQL's
 byte-order ("C") collation on paths, so that folder range queries mean the same on both.
+Paths are stored losslessly, whatever bytes name the file (:mod:`.paths`).
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from sqlalchemy import BigInteger, Column, Float, Integer, LargeBinary, MetaData, String, Table, Text
 
-SCHEMA_VERSION = 2  # 2: the text collection's table is part of every catalog
+from .paths import PathText
+
+SCHEMA_VERSION = 3  # 2: the text collection's table is part of every catalog; 3: paths escaped (.paths)
 INDEXED = "indexed"
 ERROR = "error"
 IN_CHUNK = 900  # ids or paths per IN (...): stays under SQLite's bound-parameter limit
 
 Id = BigInteger().with_variant(Integer, "sqlite")
-PathText = Text().with_variant(Text(collation="C"), "postgresql")
+MIN_ID, MAX_ID = -2**63, 2**63 - 1  # what an id column holds on either backend
 
 metadata = MetaData()
 
@@ -30,7 +33,7 @@ meta_table = Table(
 images_table = Table(
     "images", metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("path", PathText, nullable=False, unique=True),
+    Column("path", PathText(), nullable=False, unique=True),
     Column("size", BigInteger, nullable=False),
     Column("mtime_ns", BigInteger, nullable=False),
     Column("content_hash", String(32), index=True),
@@ -55,6 +58,12 @@ texts_table = Table(
     Column("added_at", Float, nullable=False),
     sqlite_autoincrement=True,
 )
+
+
+def storable_ids(ids: Iterable[int]) -> list[int]:
+    """``ids`` without those no id column can hold (past 64 bits): no row has them, and the
+    drivers refuse to bind them."""
+    return [row_id for row_id in ids if MIN_ID <= row_id <= MAX_ID]
 
 
 def chunks(items: Sequence, size: int = IN_CHUNK) -> Iterator[Sequence]:

@@ -45,6 +45,21 @@ class ServerLock:
             self._connection.close()  # a lost connection has released it already
             self._connection = None
 
+    def forget(self) -> None:
+        """In a forked child: point the child's copy of the lock connection's socket at
+        /dev/null, so that the server sees the connection end when the writer dies (the
+        child never uses it; the writer's own copy is untouched)."""
+        if self._connection is None:
+            return
+        try:
+            socket = self._connection.connection.dbapi_connection.fileno()
+            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            os.dup2(null, socket)
+            os.close(null)
+        except Exception:  # noqa: BLE001 - a fork hook must not fail; nothing to let go of then
+            pass
+        self._connection = None
+
     def held_elsewhere(self) -> bool:
         if self._connection is not None:
             return False

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 
 from ...records import TextRow
 from .meta import TEXTS_REVISION, bump_revision
-from .schema import chunks, texts_table
+from .schema import chunks, storable_ids, texts_table
 
 _ROW_COLUMNS = (texts_table.c.id, texts_table.c.text, texts_table.c.key, texts_table.c.meta)
 
@@ -53,7 +53,7 @@ class TextCollection:
                 rows = connection.execute(query.limit(limit) if limit is not None else query).all()
             else:
                 found = []
-                for chunk in chunks(list(ids)):
+                for chunk in chunks(storable_ids(ids)):
                     found.extend(connection.execute(select(*_ROW_COLUMNS).where(texts_table.c.id.in_(chunk))))
                 by_id = {row[0]: row for row in found}
                 rows = [by_id[i] for i in ids if i in by_id]
@@ -79,7 +79,7 @@ class TextCollection:
         removed = 0
         with self.engine.begin() as connection:
             bump_revision(connection, TEXTS_REVISION)
-            columns = ((texts_table.c.id, ids), (texts_table.c.text, texts), (texts_table.c.key, keys))
+            columns = ((texts_table.c.id, storable_ids(ids)), (texts_table.c.text, texts), (texts_table.c.key, keys))
             for column, values in columns:
                 for chunk in chunks(list(values)):
                     removed += connection.execute(texts_table.delete().where(column.in_(chunk))).rowcount

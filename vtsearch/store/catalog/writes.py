@@ -155,11 +155,17 @@ def _indexed_values(image: DecodedImage, vector: np.ndarray, region_row: int | N
     }
 
 
+def storable_text(text: str) -> str:
+    """Free text (a reason) as a text column takes it: a lone surrogate (a file name's
+    undecodable byte quoted in it) is written as its ``\\udcNN`` escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _error_values(failure: DecodeFailure, now: float) -> dict[str, Any]:
     return {
         "path": failure.source.path, "size": failure.source.size,
         "mtime_ns": failure.source.mtime_ns, "content_hash": failure.content_hash,
         "width": None, "height": None, "format": None, "status": ERROR,
-        "error": failure.reason, "embedding": None, "region_row": None, "updated_at": now,
+        "error": storable_text(failure.reason), "embedding": None, "region_row": None, "updated_at": now,
     }
 
