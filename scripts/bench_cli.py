@@ -85,17 +85,13 @@ def bench_help(runs: int) -> dict[str, float]:
 def bench_search(root: Path, images: int, runs: int) -> dict[str, float]:
     """A cold ``vtsearch search`` against the bare open_clip script, on a fresh index under ``root``."""
     import numpy as np
-    from PIL import Image
 
-    from benchkit import write_random_model
+    from benchkit import write_random_model, write_random_photos
     from vtsearch import Index
 
     write_random_model(root / "model", MODEL)
     photos = root / "photos"
-    photos.mkdir()
-    rng = np.random.default_rng(0)
-    for number in range(images):
-        Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(photos / f"{number:03d}.jpg")
+    write_random_photos(photos, images)
     cli, index = vtsearch_command(), root / "index"
     subprocess.run([*cli, "index", str(photos), "--index", str(index), "--model",
                     f"local-dir:{root / 'model'}", "--workers", "0"], check=True, capture_output=True)

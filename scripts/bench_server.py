@@ -34,12 +34,10 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import requests
 import torch
-from PIL import Image
 
-from benchkit import write_random_model
+from benchkit import write_random_model, write_random_photos
 
 MODEL = "ViT-B-32"
 QUERIES = ["a dog on a beach", "a red car in the snow", "two people under an umbrella", "a bowl of fruit",
@@ -53,10 +51,7 @@ def build_index(root: Path, images: int) -> Path:
 
     write_random_model(root / "model", MODEL)
     photos = root / "photos"
-    photos.mkdir()
-    rng = np.random.default_rng(0)
-    for number in range(images):
-        Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(photos / f"{number:05d}.jpg")
+    write_random_photos(photos, images)
     with Index.create(root / "index", EncoderSpec.parse(f"local-dir:{root / 'model'}"), device="cpu") as index:
         index.add([photos], IngestOptions(workers=0))
         layout = index.regions

@@ -1,4 +1,4 @@
-"""What the benchmark scripts share: an open_clip model with random weights.
+"""What the benchmark scripts share: an open_clip model with random weights, and photos.
 
 Random weights cost exactly what pretrained ones do, and need no download.
 """
@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import open_clip
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from vtsearch.config import EncoderSpec
@@ -32,3 +34,12 @@ def write_random_model(folder: Path, model: str) -> None:
     (folder / "open_clip_config.json").write_text(json.dumps(config))
     save_file({k: v.contiguous() for k, v in network.state_dict().items()},
               str(folder / "open_clip_model.safetensors"))
+
+
+def write_random_photos(folder: Path, count: int, size: tuple[int, int] = (128, 96)) -> None:
+    """``count`` seeded random-noise JPEGs of ``size`` in a new ``folder``."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for number in range(count):
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{number:05d}.jpg")
