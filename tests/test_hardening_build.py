@@ -79,6 +79,9 @@ def test_a_name_that_is_not_utf8_is_indexed_found_and_printed(odd_folder, tmp_pa
     latin1 = os.path.join(os.fsencode(odd_folder), LATIN1)
     by_glob = json.loads(run("search", "x", "--index", index, "--glob", b"caf\xe9*", "--json").stdout)["results"]
     assert [os.fsencode(r["path"]) for r in by_glob] == [latin1]
+    for pattern, names in (("*x*", set()), ("caf?.jpg", {LATIN1}), ("*\\*", {b"a\\b.png"})):
+        hits = json.loads(run("search", "x", "--index", index, "--glob", pattern, "--json").stdout)["results"]
+        assert {os.path.basename(os.fsencode(r["path"])) for r in hits} == names, pattern  # real names, not escapes
     folder = os.path.join(os.fsencode(odd_folder), b"d\xff")
     under = json.loads(run("search", "x", "--index", index, "--path-prefix", folder, "--json").stdout)["results"]
     assert [os.fsencode(r["path"]) for r in under] == [os.path.join(folder, b"a\\b.png")]

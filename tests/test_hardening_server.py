@@ -171,6 +171,20 @@ def test_thumbnails_never_go_where_others_can_write(tmp_path, monkeypatch):
     assert ThumbnailCache(index_dir).folder == index_dir / "thumbnails"
 
 
+def test_the_private_cache_is_used_under_a_group_writable_umask(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    index_dir = tmp_path / "index"
+    (index_dir / "thumbnails").mkdir(parents=True)
+    os.chmod(index_dir / "thumbnails", 0o777)
+    old = os.umask(0o002)  # Debian's and Ubuntu's default for users
+    try:
+        folders = {ThumbnailCache(index_dir).folder for _ in range(2)}
+    finally:
+        os.umask(old)
+    [folder] = folders  # the same folder both times, not a new temporary one
+    assert folder.is_relative_to(tmp_path / "cache" / "vtsearch" / "thumbnails")
+
+
 def test_a_symlink_planted_in_the_thumbnail_folder_is_not_followed(tmp_path):
     photo = make_images(tmp_path / "photos", 1)[0]
     secret = tmp_path / "secret.jpg"

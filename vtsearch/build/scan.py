@@ -16,6 +16,7 @@ from typing import Iterable
 
 from PIL import Image
 
+from ..decode.formats import enable_optional_plugins
 from ..records import ScannedFile, ScanReport
 
 
@@ -23,6 +24,7 @@ from ..records import ScannedFile, ScanReport
 def image_extensions() -> frozenset[str]:
     """Lower-case extensions (with the dot) that Pillow can open."""
     Image.init()
+    enable_optional_plugins()
     return frozenset(ext.lower() for ext in Image.registered_extensions())
 
 

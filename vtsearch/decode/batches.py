@@ -25,8 +25,12 @@ import sys
 import threading
 import time
 from collections import deque
+from dataclasses import replace
 from multiprocessing.connection import Connection, wait
 from typing import Iterator, Sequence
+
+import numpy as np
+import torch
 
 from ..config import DecodeConfig
 from ..records import DecodeFailure, DecodeOutcome, ScannedFile
@@ -37,7 +41,7 @@ from .noise import capture_stderr, log_noise
 from .pillow import decode_here
 from .sandbox import too_slow
 
-DEPTH = 2  # files queued per worker: one decoding, one ready to start
+DEPTH = 4  # files queued per worker: one decoding, the rest ready to start
 POLL_S = 0.1  # how often the collector looks at deadlines and new workers
 
 
@@ -92,8 +96,22 @@ def _work(files: list[ScannedFile], config: DecodeConfig, transform: Transform, 
         if index is None:
             break
         outcome, noise = decode_source(files[index], config, transform, decode_here)
-        results.send_bytes(pickle.dumps((index, outcome, noise), protocol=pickle.HIGHEST_PROTOCOL))
+        _send(results, index, outcome, noise)
     os._exit(0)
+
+
+def _send(results: Connection, index: int, outcome: DecodeOutcome, noise: str) -> None:
+    """A result for the parent: the record, then a decoded image's pixels as raw bytes
+    (pickling a tensor would copy it twice more)."""
+    pixels = getattr(outcome, "pixels", None)
+    if not isinstance(pixels, torch.Tensor):  # a failure (or a transform that makes no tensor)
+        results.send_bytes(pickle.dumps((index, outcome, noise, None), protocol=pickle.HIGHEST_PROTOCOL))
+        return
+    array = pixels.numpy()
+    layout = (array.shape, array.dtype.str)
+    header = (index, replace(outcome, pixels=None), noise, layout)
+    results.send_bytes(pickle.dumps(header, protocol=pickle.HIGHEST_PROTOCOL))
+    results.send_bytes(memoryview(np.ascontiguousarray(array)).cast("B"))
 
 
 def _close_inherited(keep: set[int]) -> None:
@@ -283,9 +301,14 @@ class _Pool:
 
 def _receive(worker: _Worker) -> tuple[int, DecodeOutcome, str] | None:
     try:
-        return pickle.loads(worker.results.recv_bytes())
+        index, outcome, noise, layout = pickle.loads(worker.results.recv_bytes())
+        if layout is not None:
+            shape, dtype = layout
+            array = np.frombuffer(bytearray(worker.results.recv_bytes()), dtype=dtype).reshape(shape)
+            outcome = replace(outcome, pixels=torch.from_numpy(array))
     except (EOFError, OSError):
         return None
+    return index, outcome, noise
 
 
 __all__ = ["decode_batches"]

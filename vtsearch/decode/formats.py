@@ -24,6 +24,7 @@ _DOCUMENT_SIGNATURES = {b"%PDF": "PDF"}  # formats Pillow cannot read at all, na
 def readable_formats() -> tuple[str, ...]:
     """The allow-listed formats this Pillow can open (plugins register on first call)."""
     Image.init()
+    enable_optional_plugins()
     return tuple(name for name in RASTER_FORMATS if name in Image.OPEN and _codec_present(name))
 
 
@@ -34,9 +35,10 @@ def _codec_present(name: str) -> bool:
     return True
 
 
+@lru_cache(maxsize=1)
 def enable_optional_plugins() -> None:
-    """In a decode process: HEIF, where pillow-heif is installed (its opener registers
-    only when asked, and registering changes Pillow for the whole process)."""
+    """HEIF, where pillow-heif is installed (its opener registers only when asked), so that
+    scans list ``.heic`` files and uploads and decodes read them alike."""
     try:
         from pillow_heif import register_heif_opener
     except ImportError:

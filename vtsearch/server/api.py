@@ -106,7 +106,7 @@ class ApiRoutes:
         handle, size = await run_in_threadpool(open_indexed, row)
         name = quote(os.fsencode(os.path.basename(row.path)))
         media_type = MEDIA_TYPES.get(row.format or "", "application/octet-stream")
-        return StreamingResponse(chunks(handle), media_type=media_type, headers={
+        return StreamingResponse(chunks(handle, size), media_type=media_type, headers={
             "Content-Length": str(size), "Content-Disposition": f"inline; filename*=utf-8''{name}"})
 
     async def info(self, request: Request) -> Response:

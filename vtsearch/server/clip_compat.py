@@ -57,7 +57,7 @@ class ClipRetrievalRoutes:
         served = self.library.get(string(fields, "indice_name"))
         modality = fields.get("modality", "image")
         if modality not in ("image", "text"):
-            raise HTTPError(400, f"modality must be \"image\" or \"text\", got {modality!r}")
+            raise HTTPError(400, f"modality must be \"image\" or \"text\", got {shown(modality)}")
         num_images = integer(fields, "num_images", 40, 1, MAX_K)
         count = max(num_images, integer(fields, "num_result_ids", num_images, 1, MAX_K))
         query = await self._query(fields, request, served)
@@ -65,9 +65,9 @@ class ClipRetrievalRoutes:
             return await self._describe(served, query, count)
         hits = await self._search(served, query, count, boolean(fields, "deduplicate", False))
         results: list[dict[str, Any]] = [{"id": hit.id, "similarity": hit.score} for hit in hits]
-        shown = results[:num_images]
-        metadata = await self._metadata(served, [item["id"] for item in shown], request, thumbnails=True)
-        for item, extra in zip(shown, metadata):
+        first = results[:num_images]
+        metadata = await self._metadata(served, [item["id"] for item in first], request, thumbnails=True)
+        for item, extra in zip(first, metadata):
             item.update(extra["metadata"])
         return JSONResponse(results)
 

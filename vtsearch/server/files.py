@@ -60,10 +60,12 @@ def stat_indexed(row: ImageRow) -> None:
     check_unchanged(row, found)
 
 
-def chunks(handle: BinaryIO) -> Iterator[bytes]:
-    """The file's bytes in chunks; the file is closed at the end (or when the client leaves)."""
+def chunks(handle: BinaryIO, size: int) -> Iterator[bytes]:
+    """The file's first ``size`` bytes (what Content-Length promised, however the file
+    changes meanwhile) in chunks; the file is closed at the end (or when the client leaves)."""
     with handle:
-        while chunk := handle.read(CHUNK_BYTES):
+        while size > 0 and (chunk := handle.read(min(CHUNK_BYTES, size))):
+            size -= len(chunk)
             yield chunk
 
 

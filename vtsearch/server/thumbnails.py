@@ -166,7 +166,13 @@ def _private_folder(folder: Path) -> Path:
     """``folder``, created 0700 where missing; OSError unless it is a real folder of this
     user's that no one else can enter, in folders of this user's that no one else can
     write to (so no one can swap it for their own)."""
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    missing = []
+    for level in (folder, *folder.parents):
+        if level.exists():
+            break
+        missing.append(level)
+    for level in reversed(missing):  # each made 0700 (parents=True would follow the umask)
+        level.mkdir(mode=0o700, exist_ok=True)
     group_and_others = stat.S_IRWXG | stat.S_IRWXO
     if not _owned_folder(folder, forbidden=group_and_others):
         raise OSError(f"{folder} is not a folder of this user's that only this user can open")

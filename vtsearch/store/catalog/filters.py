@@ -12,9 +12,10 @@ names it. (:class:`SearchFilter` limits lengths before a query is made.)
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
-from sqlalchemy import Text, literal, select
+from sqlalchemy import Text, func, literal, or_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError
 
@@ -37,15 +38,21 @@ class FilterQueries:
     def filtered_ids(self, conditions: SearchFilter) -> np.ndarray:
         """Ids of the indexed rows that meet every condition (int64, ascending)."""
         where = [images_table.c.status == INDEXED, *filter_conditions(conditions, self.on_server)]
-        query = select(images_table.c.id).where(*where).order_by(images_table.c.id)
+        columns = (images_table.c.id, images_table.c.path) if conditions.glob else (images_table.c.id,)
+        query = select(*columns).where(*where).order_by(images_table.c.id)
         try:
             with self.engine.connect() as connection:
-                return np.fromiter(connection.scalars(query), dtype=np.int64)
+                rows = connection.execute(query).all()
         except DatabaseError as error:
             reason = failure_reason(error)
             if conditions.glob is not None and any(words in reason for words in PATTERN_REFUSALS):
                 raise QueryError(f"the glob pattern {_shown(conditions.glob)} cannot be used ({reason})") from None
             raise
+        escaped = {row[0] for row in rows if "\\" in stored_path(row[1])} if conditions.glob else set()
+        if escaped:  # a path stored with escapes is matched here, on its real name
+            matches = _real_name_matcher(conditions.glob)
+            rows = [row for row in rows if row[0] not in escaped or matches(row[1])]
+        return np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
 
 
 def filter_conditions(conditions: SearchFilter, on_server: bool) -> list:
@@ -55,11 +62,15 @@ def filter_conditions(conditions: SearchFilter, on_server: bool) -> list:
     if conditions.path_prefix:
         where.append(at_or_under(conditions.path_prefix))
     if conditions.glob:
-        pattern = conditions.glob if "/" in conditions.glob else "*/" + conditions.glob
+        pattern = _anchored(conditions.glob)
         if on_server:  # a regular expression over the stored form, bound as plain text
-            where.append(table.path.regexp_match(literal(glob_regex(stored_path(pattern)), Text)))
+            matches = table.path.regexp_match(literal(glob_regex(stored_path(pattern)), Text))
         else:
-            where.append(table.path.op("GLOB")(pattern))  # the column's type stores the pattern as a path
+            matches = table.path.op("GLOB")(pattern)  # the column's type stores the pattern as a path
+        # a path stored with escapes (a name that is not UTF-8, a backslash) is let through
+        # and matched in Python on its real name, which its stored form does not show
+        escaped = (func.strpos if on_server else func.instr)(table.path, literal("\\", Text)) > 0
+        where.append(or_(matches, escaped))
     if conditions.formats:
         where.append(table.format.in_(conditions.formats))
     if conditions.min_width is not None:
@@ -71,6 +82,20 @@ def filter_conditions(conditions: SearchFilter, on_server: bool) -> list:
     if conditions.modified_before is not None:
         where.append(table.mtime_ns < int(conditions.modified_before * 1e9))
     return where
+
+
+def _real_name_matcher(glob: str):
+    """Whether a real path matches ``glob`` (a set Python refuses, as ``[z-a]``, matches
+    nothing, as in SQLite)."""
+    try:
+        return re.compile(glob_regex(_anchored(glob)), re.DOTALL).match
+    except re.error:
+        return lambda _path: None
+
+
+def _anchored(glob: str) -> str:
+    """A pattern without ``/`` is matched against the file's name."""
+    return glob if "/" in glob else "*/" + glob
 
 
 def _shown(value: str, length: int = 40) -> str:
