@@ -104,7 +104,7 @@ def _send(results: Connection, index: int, outcome: DecodeOutcome, noise: str) -
     """A result for the parent: the record, then a decoded image's pixels as raw bytes
     (pickling a tensor would copy it twice more)."""
     pixels = getattr(outcome, "pixels", None)
-    if not isinstance(pixels, torch.Tensor):  # a failure (or a transform that makes no tensor)
+    if not isinstance(pixels, torch.Tensor) or pixels.dtype == torch.bfloat16:  # a failure, or no numpy twin
         results.send_bytes(pickle.dumps((index, outcome, noise, None), protocol=pickle.HIGHEST_PROTOCOL))
         return
     array = pixels.numpy()
