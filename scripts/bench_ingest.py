@@ -14,10 +14,14 @@ For each image set (small photos, and 12-megapixel JPEGs), with the same model:
   encode, region store, catalog commits, FAISS), and ``ratio`` = images_per_s / bound;
 - ``encoder_images_per_s`` = 1 / encode, and ``ratio_vs_encoder``.
 
+Each set runs in each ``--precision`` (float32, and bfloat16 where the CPU has it: see
+``vtsearch.encoder.precision``); the last line gives bf16 / fp32 for the encoder and
+for the whole ingest, and the bf16 probe vector's cosine to fp32.
+
 The model is open_clip's ViT-B-32 with random weights (the cost is that of the
 pretrained model; nothing is downloaded).
 
-    python scripts/bench_ingest.py [--small 192] [--large 48] [--workers N] [--json]
+    python scripts/bench_ingest.py [--small 192] [--large 48] [--workers N] [--precision fp32 bf16] [--json]
 """
 
 from __future__ import annotations
@@ -29,14 +33,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import torch
 from PIL import Image, ImageDraw
 
-from benchkit import random_encoder
 from vtsearch import Index, IngestOptions
 from vtsearch.build.scan import scan
+from vtsearch.config import EncoderSpec
 from vtsearch.decode import decode_file
 from vtsearch.encoder import Encoder
+from vtsearch.encoder.precision import cpu_has_bf16
 
 
 def photo(size: tuple[int, int], seed: int) -> Image.Image:
@@ -73,14 +79,14 @@ def measure(name: str, folder: Path, encoder: Encoder, options: IngestOptions, g
         encoder.encode_image_features(torch.stack(pixels[start:start + options.batch_size]), grid)
     encode_s = (time.perf_counter() - started) / len(files)
 
-    with Index.create(workdir / f"index-{name}", encoder=encoder) as index:
+    with Index.create(workdir / f"index-{name}-{encoder.precision}", encoder=encoder) as index:
         summary = index.add([folder], options)
     assert summary.indexed == len(files), summary
     rate = summary.indexed / summary.seconds
     bound = 1.0 / (decode_s + encode_s)
     megapixels = Image.open(files[0].path).size
     return {
-        "set": name, "images": len(files), "pixels": f"{megapixels[0]}x{megapixels[1]}",
+        "set": name, "precision": encoder.precision, "images": len(files), "pixels": f"{megapixels[0]}x{megapixels[1]}",
         "workers": options.workers, "batch_size": options.batch_size,
         "decode_ms": round(decode_s * 1000, 2), "encode_ms": round(encode_s * 1000, 2),
         "images_per_s": round(rate, 2), "bound_images_per_s": round(bound, 2), "ratio": round(rate / bound, 3),
@@ -95,30 +101,65 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=48, help="4000 x 3000 (12 MP) JPEGs")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None, help="decode processes [default: as vtsearch index]")
+    parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"],
+                        default=["fp32", "bf16"] if cpu_has_bf16() else ["fp32"])
     parser.add_argument("--json", action="store_true", help="one JSON line per configuration")
     args = parser.parse_args()
 
-    encoder = random_encoder(args.model, torch.device("cpu"))
-    grid = min(7, *encoder.native_grid)
     options = IngestOptions(batch_size=args.batch_size,
                             **({} if args.workers is None else {"workers": args.workers}))
-    rows = []
+    rows, agreement = [], None
     with tempfile.TemporaryDirectory(prefix="vtsearch-bench-ingest-") as temp:
         workdir = Path(temp)
         for name, count, size in (("small", args.small, (640, 480)), ("12MP", args.large, (4000, 3000))):
             if count:
                 write_set(workdir / name, count, size)
-                rows.append(measure(name, workdir / name, encoder, options, grid, workdir))
-    if args.json:
+        for precision in args.precision:
+            encoder = random_encoder_in(args.model, precision)
+            agreement = encoder.bf16_agreement or agreement
+            grid = min(7, *encoder.native_grid)
+            for name, count in (("small", args.small), ("12MP", args.large)):
+                if count:
+                    rows.append(measure(name, workdir / name, encoder, options, grid, workdir))
+    print_rows(rows, args.json)
+    print_ratios(rows, agreement, args.json)
+
+
+def random_encoder_in(model: str, precision: str) -> Encoder:
+    """``model`` with seeded random weights, run in ``precision`` on the CPU."""
+    torch.manual_seed(0)
+    network, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=None)
+    return Encoder(EncoderSpec(model, "random-init"), network, preprocess, open_clip.get_tokenizer(model),
+                   torch.device("cpu"), precision)
+
+
+def print_rows(rows: list[dict], as_json: bool) -> None:
+    if as_json:
         for row in rows:
             print(json.dumps(row))
         return
-    print(f"{'set':>6} {'images':>6} {'decode ms':>9} {'encode ms':>9} {'bound/s':>8} {'index/s':>8} "
+    print(f"{'set':>6} {'prec':>5} {'images':>6} {'decode ms':>9} {'encode ms':>9} {'bound/s':>8} {'index/s':>8} "
           f"{'ratio':>6} {'encoder/s':>9} {'vs enc':>6}")
     for row in rows:
-        print(f"{row['set']:>6} {row['images']:>6} {row['decode_ms']:>9.1f} {row['encode_ms']:>9.1f} "
-              f"{row['bound_images_per_s']:>8.2f} {row['images_per_s']:>8.2f} {row['ratio']:>6.2f} "
-              f"{row['encoder_images_per_s']:>9.2f} {row['ratio_vs_encoder']:>6.2f}")
+        print(f"{row['set']:>6} {row['precision']:>5} {row['images']:>6} {row['decode_ms']:>9.1f} "
+              f"{row['encode_ms']:>9.1f} {row['bound_images_per_s']:>8.2f} {row['images_per_s']:>8.2f} "
+              f"{row['ratio']:>6.2f} {row['encoder_images_per_s']:>9.2f} {row['ratio_vs_encoder']:>6.2f}")
+
+
+def print_ratios(rows: list[dict], agreement: float | None, as_json: bool) -> None:
+    """bf16 / fp32, per set: the bare encoder and the whole ingest."""
+    by_key = {(row["set"], row["precision"]): row for row in rows}
+    for name in dict.fromkeys(row["set"] for row in rows):
+        fp32, bf16 = by_key.get((name, "fp32")), by_key.get((name, "bf16"))
+        if not (fp32 and bf16):
+            continue
+        ratios = {"set": name,
+                  "bf16_over_fp32_encoder": round(bf16["encoder_images_per_s"] / fp32["encoder_images_per_s"], 2),
+                  "bf16_over_fp32_ingest": round(bf16["images_per_s"] / fp32["images_per_s"], 2),
+                  "bf16_probe_cosine": agreement}
+        print(json.dumps(ratios) if as_json else
+              f"{name}: bf16/fp32 encoder x{ratios['bf16_over_fp32_encoder']}, ingest "
+              f"x{ratios['bf16_over_fp32_ingest']} (probe cosine to fp32 {agreement:.5f})")
 
 
 if __name__ == "__main__":

@@ -6,9 +6,19 @@ search of the shortlist. Stage 2 = reading the shortlist's regions from a memory
 region store (fp16 → fp32) + the fusion scorer over them; the catalog lookup of region
 rows (~1.5 ms for 100 ids) is not included. The model is ViT-B-32 with random weights
 (no download needed; the cost is that of the pretrained model), with its native 7 × 7 ×
-512 regions and the default scorer (width 128, 2 layers). The gallery is synthetic.
+512 regions and the default scorer (width 128, 2 layers): the caption scorer that
+``train-reranker`` trains, with the largest vocabulary it keeps (``MAX_VOCAB`` token
+classes, as a captioned photo collection gives), or with ``--score match`` the match head.
+The gallery is synthetic.
 
-    python scripts/bench_rerank.py [--gallery 20000] [--repeats 30] [--device cpu] [--json]
+``--scorer coca`` measures CoCa's text decoder instead (``vtsearch.query.decoder``), on
+coca_ViT-B-32 with random weights, at k = 10/30/100, in the two ways a CoCa index could
+keep its images: ``--coca-store tokens`` (what vtsearch keeps: the 1 + 7 x 7 x 768 tokens
+before the attentional pooler, which then runs per query) or ``pooled`` (the pooler's
+255 x 512 outputs, read as they are).
+
+    python scripts/bench_rerank.py [--gallery 20000] [--repeats 30] [--device cpu] [--score caption] [--json]
+    python scripts/bench_rerank.py --scorer coca [--coca-store tokens|pooled] [--precision fp32|bf16]
 """
 
 from __future__ import annotations
@@ -24,10 +34,13 @@ import numpy as np
 import torch
 
 from benchkit import random_encoder
-from vtsearch.config import AnnConfig
+from vtsearch.config import AnnConfig, EncoderSpec
 from vtsearch.fusion import FusionConfig
+from vtsearch.encoder import Encoder
+from vtsearch.query.decoder import DecoderReranker
 from vtsearch.query.rerank import Reranker
 from vtsearch.store.ann import AnnIndex
+from vtsearch.train.loop import MAX_VOCAB
 from vtsearch.store.regions import RegionLayout, RegionStore
 
 QUERIES = ["a red car parked left of a blue house", "two dogs playing in the snow",
@@ -52,12 +65,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    parser.add_argument("--score", choices=("caption", "match"), default="caption", help="the scorer's head")
     parser.add_argument("--json", action="store_true", help="one JSON line per configuration")
+    parser.add_argument("--scorer", choices=("fusion", "coca"), default="fusion",
+                        help="coca: CoCa's text decoder (coca_ViT-B-32 unless --model names another CoCa)")
+    parser.add_argument("--coca-store", choices=("tokens", "pooled"), default="tokens",
+                        help="--scorer coca: keep the tokens before the pooler, or its outputs")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
+                        help="--scorer coca: how the model computes")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    encoder = random_encoder(args.model, device)
+    if args.scorer == "coca":
+        report(bench_coca(args, device), args)
+        return
+    encoder = random_encoder(args.model, device, args.precision)
     dim, grid = encoder.embed_dim, min(encoder.native_grid)
     layout = RegionLayout(grid=grid, dim=dim)
 
@@ -71,8 +94,11 @@ def main() -> None:
         store = RegionStore(Path(folder) / "regions.f16", layout)
         for start in range(0, args.store_rows, 500):
             store.append(rng.normal(size=(min(500, args.store_rows - start), layout.regions, dim)).astype(np.float16))
+        vocab = tuple(range(1000, 1000 + MAX_VOCAB)) if args.score == "caption" else ()
         reranker = Reranker.untrained(FusionConfig(text_dim=encoder.text_token_dim, region_dim=dim, grid=grid,
-                                                   max_tokens=encoder.context_length), device=device)
+                                                   max_tokens=encoder.context_length, score=args.score, vocab=vocab,
+                                                   word_dim=encoder.word_dim, causal_states=encoder.text_causal),
+                                      device=device)
         with torch.no_grad():
             reranker.scorer.rerank_weight.fill_(1.0)  # a trained scorer's cost: nothing skipped
 
@@ -95,24 +121,84 @@ def main() -> None:
             regions_ms = median_ms(read_regions, args.repeats)
             regions = read_regions()
             stage1 = np.array([score for _, score in hits], dtype=np.float32)
-            rerank_ms = median_ms(lambda: reranker.rerank(features.tokens[0], stage1, regions), args.repeats)
+            rerank_ms = median_ms(lambda: reranker.rerank(features.tokens[0], features.ids[0], stage1, regions),
+                                  args.repeats)
             stage1_ms, stage2_ms = encode_ms + ann_ms, regions_ms + rerank_ms
-            rows.append({"model": args.model, "device": args.device, "k": k, "gallery": args.gallery,
-                         "regions": f"{grid}x{grid}x{dim}", "encode_ms": round(encode_ms, 2),
+            rows.append({"model": args.model, "device": args.device, "score": args.score, "k": k,
+                         "gallery": args.gallery, "regions": f"{grid}x{grid}x{dim}", "encode_ms": round(encode_ms, 2),
                          "ann_ms": round(ann_ms, 2), "stage1_ms": round(stage1_ms, 2),
                          "regions_ms": round(regions_ms, 2), "rerank_ms": round(rerank_ms, 2),
                          "stage2_ms": round(stage2_ms, 2), "ratio": round(stage2_ms / stage1_ms, 3)})
+    report(rows, args)
+
+
+def report(rows: list[dict], args: argparse.Namespace) -> None:
     if args.json:
         for row in rows:
             print(json.dumps(row))
         return
-    print(f"{args.model} on {args.device}, {torch.get_num_threads()} threads; regions {rows[0]['regions']}; "
-          f"gallery {args.gallery}")
+    print(f"{rows[0]['model']} on {args.device}, {torch.get_num_threads()} threads; regions {rows[0]['regions']}; "
+          f"gallery {args.gallery}; {rows[0]['score']} scorer")
     print(f"{'k':>5} {'stage 1 ms':>11} {'(encode':>8} {'+ ann)':>7} {'stage 2 ms':>11} {'(regions':>9} "
           f"{'+ rerank)':>9} {'stage2/stage1':>14}")
     for row in rows:
         print(f"{row['k']:>5} {row['stage1_ms']:>11.2f} {row['encode_ms']:>8.2f} {row['ann_ms']:>7.2f} "
               f"{row['stage2_ms']:>11.2f} {row['regions_ms']:>9.2f} {row['rerank_ms']:>9.2f} {row['ratio']:>14.2f}")
+
+
+def coca_encoder(model: str, device: torch.device, precision: str) -> Encoder:
+    """A CoCa with seeded random weights; its decoder's output projection, which open_clip
+    leaves uninitialised without weights, drawn as training would start it."""
+    import open_clip
+
+    torch.manual_seed(0)
+    network, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=None)
+    decoder = network.text_decoder
+    torch.nn.init.normal_(decoder.text_projection, std=decoder.width ** -0.5)
+    return Encoder(EncoderSpec(model, "random-init"), network, preprocess, open_clip.get_tokenizer(model), device,
+                   precision)
+
+
+def bench_coca(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """Stage 1 and CoCa's decoder at k = 10/30/100, regions read from a region store."""
+    model = args.model if args.model.startswith("coca") else "coca_ViT-B-32"
+    encoder = coca_encoder(model, device, args.precision)
+    reranker = DecoderReranker(encoder.model)
+    grid, width = min(encoder.native_grid), encoder.image.region_dim
+    if args.coca_store == "pooled":  # the pooler's outputs kept: read as they are
+        probe = torch.zeros(1, 1 + grid * grid, width, dtype=encoder.input_dtype)
+        count, dim = reranker.decoder.image_tokens(probe).shape[1:]
+        layout = RegionLayout(grid=1, dim=dim, prefix=count - 1)
+        reranker.decoder.image_tokens = lambda regions: regions.to(reranker.decoder.device, reranker.decoder.dtype)
+    else:
+        layout = RegionLayout(grid=grid, dim=width, prefix=1)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(args.gallery, encoder.embed_dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ann = AnnIndex.empty(encoder.embed_dim, AnnConfig())
+    ann.add(np.arange(args.gallery), vectors)
+    repeats = min(args.repeats, 3)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        store = RegionStore(Path(folder) / "regions.f16", layout)
+        store.append(rng.normal(size=(100, layout.regions, layout.dim)).astype(np.float16))
+        features = encoder.encode_text_features([QUERIES[0]])
+        encode_ms = median_ms(lambda: encoder.encode_text_features([QUERIES[0]]), args.repeats)
+        for k in (10, 30, 100):
+            ann_ms = median_ms(lambda: ann.search(features.vectors, k), args.repeats)
+            stage1 = np.array([score for _, score in ann.search(features.vectors, k)[0]], dtype=np.float32)
+            regions_ms = median_ms(lambda: torch.from_numpy(store.read(list(range(k))).astype(np.float32)), repeats)
+            regions = torch.from_numpy(store.read(list(range(k))).astype(np.float32))
+            rerank_ms = median_ms(lambda: reranker.rerank(None, features.ids[0], stage1, regions), repeats)
+            stage1_ms, stage2_ms = encode_ms + ann_ms, regions_ms + rerank_ms
+            rows.append({"model": model, "device": args.device, "score": f"coca-decoder/{args.coca_store}",
+                         "precision": encoder.precision, "k": k, "query_tokens": len(features.ids[0]),
+                         "gallery": args.gallery, "bytes_per_image": layout.row_bytes,
+                         "regions": f"{layout.regions}x{layout.dim}", "encode_ms": round(encode_ms, 2),
+                         "ann_ms": round(ann_ms, 2), "stage1_ms": round(stage1_ms, 2),
+                         "regions_ms": round(regions_ms, 2), "rerank_ms": round(rerank_ms, 2),
+                         "stage2_ms": round(stage2_ms, 2), "ratio": round(stage2_ms / stage1_ms, 3)})
+    return rows
 
 
 if __name__ == "__main__":

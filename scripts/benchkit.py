@@ -18,11 +18,12 @@ from vtsearch.config import EncoderSpec
 from vtsearch.encoder import Encoder
 
 
-def random_encoder(model: str, device: torch.device) -> Encoder:
+def random_encoder(model: str, device: torch.device, precision: str = "auto") -> Encoder:
     """``model`` (an open_clip name) with seeded random weights, as a vtsearch encoder."""
     torch.manual_seed(0)
     network, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=None)
-    return Encoder(EncoderSpec(model, "random-init"), network, preprocess, open_clip.get_tokenizer(model), device)
+    return Encoder(EncoderSpec(model, "random-init"), network, preprocess, open_clip.get_tokenizer(model), device,
+                   precision)
 
 
 def write_random_model(folder: Path, model: str) -> None:

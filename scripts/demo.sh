@@ -3,40 +3,60 @@
 #   1. generate a captioned image set of coloured shapes (with "twin" test families)
 #   2. train a small CLIP on it from scratch (open_clip's own model and loss)
 #   3. index every image with it (stage 1: FAISS; stage 2: region features)
-#   4. train the fusion reranker on the training captions (hard negatives from the index)
-#   5. evaluate text -> image recall with and without reranking, then search
+#   4. train the fusion reranker on the training captions (the caption objective)
+#   5. evaluate text -> image recall with and without reranking, which twin of a family
+#      ranks first, then search
 #   6. print how to look at it all in a browser (vtsearch serve)
 # Steps whose output already exists are skipped; DEMO_DIR (default ./demo) holds it all.
+# SHAPES_STYLE=varied makes the second data set instead (scripts/make_shapes.py --style
+# varied: free placement, six shapes, several phrasings, a patch-8 CLIP with 8 x 8 regions).
+# DEMO_MODEL=coca trains a small CoCa instead (scripts/train_coca.py: contrastive +
+# captioning); its own text decoder reranks, with no train-reranker (COCA_EPOCHS, default 14).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO_DIR=${DEMO_DIR:-demo}
 CLIP_EPOCHS=${CLIP_EPOCHS:-12}
 RERANK_EPOCHS=${RERANK_EPOCHS:-12}
+SHAPES_STYLE=${SHAPES_STYLE:-demo}
 PYTHON=${PYTHON:-python3}
 DATA="$DEMO_DIR/data"
 MODEL="$DEMO_DIR/clip"
 INDEX="$DEMO_DIR/index"
+DEMO_MODEL=${DEMO_MODEL:-clip}
+if [ "$DEMO_MODEL" = coca ]; then MODEL="$DEMO_DIR/coca"; INDEX="$DEMO_DIR/coca-index"; fi
 
 step() { printf '\n== %s\n' "$*" >&2; }
 
+if [ "$SHAPES_STYLE" = varied ]; then
+    SHAPES_OPTIONS=(--style varied --twin-families 150 --plain 400)
+    CLIP_OPTIONS=(--patch-size 8 --context-length 20)
+else
+    SHAPES_OPTIONS=(--layout cells)
+    CLIP_OPTIONS=(--family-batches)
+fi
 if [ ! -f "$DATA/meta.json" ]; then
-    step "generating the shapes data set in $DATA"
-    "$PYTHON" scripts/make_shapes.py "$DATA" --layout cells
+    step "generating the shapes data set in $DATA ($SHAPES_STYLE)"
+    "$PYTHON" scripts/make_shapes.py "$DATA" "${SHAPES_OPTIONS[@]}"
+fi
+if [ "$DEMO_MODEL" = coca ] && [ ! -f "$MODEL/open_clip_model.safetensors" ]; then
+    step "training a small CoCa from scratch (${COCA_EPOCHS:-14} epochs; its decoder will rerank untrained)"
+    "$PYTHON" scripts/train_coca.py "$DATA/train.jsonl" "$MODEL" --epochs "${COCA_EPOCHS:-14}" --family-batches
 fi
 if [ ! -f "$MODEL/open_clip_model.safetensors" ]; then
     step "training a small CLIP from scratch ($CLIP_EPOCHS epochs)"
-    "$PYTHON" scripts/train_clip.py "$DATA/train.jsonl" "$MODEL" --epochs "$CLIP_EPOCHS" --family-batches
+    "$PYTHON" scripts/train_clip.py "$DATA/train.jsonl" "$MODEL" --epochs "$CLIP_EPOCHS" "${CLIP_OPTIONS[@]}"
 fi
 step "indexing $DATA/images"
 vtsearch index "$DATA/images" --index "$INDEX" --model "local-dir:$MODEL"
 vtsearch info --index "$INDEX"
-if [ ! -f "$INDEX/reranker.pt" ]; then
-    step "training the fusion reranker ($RERANK_EPOCHS epochs)"
-    # width 64 (the default is 128): as good on this set (README) at half the time
-    vtsearch train-reranker "$DATA/train.jsonl" --index "$INDEX" --epochs "$RERANK_EPOCHS" --negatives 7 --width 64
+if [ "$DEMO_MODEL" != coca ] && [ ! -f "$INDEX/reranker.pt" ]; then
+    step "training the fusion reranker (up to $RERANK_EPOCHS epochs)"
+    vtsearch train-reranker "$DATA/train.jsonl" --index "$INDEX" --epochs "$RERANK_EPOCHS"
 fi
 step "evaluating on the twin families (same words, other binding)"
 vtsearch eval "$DATA/test_twins.jsonl" --index "$INDEX"
+step "which twin of a family ranks first (chance 0.25)"
+"$PYTHON" scripts/eval_families.py "$DATA/test_twins.jsonl" --index "$INDEX"
 step "evaluating on plain scenes (no twins)"
 vtsearch eval "$DATA/test_plain.jsonl" --index "$INDEX"
 step "searching"

@@ -29,6 +29,13 @@ images highest (see the README).
 (the demo CLIP's patches), instead of anywhere in its half of the image: each patch then
 sees a whole shape, and the small CLIP learns shapes sooner (see the README).
 
+A second data set, not tuned to: ``--style varied`` draws six shapes (a hexagon too),
+holds out seven of the 48 colour–shape combinations, places things anywhere in their
+half (they straddle patch cells), and says each scene in one of several phrasings ("a
+red circle to the left of a blue square", "there is a red circle under ..."); train it
+with ``train_clip.py --patch-size 8`` for an 8 x 8 region grid. A twin family still
+shares one phrasing, so its four captions hold the very same words.
+
 Output (DIR):
     images/{train,test_twins,test_plain}/NNNNN.png
     train.jsonl, test_twins.jsonl, test_plain.jsonl   {"image": "images/...", "caption": ...}
@@ -40,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,12 +59,25 @@ COLOURS = {
     "yellow": (235, 215, 40), "purple": (140, 60, 190), "orange": (245, 140, 30),
     "white": (245, 245, 245), "black": (20, 20, 20),
 }
-SHAPES = ("circle", "square", "triangle", "cross", "diamond")
+SHAPES = ["circle", "square", "triangle", "cross", "diamond"]
 RELATIONS = ("left of", "right of", "above", "below")
 INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-HELD_OUT = (("purple", "triangle"), ("orange", "circle"), ("white", "cross"))
+HELD_OUT = [("purple", "triangle"), ("orange", "circle"), ("white", "cross")]
 IMAGE_SIZE = 64
 LAYOUT = ["free"]  # --layout
+
+# --style varied: one more shape, more held-out combinations, several phrasings
+VARIED_SHAPES = ["circle", "square", "triangle", "cross", "diamond", "hexagon"]
+VARIED_HELD_OUT = [("purple", "triangle"), ("orange", "circle"), ("white", "cross"), ("green", "hexagon"),
+                   ("red", "diamond"), ("yellow", "square"), ("black", "circle")]
+WORDINGS = {  # how each relation may be said
+    "left of": ("left of", "to the left of", "on the left of"),
+    "right of": ("right of", "to the right of", "on the right of"),
+    "above": ("above", "over", "on top of"),
+    "below": ("below", "under", "beneath"),
+}
+FRAMES = ("{a} {rel} {b}", "{a} is {rel} {b}", "there is {a} {rel} {b}", "{a} sits {rel} {b}")
+PHRASINGS = ["one"]  # --style: "one" (the demo's) or "several"
 
 
 @dataclass(frozen=True)
@@ -77,14 +98,28 @@ class Scene:
     relation: str  # "left of" or "above": the canonical direction
     second: Thing
 
-    def caption(self, flip: bool = False) -> str:
-        """Say it from the first thing ("left of", "above") or, flipped, from the second."""
-        if flip:
-            return f"{self.second.words()} {INVERSE[self.relation]} {self.first.words()}"
-        return f"{self.first.words()} {self.relation} {self.second.words()}"
+    def caption(self, flip: bool = False, wording: int = 0) -> str:
+        """Say it from the first thing ("left of", "above") or, flipped, from the second;
+        ``wording`` picks a frame and a way to say the relation (``--style varied``)."""
+        a, b, relation = (self.second, self.first, INVERSE[self.relation]) if flip else (
+            self.first, self.second, self.relation)
+        if PHRASINGS[0] == "one":
+            return f"{a.words()} {relation} {b.words()}"
+        frame = FRAMES[wording % len(FRAMES)]
+        said = WORDINGS[relation][(wording // len(FRAMES)) % len(WORDINGS[relation])]
+        return frame.format(a=a.words(), rel=said, b=b.words())
 
     def things(self) -> tuple[Thing, Thing]:
         return self.first, self.second
+
+
+WORDING_COUNT = len(FRAMES) * 3
+
+
+def draw_wording(rng: random.Random) -> int:
+    """A wording for ``Scene.caption``; with one phrasing, 0 and no draw (so the demo's
+    data stay as they were)."""
+    return 0 if PHRASINGS[0] == "one" else rng.randrange(WORDING_COUNT)
 
 
 def random_scene(rng: random.Random) -> Scene:
@@ -122,6 +157,10 @@ def draw_thing(draw: ImageDraw.ImageDraw, thing: Thing, box: tuple[int, int, int
         draw.polygon([(cx, y0), (x1, y1), (x0, y1)], fill=fill)
     elif thing.shape == "diamond":
         draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=fill)
+    elif thing.shape == "hexagon":
+        rx, ry = (x1 - x0) / 2, (y1 - y0) / 2
+        draw.polygon([(cx + rx * math.cos(math.pi / 3 * k), cy + ry * math.sin(math.pi / 3 * k)) for k in range(6)],
+                     fill=fill)
     elif thing.shape == "cross":
         third_w, third_h = (x1 - x0) / 3, (y1 - y0) / 3
         draw.rectangle((x0, y0 + third_h, x1, y1 - third_h), fill=fill)
@@ -179,38 +218,45 @@ def render(scene: Scene, rng: random.Random) -> tuple[Image.Image, list[dict] | 
 def generate(out: Path, train: int, twin_families: int, plain: int, seed: int) -> dict:
     rng = random.Random(seed)
     used: set[Scene] = set()  # test scenes: each appears once in the whole set
-    splits: dict[str, list[tuple[Scene, bool]]] = {"test_twins": [], "test_plain": [], "train": []}
+    # per split: (scene, flip, wording, family number or None)
+    splits: dict[str, list[tuple[Scene, bool, int, int | None]]] = {"test_twins": [], "test_plain": [], "train": []}
 
     while len(splits["test_twins"]) < 4 * twin_families:
         family = twins(random_scene(rng))
         if len(set(family)) == 4 and not set(family) & used:
-            flip = rng.random() < 0.5
-            splits["test_twins"].extend((scene, flip) for scene in family)
+            flip, wording = rng.random() < 0.5, draw_wording(rng)
+            number = len(splits["test_twins"]) // 4
+            splits["test_twins"].extend((scene, flip, wording, number) for scene in family)
             used |= set(family)
     while len(splits["test_plain"]) < plain:
         scene = random_scene(rng)
         if scene not in used:
-            splits["test_plain"].append((scene, rng.random() < 0.5))
+            splits["test_plain"].append((scene, rng.random() < 0.5, draw_wording(rng), None))
             used.add(scene)
     while len(splits["train"]) < train:
         # half of training comes in twin families too, so binding has hard negatives
         group = twins(random_scene(rng)) if rng.random() < 0.5 else [random_scene(rng)]
         group = [s for s in group if not has_held_out(s) and s not in used]
-        flip = rng.random() < 0.5
-        splits["train"].extend((scene, flip) for scene in group[: train - len(splits["train"])])
+        flip, wording = rng.random() < 0.5, draw_wording(rng)
+        splits["train"].extend((scene, flip, wording, None) for scene in group[: train - len(splits["train"])])
 
     counts = {}
     for split, scenes in splits.items():
         folder = out / "images" / split
         folder.mkdir(parents=True, exist_ok=True)
         with open(out / f"{split}.jsonl", "w", encoding="utf-8") as pairs:
-            for number, (scene, flip) in enumerate(scenes):
+            for number, (scene, flip, wording, family) in enumerate(scenes):
                 relative = f"images/{split}/{number:05d}.png"
                 image, objects = render(scene, rng)
                 image.save(out / relative)
-                phrasings = [flip, not flip] if split == "train" else [flip]
-                for phrasing in phrasings:
-                    record = {"image": relative, "caption": scene.caption(phrasing)}
+                # training images are said both ways (the second in another wording)
+                phrasings = [(flip, wording), (not flip, draw_wording(rng))] if split == "train" \
+                    else [(flip, wording)]
+                for phrasing, said in phrasings:
+                    record: dict = {"image": relative, "caption": scene.caption(phrasing, said)}
+                    if family is not None:
+                        record["family"] = family
+                        record["held_out"] = has_held_out(scene)
                     if objects is not None:
                         record["objects"] = objects
                     pairs.write(json.dumps(record) + "\n")
@@ -218,7 +264,7 @@ def generate(out: Path, train: int, twin_families: int, plain: int, seed: int) -
     meta = {
         "colours": list(COLOURS), "shapes": list(SHAPES), "relations": list(RELATIONS),
         "held_out": [" ".join(pair) for pair in HELD_OUT], "layout": LAYOUT[0], "counts": counts, "seed": seed,
-        "image_size": IMAGE_SIZE,
+        "image_size": IMAGE_SIZE, "phrasings": PHRASINGS[0],
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
@@ -233,8 +279,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--layout", choices=("free", "cells"), default="free",
                         help="free: anywhere in their halves; cells: each thing inside one cell of a 4 x 4 grid")
+    parser.add_argument("--style", choices=("demo", "varied"), default="demo",
+                        help="varied: six shapes, seven held-out combinations, several phrasings (see above)")
     args = parser.parse_args()
     LAYOUT[0] = args.layout
+    if args.style == "varied":
+        SHAPES[:], HELD_OUT[:], PHRASINGS[0] = VARIED_SHAPES, VARIED_HELD_OUT, "several"
+        if args.layout == "cells":
+            parser.error("--style varied places things freely; leave out --layout cells")
     meta = generate(args.out, args.train, args.twin_families, args.plain, args.seed)
     print(json.dumps(meta["counts"]))
 

@@ -39,12 +39,12 @@ MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
 
 
-def model_config(image_size: int) -> dict:
+def model_config(image_size: int, patch_size: int = 16, context_length: int = 16) -> dict:
     return {
         "embed_dim": 128,
         "vision_cfg": {"image_size": image_size, "layers": 4, "width": 128, "head_width": 32,
-                       "patch_size": 16},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 128, "heads": 4,
+                       "patch_size": patch_size},
+        "text_cfg": {"context_length": context_length, "vocab_size": 49408, "width": 128, "heads": 4,
                      "layers": 4},
     }
 
@@ -85,10 +85,11 @@ def family_order(captions: list[str]) -> torch.Tensor:
 
 
 def train(pairs_path: Path, out: Path, epochs: int, batch_size: int, lr: float, seed: int,
-          image_size: int, family_batches: bool = False, device: str = "cpu") -> None:
+          image_size: int, family_batches: bool = False, device: str = "cpu", patch_size: int = 16,
+          context_length: int = 16) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
-    config = model_config(image_size)
+    config = model_config(image_size, patch_size, context_length)
     model = open_clip.CLIP(**config).to(device)
     tokenizer = open_clip.SimpleTokenizer(context_length=config["text_cfg"]["context_length"])
     pixels, image_captions = load_pairs(pairs_path, image_size)
@@ -128,13 +129,16 @@ def train(pairs_path: Path, out: Path, epochs: int, batch_size: int, lr: float, 
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", refresh=False)
                 bar.update()
     print(f"trained in {time.perf_counter() - started:.0f} s")
+    save(model, config, image_size, out)
 
+
+def save(model: torch.nn.Module, config: dict, image_size: int, out: Path) -> None:
+    """The model in open_clip's local-dir layout (config + safetensors)."""
     out.mkdir(parents=True, exist_ok=True)
     preprocess = {"size": image_size, "mean": list(MEAN), "std": list(STD),
                   "interpolation": "bicubic", "resize_mode": "shortest"}
     (out / "open_clip_config.json").write_text(
-        json.dumps({"model_cfg": config, "preprocess_cfg": preprocess}, indent=2) + "\n"
-    )
+        json.dumps({"model_cfg": config, "preprocess_cfg": preprocess}, indent=2) + "\n")
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     save_file(state, str(out / "open_clip_model.safetensors"))
     print(f"saved local-dir:{out.resolve()}")
@@ -152,9 +156,12 @@ def main() -> None:
     parser.add_argument("--family-batches", action="store_true",
                         help="batch captions that share their words together (see family_order)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--patch-size", type=int, default=16,
+                        help="ViT patch: 16 gives the demo's 4 x 4 region grid at 64 px, 8 an 8 x 8 one")
+    parser.add_argument("--context-length", type=int, default=16, help="text tokens, start and end included")
     args = parser.parse_args()
     train(args.pairs, args.out, args.epochs, args.batch_size, args.lr, args.seed, args.image_size,
-          args.family_batches, args.device)
+          args.family_batches, args.device, args.patch_size, args.context_length)
 
 
 if __name__ == "__main__":

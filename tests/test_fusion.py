@@ -2,18 +2,26 @@ import numpy as np
 import pytest
 import torch
 
-from vtsearch.fusion import FusionConfig, FusionScorer, pad_tokens
+from vtsearch.fusion import FusionConfig, FusionScorer, TextBatch
 from vtsearch.query.rerank import Reranker
 
 CONFIG = FusionConfig(text_dim=24, region_dim=40, grid=3, width=32, layers=2, heads=4)
+CAPTION_CONFIG = FusionConfig(text_dim=24, region_dim=40, grid=3, width=32, layers=2, heads=4, score="caption",
+                              vocab=(2, 3, 5))
+
+
+def texts(*states: torch.Tensor) -> TextBatch:
+    """A batch of texts with made-up token ids."""
+    return TextBatch.pad(states, [torch.arange(1, len(row) + 1) for row in states])
 
 
 def test_scorer_shapes_and_attention_maps():
     scorer = FusionScorer(CONFIG).eval()
-    tokens, lengths = pad_tokens([torch.randn(5, 24), torch.randn(3, 24)])
-    assert tokens.shape == (2, 5, 24) and lengths.tolist() == [5, 3]
+    batch = texts(torch.randn(5, 24), torch.randn(3, 24))
+    assert batch.states.shape == (2, 5, 24) and batch.lengths.tolist() == [5, 3]
+    assert batch.ids.tolist() == [[1, 2, 3, 4, 5], [1, 2, 3, 0, 0]]
     regions = torch.randn(2, 9, 40)
-    match, attention = scorer(tokens, lengths, regions, need_weights=True)
+    match, attention = scorer(batch, regions, need_weights=True)
     assert match.shape == (2,)
     assert len(attention) == 2 and attention[0].shape == (2, 5, 9)
     torch.testing.assert_close(attention[0].sum(-1), torch.ones(2, 5))
@@ -33,13 +41,13 @@ def test_text_tokens_carry_word_embeddings(tiny_encoder):
     torch.testing.assert_close(words, expected.float())
 
 
-def test_padding_does_not_change_a_score():
-    scorer = FusionScorer(CONFIG).eval()
+@pytest.mark.parametrize("config", [CONFIG, CAPTION_CONFIG], ids=["match", "caption"])
+def test_padding_does_not_change_a_score(config):
+    scorer = FusionScorer(config).eval()
     short = torch.randn(3, 24)
     regions = torch.randn(1, 9, 40)
-    alone, _ = scorer(short[None], torch.tensor([3]), regions)
-    padded, lengths = pad_tokens([short, torch.randn(6, 24)])
-    together, _ = scorer(padded, lengths, regions.expand(2, -1, -1))
+    alone, _ = scorer(texts(short), regions)
+    together, _ = scorer(texts(short, torch.randn(6, 24)), regions.expand(2, -1, -1))
     torch.testing.assert_close(alone[0], together[0], atol=1e-5, rtol=1e-5)
 
 
@@ -47,7 +55,7 @@ def test_untrained_scorer_keeps_stage1_order_exactly():
     reranker = Reranker.untrained(CONFIG)
     assert float(reranker.scorer.rerank_weight.detach()) == 0.0
     stage1 = np.array([0.9, 0.8, 0.8, 0.5, 0.1], dtype=np.float32)  # a tie included
-    output = reranker.rerank(torch.randn(4, 24), stage1, torch.randn(5, 9, 40))
+    output = reranker.rerank(torch.randn(4, 24), torch.arange(4), stage1, torch.randn(5, 9, 40))
     assert output.order.tolist() == [0, 1, 2, 3, 4]
     np.testing.assert_array_equal(output.final, stage1)
 
@@ -60,9 +68,9 @@ def test_trained_weight_reorders(tmp_path):
     reranker.save(tmp_path / "reranker.pt")
     loaded = Reranker.load(tmp_path / "reranker.pt")
     assert loaded.is_trained and float(loaded.scorer.rerank_weight.detach()) == 10.0
-    tokens, regions = torch.randn(4, 24), torch.randn(5, 9, 40)
+    tokens, ids, regions = torch.randn(4, 24), torch.arange(4), torch.randn(5, 9, 40)
     stage1 = np.linspace(0.5, 0.4, 5).astype(np.float32)
-    first, second = reranker.rerank(tokens, stage1, regions), loaded.rerank(tokens, stage1, regions)
+    first, second = reranker.rerank(tokens, ids, stage1, regions), loaded.rerank(tokens, ids, stage1, regions)
     np.testing.assert_allclose(first.final, second.final, rtol=1e-5)
     assert sorted(first.order.tolist()) == [0, 1, 2, 3, 4]
 
@@ -85,3 +93,108 @@ def test_weights_of_an_older_scorer_ask_for_retraining(tmp_path):
     torch.save(checkpoint, tmp_path / "reranker.pt")
     with pytest.raises(IndexFormatError, match="train it again with vtsearch train-reranker"):
         Reranker.load(tmp_path / "reranker.pt")
+
+
+def test_a_format_2_scorer_still_runs_with_two_way_attention(tmp_path):
+    """Scorers saved before the caption head (format 2) load as match scorers whose
+    self-attention sees the whole text, as they were trained."""
+    reranker = Reranker.untrained(CONFIG)
+    reranker.save(tmp_path / "reranker.pt")
+    checkpoint = torch.load(tmp_path / "reranker.pt", weights_only=True)
+    checkpoint["format"] = 2
+    del checkpoint["config"]["causal"], checkpoint["config"]["score"]
+    torch.save(checkpoint, tmp_path / "reranker.pt")
+    loaded = Reranker.load(tmp_path / "reranker.pt")
+    assert loaded.scorer.config.score == "match" and not loaded.scorer.config.causal
+
+
+# The caption scorer, on a hand-made world: a 2 x 2 grid of regions holding two colours
+# (one-hot features), and captions [start, colour, "left"/"right", colour, end].
+START, END, LEFT, RIGHT, COLOURS = 1, 2, 20, 21, (10, 11, 12, 13)
+WORLD = FusionConfig(text_dim=32, region_dim=8, grid=2, max_tokens=8, width=32, layers=2, heads=4,
+                     score="caption", vocab=(END, *COLOURS, LEFT, RIGHT), word_dim=32)
+
+
+def world_image(left: int, right: int, rows: tuple[int, int]) -> torch.Tensor:
+    """(4, 8) regions: colour ``left`` in the left column, ``right`` in the right one."""
+    regions = torch.zeros(4, 8)
+    regions[rows[0] * 2 + 0, COLOURS.index(left)] = 1.0
+    regions[rows[1] * 2 + 1, COLOURS.index(right)] = 1.0
+    return regions + 0.05 * torch.randn(4, 8)
+
+
+def world_text(first: int, relation: int, second: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.tensor([START, first, relation, second, END])
+    return torch.nn.functional.one_hot(ids, 32).float(), ids
+
+
+def world_batch(generator: torch.Generator, size: int) -> tuple[TextBatch, torch.Tensor]:
+    states, ids, images = [], [], []
+    for _ in range(size):
+        left, right = (COLOURS[int(i)] for i in torch.randperm(4, generator=generator)[:2])
+        rows = tuple(int(r) for r in torch.randint(2, (2,), generator=generator))
+        images.append(world_image(left, right, rows))
+        said = (left, LEFT, right) if torch.rand(1, generator=generator) < 0.5 else (right, RIGHT, left)
+        text_states, text_ids = world_text(*said)
+        states.append(text_states)
+        ids.append(text_ids)
+    return TextBatch.pad(states, ids), torch.stack(images)
+
+
+def test_caption_training_lowers_the_loss_and_learns_which_side():
+    """A step of the caption objective lowers it, and a briefly trained scorer ranks the
+    image where red is on the left first for "red left of blue", and the other way for
+    "red right of blue" (the same words in another order)."""
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    scorer = FusionScorer(WORLD)
+    optimizer = torch.optim.AdamW(scorer.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(150):
+        batch, images = world_batch(generator, 32)
+        loss = scorer.caption_loss(batch, images) + scorer.caption_loss(batch, None)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
+    red, blue = COLOURS[0], COLOURS[2]
+    red_left, red_right = world_image(red, blue, (0, 1)), world_image(blue, red, (1, 0))
+    reranker = Reranker(scorer)
+    with torch.no_grad():
+        scorer.rerank_weight.fill_(1.0)
+    stage1 = np.zeros(2, dtype=np.float32)
+    images = torch.stack([red_right, red_left])
+    assert reranker.rerank(*world_text(red, LEFT, blue), stage1, images).order.tolist() == [1, 0]
+    assert reranker.rerank(*world_text(red, RIGHT, blue), stage1, images).order.tolist() == [0, 1]
+    # image -> text: the same scorer picks the caption that says where red is
+    texts = [world_text(red, LEFT, blue), world_text(blue, LEFT, red)]
+    output = reranker.rerank_texts([s for s, _ in texts], [i for _, i in texts], stage1, red_left)
+    assert output.order.tolist() == [0, 1]
+
+
+def test_caption_score_is_pointwise_mutual_information():
+    """The match logit is log p(text | image) − log p(text | no image), and the prior a
+    search computes once equals the one computed per row."""
+    scorer = FusionScorer(WORLD).eval()
+    batch, images = world_batch(torch.Generator().manual_seed(1), 3)
+    with torch.no_grad():
+        match, _ = scorer(batch, images)
+        expected = scorer.text_log_likelihood(batch, images) - scorer.text_log_likelihood(batch, None)
+    torch.testing.assert_close(match, expected)
+    assert torch.all(scorer.text_log_likelihood(batch, None) < 0)
+
+
+def test_an_unknown_token_is_one_class_and_a_bidirectional_tower_reads_words_only():
+    config = FusionConfig(text_dim=40, region_dim=8, grid=2, width=16, layers=1, heads=2, score="caption",
+                          vocab=(5, 9), word_dim=16, causal_states=False)
+    scorer = FusionScorer(config)
+    assert scorer.text_in.in_features == 16
+    states = torch.randn(1, 4, 40)
+    batch = TextBatch(states, torch.tensor([[1, 9, 777, 5]]), torch.tensor([4]))
+    _, targets, real = scorer._next_tokens(torch.zeros(1, 4, 16), batch)
+    assert targets.tolist() == [[2, 0, 1]] and real.tolist() == [[1.0, 1.0, 1.0]]
+    # the contextual part of a token is not read: changing it changes nothing
+    changed = TextBatch(torch.cat([torch.randn(1, 4, 24), states[..., 24:]], dim=-1), batch.ids, batch.lengths)
+    regions = torch.randn(1, 4, 8)
+    torch.testing.assert_close(scorer(batch, regions)[0], scorer(changed, regions)[0])

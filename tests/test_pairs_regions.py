@@ -84,7 +84,7 @@ def test_random_negatives_are_found_when_few_images_are_wrong():
     index right for a caption, it still ends (drawing again, then allowing repeats)."""
     from vtsearch.train.mining import Examples, sample_candidates
 
-    examples = Examples(tokens=[], positives=np.array([1, 1]), neighbours=[np.array([], dtype=np.int64)] * 2,
+    examples = Examples(tokens=[], ids=[], positives=np.array([1, 1]), neighbours=[np.array([], dtype=np.int64)] * 2,
                         right=[{1, 2}, {1, 2, 3}], caption_vectors=np.zeros((2, 4)),
                         image_ids=np.array([1, 2, 3, 4]), image_vectors=np.zeros((4, 4)))
     for rng in (None, np.random.default_rng(0)):

@@ -48,8 +48,8 @@ def test_untrained_rerank_equals_stage1(captioned):
 
         source, reranker = index.region_source, index.reranker
         hits = index.ann.search(index.encoder.encode_texts([text]), 40)[0]
-        tokens = index.encoder.encode_text_features([text]).tokens[0]
-        output = reranker.rerank(tokens, np.array([s for _, s in hits]), source.regions([i for i, _ in hits]))
+        features = index.encoder.encode_text_features([text])
+        output = reranker.rerank(features.tokens[0], features.ids[0], np.array([s for _, s in hits]), source.regions([i for i, _ in hits]))
         assert output.order.tolist() == list(range(40))  # the scorer itself keeps stage-1 order
         np.testing.assert_array_equal(output.final, np.array([s for _, s in hits], dtype=np.float32))
 
@@ -114,7 +114,9 @@ def test_train_save_and_keep_weights_as_the_index_grows(captioned, tmp_path):
     index.add([tmp_path / "more"], OPTIONS)
     with Index.open(index.path, device="cpu") as reopened:
         assert reopened.reranker.is_trained
-        assert reopened.query("a red thing", k=3).reranked
+        kept = reopened.reranker.scorer.state_dict()
+        assert all(torch.equal(value, kept[name]) for name, value in reranker.scorer.state_dict().items())
+        assert reopened.query("a red thing", k=3).reranked == reranker.changes_order
 
 
 def test_eval_reports_the_documented_shape(captioned):
@@ -176,3 +178,24 @@ def test_train_reranker_command_reports_each_epoch(captioned, tmp_path):
     assert result.output.count("epoch 1: train loss") == 2  # live on stderr, then the summary on stdout
     assert "trained on" in result.output and "kept epoch" in result.output
     assert (index.path / "reranker.pt").is_file()
+
+
+def test_a_run_says_how_long_it_will_take_before_its_first_epoch_ends(captioned):
+    """The estimate comes from the first steps and one validation pass, before epoch 1
+    is over; the caption scorer's vocabulary is the training captions' tokens."""
+    index, pairs = captioned
+    from vtsearch.train import TrainPlan, train_reranker
+
+    plans: list[TrainPlan] = []
+    seen_when: list[int] = []
+    epochs: list = []
+    reranker, report = train_reranker(index, pairs, TrainOptions(epochs=2, batch_size=2, width=16, device="cpu"),
+                                      on_plan=lambda plan: (plans.append(plan), seen_when.append(len(epochs))),
+                                      on_epoch=lambda record: epochs.append(record))
+    assert len(plans) == 1 and seen_when == [0]
+    plan = plans[0]
+    assert plan.epochs == 2 and plan.steps_per_epoch == -(-report.train_captions // 2)
+    assert plan.step_seconds > 0 and plan.validation_seconds > 0 and plan.seconds > plan.validation_seconds
+    config = reranker.scorer.config
+    caption_ids = {int(i) for pair in pairs for i in index.encoder.encode_text_features([pair.caption]).ids[0]}
+    assert config.score == "caption" and set(config.vocab) == caption_ids

@@ -14,6 +14,11 @@ INDEX_ENV_VAR = "VTSEARCH_INDEX"
 
 ITEM_BYTES = {"float16": 2, "float32": 4}  # region dtypes (no numpy at import)
 
+# How the encoder computes: fp32; bf16 (the model cast to bfloat16: 2-4x faster on CPUs
+# with AVX512-BF16 or AMX, slower on others); auto: bf16 where the CPU has it, fp32 on
+# other CPUs, fp16 autocast on a GPU. Chosen per run (vtsearch.encoder.precision).
+PRECISION_CHOICES = ("auto", "fp32", "bf16")
+
 HF_HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
 
@@ -33,10 +38,14 @@ class EncoderSpec:
     ``model`` is an open_clip model name (``ViT-B-32``), ``hf-hub:org/name`` or
     ``local-dir:/path``; ``pretrained`` is the weight tag for a plain model name and
     empty for the other two forms, whose location already names the weights.
+    ``precision`` records how an encoder computed (``fp32``, ``bf16``, ``fp16``; empty:
+    not recorded); it is a record, not part of the model's identity, so it takes no part
+    in comparisons.
     """
 
     model: str = DEFAULT_MODEL
     pretrained: str = DEFAULT_PRETRAINED
+    precision: str = field(default="", compare=False)
 
     @classmethod
     def parse(cls, model: str | None, pretrained: str | None = None) -> "EncoderSpec":
@@ -62,7 +71,10 @@ class EncoderSpec:
         return not requested.pretrained or requested.pretrained == self.pretrained
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if not self.precision:
+            del data["precision"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EncoderSpec":
@@ -140,28 +152,40 @@ DEFAULT_REGION_GRID = 7  # regions are pooled to at most this square grid
 
 @dataclass(frozen=True)
 class RegionLayout:
-    """How regions are kept: a square ``grid`` of ``dim``-wide features, or not stored."""
+    """How regions are kept: ``prefix`` tokens (a class token), then a square ``grid`` of
+    ``dim``-wide features, or not stored.
+
+    A plain patch grid has no prefix. CoCa's decoder reads its image tower's tokens before
+    the attentional pooler, class token first (ViT-B-32: 1 + 7 x 7 tokens of 768); the
+    pooler runs per query on the shortlist (``vtsearch.query.decoder``). A manifest
+    without ``prefix`` (every index before it) reads as 0.
+    """
 
     grid: int
     dim: int
     stored: bool = True
     dtype: str = "float16"
+    prefix: int = 0  # tokens before the grid, in each row
 
     @property
     def regions(self) -> int:
-        return self.grid * self.grid
+        """Tokens per image: the prefix and the grid."""
+        return self.prefix + self.grid * self.grid
 
     @property
     def row_bytes(self) -> int:
         return self.regions * self.dim * ITEM_BYTES[self.dtype]
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "bytes_per_image": self.row_bytes if self.stored else 0}
+        data = {**asdict(self), "bytes_per_image": self.row_bytes if self.stored else 0}
+        if not self.prefix:
+            del data["prefix"]  # a patch grid's manifest stays as it was
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RegionLayout":
         return cls(grid=int(data["grid"]), dim=int(data["dim"]), stored=bool(data.get("stored", True)),
-                   dtype=str(data.get("dtype", "float16")))
+                   dtype=str(data.get("dtype", "float16")), prefix=int(data.get("prefix", 0)))
 
 
 @dataclass(frozen=True)

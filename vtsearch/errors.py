@@ -48,6 +48,16 @@ class PretrainedTagMissingError(ModelLoadError):
         self.known_tags = tuple(known_tags)
 
 
+class MissingExtraError(ModelLoadError):
+    """The model needs an optional ``package`` that is not installed; vtsearch's ``extra``
+    of that name installs it."""
+
+    def __init__(self, message: str, package: str, extra: str):
+        super().__init__(message)
+        self.package = package
+        self.extra = extra
+
+
 class IndexNotFoundError(VtsearchError):
     """The index directory does not exist or holds no index."""
 

@@ -4,22 +4,38 @@ A dual encoder squeezes an image into one vector and a caption into another, so 
 cube left of a blue ball" and "a blue cube left of a red ball" land in nearly the same
 place. The scorer instead lets every *word* look at every *region*: the query's text
 token states (from the text tower) attend to the candidate's region features (the visual
-tower's patch tokens on a grid), and the end-of-text token, having read both, gives a
-match logit.
+tower's patch tokens on a grid).
 
     text tokens (B, T, Dt) ─ norm ─ text_in + token position ─┐
-                                      ├─ L × [self-attn(text) → cross-attn(text → regions) → MLP]
+                                      ├─ L × [causal self-attn(text) → cross-attn(text → regions) → MLP]
     regions (B, R, Dr) ─ norm ─ region_in + row/col position ─┘       (pre-norm, residual)
-                                      └─ ln_out(end-of-text token) ─ head ─▶ match_logit (B,)
+                                      ├─ caption head: each token's state predicts the next token
+                                      └─ match head: ln_out(end-of-text token) ─▶ match_logit (B,)
+
+**The caption score** (``score="caption"``, what ``train-reranker`` trains): the scorer
+is a small captioner. Trained to predict each caption token from the regions and the
+tokens before it, it gets a signal per word: to say "red … left of … blue" it has to
+look at where red is. A caption's match logit is then its pointwise mutual information
+with the image,
+
+    log p(text | regions) − log p(text | no image),
+
+summed over its tokens (the second term from the same scorer reading a learned "no
+image" in place of the regions, trained beside the first). For a search the second term
+is the same for every candidate; for ``match``, where candidate texts differ, it removes
+each text's own likelihood (short, common texts would otherwise win). Self-attention is
+causal so that no token sees the one it predicts; for a text tower that is not causal
+(Hugging Face towers) only the words' own embeddings are read, not the tower's states.
+
+**The match head** (``score="match"``, scorers trained before the caption score): a
+logit from the end-of-text token, trained listwise against hard negatives.
 
 A text token is the text tower's contextual state beside the word's own input embedding
 (its token embedding plus position: see ``Encoder.encode_text_features``). Both inputs
 are layer-normed, and the scorer's own positions (of tokens, and of regions on the grid)
-start at the scale of the normed inputs, not at the usual 0.02. Measured on the shapes
-set: with contextual states alone the scorer did not learn which thing is on the left
-in 40 epochs, and with all three it did (the README, "How the reranker came to bind").
+start at the scale of the normed inputs, not at the usual 0.02.
 
-    final = stage1_similarity + w · match_logit,   w learned, starting at 0
+    final = stage1_similarity + w · match_logit,   w fitted on held-out captions, starting at 0
 
 With ``w = 0`` the final score *is* the stage-1 score, so an untrained scorer reproduces
 stage-1 order exactly and reranking can never hurt before it is trained.
@@ -28,10 +44,13 @@ stage-1 order exactly and reranking can never hurt before it is trained.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+SCORES = ("caption", "match")
 
 
 @dataclass(frozen=True)
@@ -46,9 +65,29 @@ class FusionConfig:
     mlp_ratio: float = 4.0
     dropout: float = 0.0
     position_scale: float = 1.0  # initial std of the learned token and region positions
+    score: str = "match"  # "caption": PMI of the caption head; "match": the match head
+    vocab: tuple[int, ...] = ()  # token ids the caption head names (sorted); any other id is one class
+    word_dim: int = 0  # trailing width of a text token that is the word's own input embedding
+    causal_states: bool = True  # the tower's contextual state of a token saw no later token
+    causal: bool = False  # causal self-attention (always, with a caption head)
+
+    def __post_init__(self) -> None:
+        if self.score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, not {self.score!r}")
+        object.__setattr__(self, "vocab", tuple(int(i) for i in self.vocab))
+        if self.score == "caption" and not self.causal:
+            object.__setattr__(self, "causal", True)
+
+    @property
+    def text_in_dim(self) -> int:
+        """What the scorer reads of a text token: all of it, or (when a caption head must
+        not see later words through a bidirectional tower's states) the word embedding."""
+        return self.text_dim if self.causal_states or not self.word_dim else self.word_dim
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["vocab"] = list(self.vocab)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FusionConfig":
@@ -79,9 +118,14 @@ class FusionBlock(nn.Module):
         text_padding: torch.Tensor,  # (B, T) True at padding positions
         regions: torch.Tensor,  # (B, R, W)
         need_weights: bool = False,
+        causal_mask: torch.Tensor | None = None,  # (T, T) True where a token may not look
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         normed = self.ln_self(text)
-        attended, _ = self.self_attn(normed, normed, normed, key_padding_mask=text_padding, need_weights=False)
+        if causal_mask is not None:  # padding comes after the real tokens: causality hides it
+            attended, _ = self.self_attn(normed, normed, normed, attn_mask=causal_mask, need_weights=False)
+        else:
+            attended, _ = self.self_attn(normed, normed, normed, key_padding_mask=text_padding,
+                                         need_weights=False)
         text = text + attended  # (B, T, W)
         normed, keys = self.ln_cross(text), self.ln_regions(regions)
         attended, weights = self.cross_attn(
@@ -92,6 +136,37 @@ class FusionBlock(nn.Module):
         return text, weights
 
 
+@dataclass(frozen=True)
+class TextBatch:
+    """B texts as the scorer reads them, padded to the longest."""
+
+    states: torch.Tensor  # (B, T, Dt) token states (contextual state ⊕ word embedding)
+    ids: torch.Tensor  # (B, T) int64 token ids; 0 past a text's end
+    lengths: torch.Tensor  # (B,) real tokens; the last real one is end-of-text
+
+    @classmethod
+    def pad(cls, states: Sequence[torch.Tensor], ids: Sequence[torch.Tensor]) -> "TextBatch":
+        """B × (T_i, Dt) states and B × (T_i,) ids → one padded batch."""
+        lengths = torch.tensor([len(row) for row in states], dtype=torch.long)
+        return cls(nn.utils.rnn.pad_sequence(list(states), batch_first=True).float(),
+                   nn.utils.rnn.pad_sequence([row.long() for row in ids], batch_first=True), lengths)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def repeat_each(self, count: int) -> "TextBatch":
+        """Each text ``count`` times in a row: (B·count, ...)."""
+        return TextBatch(self.states.repeat_interleave(count, dim=0), self.ids.repeat_interleave(count, dim=0),
+                         self.lengths.repeat_interleave(count))
+
+    def expand(self, count: int) -> "TextBatch":
+        """A one-text batch seen ``count`` times, without copying."""
+        return TextBatch(self.states.expand(count, -1, -1), self.ids.expand(count, -1), self.lengths.expand(count))
+
+    def to(self, device: torch.device) -> "TextBatch":
+        return TextBatch(self.states.to(device), self.ids.to(device), self.lengths.to(device))
+
+
 class FusionScorer(nn.Module):
     """Scores (text tokens, regions) pairs; see the module docstring."""
 
@@ -99,8 +174,8 @@ class FusionScorer(nn.Module):
         super().__init__()
         self.config = config
         width = config.width
-        self.text_norm = nn.LayerNorm(config.text_dim)
-        self.text_in = nn.Linear(config.text_dim, width)
+        self.text_norm = nn.LayerNorm(config.text_in_dim)
+        self.text_in = nn.Linear(config.text_in_dim, width)
         self.text_positions = nn.Parameter(torch.randn(config.max_tokens, width) * config.position_scale)  # (Tmax, W)
         self.region_norm = nn.LayerNorm(config.region_dim)
         self.region_in = nn.Linear(config.region_dim, width)
@@ -109,7 +184,12 @@ class FusionScorer(nn.Module):
         self.region_col = nn.Parameter(torch.randn(config.grid, width) * config.position_scale)  # (g, W)
         self.blocks = nn.ModuleList(FusionBlock(config) for _ in range(config.layers))
         self.ln_out = nn.LayerNorm(width)
-        self.head = nn.Linear(width, 1)
+        if config.score == "match":
+            self.head = nn.Linear(width, 1)
+        else:
+            self.no_image = nn.Parameter(torch.randn(1, width) * config.position_scale)  # what "no image" reads
+            self.caption_head = nn.Linear(width, len(config.vocab) + 1)  # class 0: any other token
+            self.register_buffer("vocab", torch.tensor(config.vocab, dtype=torch.long), persistent=False)
         self.rerank_weight = nn.Parameter(torch.zeros(()))  # w: starts at 0 = stage-1 order
 
     def region_positions(self) -> torch.Tensor:
@@ -117,35 +197,74 @@ class FusionScorer(nn.Module):
         positions = self.region_row[:, None, :] + self.region_col[None, :, :]  # (g, g, W)
         return positions.reshape(grid * grid, width)  # (R, W), row-major like the patches
 
-    def forward(
-        self,
-        text_tokens: torch.Tensor,  # (B, T, Dt), padded
-        text_lengths: torch.Tensor,  # (B,) real tokens; the last real one is end-of-text
-        regions: torch.Tensor,  # (B, R, Dr)
-        need_weights: bool = False,
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Match logits (B,), and per-layer attention weights (B, T, R) when asked."""
-        batch, tokens, _ = text_tokens.shape
-        text = self.text_in(self.text_norm(text_tokens)) + self.text_positions[:tokens]  # (B, T, W)
-        image = self.region_in(self.region_norm(regions)) + self.region_positions()  # (B, R, W)
+    def hidden(self, texts: TextBatch, regions: torch.Tensor | None,
+               need_weights: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Token states (B, T, W) after the blocks, having read ``regions`` (B, R, Dr) or,
+        with None, the learned "no image"; per-layer attention (B, T, R) when asked."""
+        batch, tokens, _ = texts.states.shape
+        states = texts.states[..., -self.config.text_in_dim:]  # the word part alone, when that is all it reads
+        text = self.text_in(self.text_norm(states)) + self.text_positions[:tokens]  # (B, T, W)
+        if regions is None:
+            image = self.no_image[None].expand(batch, -1, -1)  # (B, 1, W)
+        else:
+            image = self.region_in(self.region_norm(regions)) + self.region_positions()  # (B, R, W)
         positions = torch.arange(tokens, device=text.device)  # (T,)
-        text_padding = positions[None, :] >= text_lengths[:, None]  # (B, T)
+        text_padding = positions[None, :] >= texts.lengths[:, None]  # (B, T)
+        causal_mask = positions[None, :] > positions[:, None] if self.config.causal else None  # (T, T)
         attention = []
         for block in self.blocks:
-            text, weights = block(text, text_padding, image, need_weights)
+            text, weights = block(text, text_padding, image, need_weights, causal_mask)
             if weights is not None:
                 attention.append(weights)
-        end_of_text = text[torch.arange(batch, device=text.device), text_lengths - 1]  # (B, W)
-        match_logit = self.head(self.ln_out(end_of_text)).squeeze(-1)  # (B,)
-        return match_logit, attention
+        return text, attention
+
+    def forward(
+        self,
+        texts: TextBatch,
+        regions: torch.Tensor,  # (B, R, Dr)
+        need_weights: bool = False,
+        prior: torch.Tensor | None = None,  # (B,) log p(text | no image), when already known
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Match logits (B,), and per-layer attention weights (B, T, R) when asked."""
+        hidden, attention = self.hidden(texts, regions, need_weights)
+        if self.config.score == "caption":
+            if prior is None:
+                prior = self.text_log_likelihood(texts, None)
+            return self.log_likelihood(hidden, texts) - prior, attention
+        end_of_text = hidden[torch.arange(len(texts), device=hidden.device), texts.lengths - 1]  # (B, W)
+        return self.head(self.ln_out(end_of_text)).squeeze(-1), attention
+
+    def text_log_likelihood(self, texts: TextBatch, regions: torch.Tensor | None) -> torch.Tensor:
+        """(B,) log p(text | regions), or with None log p(text | no image)."""
+        return self.log_likelihood(self.hidden(texts, regions)[0], texts)
+
+    def log_likelihood(self, hidden: torch.Tensor, texts: TextBatch) -> torch.Tensor:
+        """(B,) the summed log-probability of each text's tokens after the first."""
+        log_probs, targets, real = self._next_tokens(hidden, texts)  # (B, T-1, V), (B, T-1), (B, T-1)
+        picked = log_probs.gather(-1, targets[..., None]).squeeze(-1)  # (B, T-1)
+        return (picked * real).sum(dim=1)
+
+    def caption_loss(self, texts: TextBatch, regions: torch.Tensor | None) -> torch.Tensor:
+        """Mean cross-entropy of predicting each next token (the captioning objective)."""
+        log_probs, targets, real = self._next_tokens(self.hidden(texts, regions)[0], texts)
+        losses = F.nll_loss(log_probs.transpose(1, 2), targets, reduction="none")  # (B, T-1)
+        return (losses * real).sum() / real.sum().clamp(min=1)
+
+    def _next_tokens(self, hidden: torch.Tensor,
+                     texts: TextBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Log-probabilities of the next token at each position, the classes of the tokens
+        that do come next, and which of those are real (not padding)."""
+        log_probs = F.log_softmax(self.caption_head(self.ln_out(hidden[:, :-1])), dim=-1)  # (B, T-1, V)
+        following = texts.ids[:, 1:].contiguous()  # (B, T-1)
+        if len(self.vocab):
+            slot = torch.searchsorted(self.vocab, following).clamp(max=len(self.vocab) - 1)
+            targets = torch.where(self.vocab[slot] == following, slot + 1, 0)
+        else:
+            targets = torch.zeros_like(following)
+        positions = torch.arange(1, hidden.shape[1], device=hidden.device)  # (T-1,)
+        real = (positions[None, :] < texts.lengths[:, None]).to(log_probs.dtype)  # (B, T-1)
+        return log_probs, targets, real
 
     def final_scores(self, stage1: torch.Tensor, match_logit: torch.Tensor) -> torch.Tensor:
         """``stage1 + w · match_logit``, elementwise."""
         return stage1 + self.rerank_weight * match_logit
-
-
-def pad_tokens(token_states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """B × (T_i, D) → padded (B, T_max, D) and lengths (B,)."""
-    lengths = torch.tensor([len(states) for states in token_states], dtype=torch.long)
-    padded = nn.utils.rnn.pad_sequence(token_states, batch_first=True)  # (B, T_max, D)
-    return padded, lengths

@@ -18,18 +18,21 @@ import numpy as np
 
 from .build import pipeline
 from .build.local import LocalEngine
-from .config import AnnConfig, EncoderSpec, IngestOptions, Tuning
+from .config import AnnConfig, EncoderSpec, IngestOptions, RegionLayout, Tuning
 from .device import resolve_device
 from .encoder import Encoder
+from .encoder.coca import broken_contrastive_head, has_text_decoder
 from .encoder.weights import check_weights
-from .errors import ModelMismatchError
+from .errors import ModelLoadError, ModelMismatchError
 from .filters import SearchFilter
 from .fusion import FusionConfig
 from .progress import Progress
 from .query import explain, match, search
 from .query.context import QueryContext
+from .query.decoder import SCORER as DECODER_SCORER
+from .query.decoder import DecoderConfig, DecoderReranker
 from .query.images import QueryImage
-from .query.rerank import Reranker
+from .query.rerank import Reranker, Stage2
 from .query.sources import ComputedRegions, RegionSource, StoredRegions
 from .query.texts import check_text_value, encode_texts
 from .records import (
@@ -54,11 +57,12 @@ __all__ = ["Index", "IndexInfo", "RemoveSummary", "TextsSummary", "QueryImage"]
 class Index:
     """An image index on disk: catalog, FAISS index, region store and manifest."""
 
-    def __init__(self, store: Store, device: str = "auto", encoder: Encoder | None = None):
+    def __init__(self, store: Store, device: str = "auto", encoder: Encoder | None = None, precision: str = "auto"):
         self.store = store
         self.device = device
+        self.precision = precision  # how a loaded encoder computes (vtsearch.encoder.precision)
         self._encoder = encoder
-        self._reranker: Reranker | None = None
+        self._reranker: Stage2 | None = None
         self._texts = match.TextIndex(store.catalog, store.manifest.embed_dim)
 
     # lifecycle
@@ -67,33 +71,35 @@ class Index:
     def create(cls, path: str | os.PathLike[str], spec: EncoderSpec | None = None, device: str = "auto",
                encoder: Encoder | None = None, ann_config: AnnConfig | None = None, store_regions: bool = True,
                region_grid: int | None = None, catalog_url: str | None = None,
-               tuning: Tuning | None = None) -> "Index":
+               tuning: Tuning | None = None, precision: str = "auto") -> "Index":
         """Create a new, empty index at ``path`` (the folder may exist but hold no index).
 
         Region features are kept for reranking unless ``store_regions`` is false, in which
-        case they are computed for each shortlist at query time instead. ``catalog_url``
+        case they are computed for each shortlist at query time instead. With a CoCa model
+        they are its image tokens before the attentional pooler, and stage 2 is CoCa's own
+        text decoder (no training needed). ``catalog_url``
         puts the catalog in a PostgreSQL database (empty, or holding only what a create
         that died left) instead of ``DIR/catalog.sqlite``.
         """
         path = Path(path)
         Store.refuse_existing(path)
-        encoder = encoder or Encoder.load(spec or EncoderSpec(), resolve_device(device))
-
-        layout = encoder.region_layout(store_regions, region_grid)
-        if layout is None:
-            log.warning("%s has no region tokens: searches will not be reranked", encoder.spec.describe())
+        refused = broken_contrastive_head(encoder.spec if encoder is not None else spec or EncoderSpec())
+        if refused:
+            raise ModelLoadError(refused)
+        encoder = encoder or Encoder.load(spec or EncoderSpec(), resolve_device(device), precision)
+        layout, scorer = _stage2_layout(encoder, store_regions, region_grid)
 
         def describe(catalog: Catalog) -> Manifest:
             return Manifest(encoder=encoder.spec, embed_dim=encoder.embed_dim,
                             preprocess=encoder.describe()["preprocess"], ann=ann_config or AnnConfig(),
-                            regions=layout, encoder_probe=encoder.probe_vector(),
+                            regions=layout, reranker=scorer, encoder_probe=encoder.probe_vector(),
                             catalog=catalog.location if catalog.on_server else None)
 
-        return cls(Store.create(path, describe, catalog_url, _use_gpu(device), tuning), device, encoder)
+        return cls(Store.create(path, describe, catalog_url, _use_gpu(device), tuning), device, encoder, precision)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], device: str = "auto", encoder: Encoder | None = None,
-             rebuild_stale: bool = True, tuning: Tuning | None = None) -> "Index":
+             rebuild_stale: bool = True, tuning: Tuning | None = None, precision: str = "auto") -> "Index":
         """Open an existing index; a missing or stale FAISS index is rebuilt from the catalog
         (unless ``rebuild_stale`` is false: ``vtsearch check`` wants to see it as it is)."""
         store = Store.open(Path(path), _use_gpu(device), tuning)
@@ -101,24 +107,25 @@ class Index:
             store.close()
             raise _encoder_mismatch(store.path, store.manifest.encoder, encoder.spec)
         store.ann.load(rebuild_stale)
-        return cls(store, device, encoder)
+        return cls(store, device, encoder, precision)
 
     @classmethod
     def open_or_create(cls, path: str | os.PathLike[str], spec: EncoderSpec | None = None, device: str = "auto",
                        encoder: Encoder | None = None, store_regions: bool = True, region_grid: int | None = None,
-                       catalog_url: str | None = None, tuning: Tuning | None = None) -> "Index":
+                       catalog_url: str | None = None, tuning: Tuning | None = None,
+                       precision: str = "auto") -> "Index":
         """Open the index at ``path``, checking ``spec`` (and ``catalog_url``) against it,
         or create it."""
         path = Path(path)
         if not Store.exists(path):
-            return cls.create(path, spec, device, encoder, store_regions=store_regions,
-                              region_grid=region_grid, catalog_url=catalog_url, tuning=tuning)
+            return cls.create(path, spec, device, encoder, store_regions=store_regions, region_grid=region_grid,
+                              catalog_url=catalog_url, tuning=tuning, precision=precision)
         manifest = Manifest.load(path / MANIFEST)
         if spec is not None and not manifest.encoder.accepts(spec):
             raise _encoder_mismatch(path, manifest.encoder, spec)
         if catalog_url is not None:
             Store.check_catalog_url(path, manifest, catalog_url)
-        return cls.open(path, device, encoder, tuning=tuning)
+        return cls.open(path, device, encoder, tuning=tuning, precision=precision)
 
     def close(self) -> None:
         self.store.close()
@@ -145,7 +152,7 @@ class Index:
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
-            encoder = Encoder.load(self.manifest.encoder, resolve_device(self.device))
+            encoder = Encoder.load(self.manifest.encoder, resolve_device(self.device), self.precision)
             check_weights(encoder, self.embed_dim, self.manifest.encoder_probe, self.path)
             self._encoder = encoder
         return self._encoder
@@ -160,14 +167,18 @@ class Index:
         return ComputedRegions(self.encoder, self.catalog, self.regions)
 
     @property
-    def reranker(self) -> Reranker | None:
-        """The trained scorer from ``reranker.pt``, or an untrained one (stage-1 order)."""
+    def reranker(self) -> Stage2 | None:
+        """The trained scorer from ``reranker.pt``; else, for a CoCa index, CoCa's text
+        decoder; else an untrained fusion scorer (stage-1 order)."""
         if self.regions is None:
             return None
         if self._reranker is None:
             device = resolve_device(self.device)
+            summary = self.manifest.reranker
             if (self.path / RERANKER_FILE).is_file():
                 self._reranker = Reranker.load(self.path / RERANKER_FILE, device)
+            elif summary is not None and summary.scorer == DECODER_SCORER:
+                self._reranker = DecoderReranker(self.encoder.model, DecoderConfig.from_dict(summary.config))
             else:
                 config = FusionConfig(text_dim=self.encoder.text_token_dim, region_dim=self.regions.dim,
                                       grid=self.regions.grid, max_tokens=self.encoder.context_length)
@@ -175,7 +186,8 @@ class Index:
         return self._reranker
 
     def save_reranker(self, reranker: Reranker) -> None:
-        """Keep trained weights in the index (they survive later ``add`` runs)."""
+        """Keep a trained fusion scorer in the index (it survives later ``add`` runs, and
+        takes the place of a CoCa index's decoder)."""
         with self.store.writing():
             reranker.save(self.path / RERANKER_FILE)
             manifest = self.store.manifest_file.reload()  # another writer may have saved it
@@ -204,7 +216,8 @@ class Index:
         if engine is None and ray is not None:
             from .build.distributed import RayEngine  # Ray code is imported only when asked for
 
-            engine = RayEngine(self.path, self.manifest.encoder, self.device, ray, self.manifest.encoder_probe)
+            spec = replace(self.manifest.encoder, precision=self.precision)  # the workers compute as asked
+            engine = RayEngine(self.path, spec, self.device, ray, self.manifest.encoder_probe)
         engine = engine or LocalEngine(lambda: self.encoder)
         return pipeline.add(self.store, engine, paths, options or IngestOptions(), progress)
 
@@ -240,25 +253,27 @@ class Index:
                             lambda: self.reranker, lambda: self.region_source)
 
     def query(self, text: str | None = None, *, image: QueryImage | None = None, k: int = 10,
-              recall_k: int = 100, rerank: bool = True, filters: SearchFilter | None = None,
+              recall_k: int | None = None, rerank: bool = True, filters: SearchFilter | None = None,
               deduplicate: bool = False) -> SearchResponse:
         """Search by text (reranked) or by example image (stage 1), with timings.
 
         ``image``: a file's path, its bytes (an upload), or an indexed image's id.
         ``filters`` restricts the results to images that meet its conditions;
         ``deduplicate`` drops near-duplicates of better ranked results."""
-        request = search.SearchRequest(text=text, image=image, k=k, recall_k=recall_k, rerank=rerank,
-                                       filters=filters, deduplicate=deduplicate)
-        return search.search(self._context(), request)
+        context = self._context()
+        request = search.SearchRequest(text=text, image=image, k=k, rerank=rerank, filters=filters,
+                                       recall_k=context.shortlist(recall_k, text is not None and rerank),
+                                       deduplicate=deduplicate)
+        return search.search(context, request)
 
-    def search(self, query: str | os.PathLike[str], k: int = 10, *, image: bool = False, recall_k: int = 100,
+    def search(self, query: str | os.PathLike[str], k: int = 10, *, image: bool = False, recall_k: int | None = None,
                rerank: bool = True, filters: SearchFilter | None = None) -> list[SearchResult]:
         """Search by text, or by example when ``image`` is true (``query`` is then a path)."""
         if image:
             return self.query(image=query, k=k, filters=filters).results
         return self.query(str(query), k=k, recall_k=recall_k, rerank=rerank, filters=filters).results
 
-    def search_text(self, text: str, k: int = 10, recall_k: int = 100, rerank: bool = True,
+    def search_text(self, text: str, k: int = 10, recall_k: int | None = None, rerank: bool = True,
                     filters: SearchFilter | None = None) -> list[SearchResult]:
         return self.query(text, k=k, recall_k=recall_k, rerank=rerank, filters=filters).results
 
@@ -271,12 +286,14 @@ class Index:
         request = search.SearchRequest(vector=vector, k=k, filters=filters, deduplicate=deduplicate)
         return search.search(self._context(), request).results
 
-    def match(self, image: QueryImage, k: int = 10, *, recall_k: int = 100, rerank: bool = True,
+    def match(self, image: QueryImage, k: int = 10, *, recall_k: int | None = None, rerank: bool = True,
               labels: Sequence[str] | None = None) -> MatchResponse:
         """The texts that best describe ``image`` (a file, its bytes, or an indexed image's path or id):
         from the index's text collection, or from ad-hoc ``labels`` (zero-shot style)."""
-        request = match.MatchRequest(image=image, k=k, recall_k=recall_k, rerank=rerank, labels=labels)
-        return match.match(self._context(), self._texts, request)
+        context = self._context()
+        request = match.MatchRequest(image=image, k=k, recall_k=context.shortlist(recall_k, rerank), rerank=rerank,
+                                     labels=labels)
+        return match.match(context, self._texts, request)
 
     def rerank_texts(self, image_id: int, texts: list[str], stage1: np.ndarray) -> np.ndarray | None:
         """The order (best first) the scorer gives candidate ``texts`` for an indexed image,
@@ -351,6 +368,26 @@ class Index:
 
     def info(self) -> IndexInfo:
         return self.store.info()
+
+
+def _stage2_layout(encoder: Encoder, store_regions: bool,
+                   region_grid: int | None) -> tuple[RegionLayout | None, RerankerSummary | None]:
+    """How a new index keeps regions, and the scorer it starts with: for a CoCa model its
+    image tokens before the pooler, all of them (the decoder reads them as they are), and
+    its text decoder; for another model its patch grid and no scorer until one is trained."""
+    layout = encoder.region_layout(store_regions, region_grid)
+    if layout is None:
+        log.warning("%s has no regions (%s): searches will not be reranked", encoder.spec.describe(),
+                    encoder.regions_unavailable)
+        return None, None
+    if not has_text_decoder(encoder.model):
+        return layout, None
+    grid = encoder.native_grid
+    if grid[0] != grid[1]:
+        raise ModelLoadError(f"{encoder.spec.describe()} has a {grid[0]} x {grid[1]} patch grid; "
+                             "vtsearch keeps square ones")
+    layout = replace(layout, grid=grid[0], prefix=encoder.image.prefix)
+    return layout, RerankerSummary(config=DecoderConfig().to_dict(), scorer=DECODER_SCORER)
 
 
 def _use_gpu(device: str) -> bool:

@@ -168,6 +168,7 @@ class TextFeatures:
 
     vectors: "np.ndarray"  # (B, D) float32 unit vectors: stage 1
     tokens: list[torch.Tensor]  # B × (T_i, D) float32 token states through EOT: stage 2
+    ids: list[torch.Tensor]  # B × (T_i,) int64 the tokenizer's ids of those tokens
 
 
 @dataclass(frozen=True)
@@ -247,9 +248,12 @@ class TextRow:
 
 @dataclass(frozen=True)
 class RerankerSummary:
-    """What ``reranker.pt`` was trained on, as the manifest records it."""
+    """Which stage-2 scorer an index uses, as the manifest records it: a fusion scorer and
+    what ``reranker.pt`` was trained on, or (``scorer="coca-decoder"``) the pretrained
+    text decoder of the index's CoCa model, which needs no training."""
 
-    config: dict[str, Any]  # the scorer's FusionConfig
+    config: dict[str, Any]  # the scorer's FusionConfig, or the decoder's DecoderConfig
+    scorer: str = "fusion"  # "fusion" or "coca-decoder"
     pairs: int = 0  # captions trained on
     best_epoch: int = 0
     negatives: int = 0
@@ -261,7 +265,7 @@ class RerankerSummary:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RerankerSummary | None":
-        """None for an index whose reranker was never trained (an empty mapping)."""
+        """None for an index whose fusion scorer was never trained (an empty mapping)."""
         if not data:
             return None
         known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}

@@ -160,7 +160,8 @@ class EncodeWorker:
         from ..encoder.weights import check_probe
 
         torch.set_num_threads(max(1, threads))
-        self.encoder = Encoder.load(EncoderSpec.from_dict(spec), resolve_device(device))
+        encoder_spec = EncoderSpec.from_dict(spec)  # its precision: what this run asks for
+        self.encoder = Encoder.load(encoder_spec, resolve_device(device), encoder_spec.precision or "auto")
         check_probe(self.encoder, probe, "on this Ray worker")
         self.options = options
         self.grid = grid

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import click
 
 from .. import __version__
-from ..config import DEFAULT_INDEX_DIR, INDEX_ENV_VAR, default_index_dir
+from ..config import DEFAULT_INDEX_DIR, INDEX_ENV_VAR, PRECISION_CHOICES, default_index_dir
 from ..device import DEVICE_CHOICES
 from ..errors import VtsearchError
 from .hints import one_line
@@ -62,6 +62,11 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 device_option = click.option(
     "--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True,
     help="Where the encoder runs (auto: CUDA when available).",
+)
+precision_option = click.option(
+    "--precision", type=click.Choice(PRECISION_CHOICES), default="auto", show_default=True,
+    help="How the encoder computes (auto: bf16 on CPUs with AVX512-BF16 or AMX, fp32 on other CPUs, "
+         "fp16 autocast on a GPU).",
 )
 recall_k_option = click.option(
     "--recall-k", type=int, default=100, show_default=True,

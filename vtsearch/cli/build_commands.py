@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..config import EncoderSpec, IngestOptions, default_index_dir
-from .app import EXIT_ERROR, device_option, fail_cleanly, index_option, json_option, main, open_index
+from .app import EXIT_ERROR, device_option, fail_cleanly, index_option, json_option, main, open_index, precision_option
 from .render import TqdmProgress, print_json, print_rows
 
 if TYPE_CHECKING:
@@ -56,16 +56,21 @@ if TYPE_CHECKING:
 @click.option("--num-gpus-per-worker", type=click.FloatRange(0), default=0.0, show_default=True,
               help="--engine ray: GPUs each actor holds (0.5: two actors share a GPU; 0: encode on CPUs).")
 @device_option
+@precision_option
 @json_option
 @fail_cleanly
 def index_command(paths, index_dir, model, pretrained, batch_size, workers, max_pixels,
                   allow_truncated, keep_missing, no_regions, region_grid, catalog_url, engine, address,
-                  ray_workers, num_gpus_per_worker, device, as_json):
+                  ray_workers, num_gpus_per_worker, device, precision, as_json):
     """Index the images under PATHS (files or folders, walked recursively).
 
     Running it again brings the index up to date with PATHS: new and changed files are
     encoded, moved or renamed files keep their vectors, and files gone from disk are
     removed (unless --keep-missing). Nothing is encoded twice.
+
+    With a CoCa model (--model coca_ViT-B-32 --pretrained laion2b_s13b_b90k) searches are
+    reranked by CoCa's own text decoder at once, with no train-reranker; each image then
+    keeps its image tower's tokens (77 KB for ViT-B-32) for it.
 
     \b
     Example:
@@ -80,7 +85,7 @@ def index_command(paths, index_dir, model, pretrained, batch_size, workers, max_
                             **({} if workers is None else {"workers": workers}))
     ray = _ray_options(engine, address, ray_workers, num_gpus_per_worker)
     with Index.open_or_create(index_dir, spec, device=device, store_regions=not no_regions,
-                              region_grid=region_grid, catalog_url=catalog_url) as index:
+                              region_grid=region_grid, catalog_url=catalog_url, precision=precision) as index:
         summary = index.add(paths, options, progress=TqdmProgress("indexing"), ray=ray)
     _print_ingest_summary(summary, index_dir, as_json)
 
@@ -280,14 +285,23 @@ def _describe_ann(ann: AnnConfig, vectors: int) -> str:
 def _describe_regions(regions: RegionLayout | None) -> str:
     if regions is None:
         return "none (this encoder has no region tokens: no reranking)"
+    shape = f"{regions.prefix}+" if regions.prefix else ""
+    shape += f"{regions.grid}x{regions.grid}x{regions.dim}"
     if not regions.stored:
-        return f"{regions.grid}x{regions.grid}x{regions.dim}, computed per query (--no-regions)"
-    return f"{regions.grid}x{regions.grid}x{regions.dim} fp16, {regions.row_bytes} bytes per image"
+        return f"{shape}, computed per query (--no-regions)"
+    return f"{shape} fp16, {regions.row_bytes} bytes per image"
 
 
 def _describe_reranker(reranker: RerankerSummary | None) -> str:
     if reranker is None:
         return "untrained (results in stage-1 order; see vtsearch train-reranker)"
-    val = reranker.val
-    return (f"trained on {reranker.pairs} captions, w = {val.get('w', 0):.3g}, "
+    if reranker.scorer == "coca-decoder":
+        config = reranker.config
+        return (f"CoCa text decoder (pretrained, no training needed): caption log-likelihood fused with "
+                f"stage 1, weight {config.get('weight', 1.0):g}; match prior {config.get('prior', 'null-image')}; "
+                f"default shortlist {config.get('shortlist_cpu', '?')} on a CPU, "
+                f"{config.get('shortlist_gpu', '?')} on a GPU")
+    val, config = reranker.val, reranker.config
+    kind = f"{config.get('score', 'match')} scorer, width {config.get('width', '?')}, {config.get('layers', '?')} blocks"
+    return (f"{kind}, trained on {reranker.pairs} captions, w = {val.get('w', 0):.3g}, "
             f"validation top-1 {val.get('val_stage1_top1', 0):.3f} -> {val.get('val_reranked_top1', 0):.3f}")

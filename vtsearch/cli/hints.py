@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from ..errors import (
     OFFLINE_ADVICE, CatalogDamagedError, CatalogMismatchError, DeviceUnavailableError, IndexNotFoundError,
-    ModelLoadError, ModelMismatchError, NeedsRepairError, NotEnoughGpusError, NoTextCollectionError,
+    MissingExtraError, ModelLoadError, ModelMismatchError, NeedsRepairError, NotEnoughGpusError, NoTextCollectionError,
     PretrainedTagMissingError, RayNotInstalledError, RerankerMismatchError, VtsearchError, WeightsChangedError,
 )
 
@@ -57,12 +57,17 @@ def _name_the_weights(error: PretrainedTagMissingError) -> str:
     return f"give --pretrained TAG (known: {', '.join(error.known_tags) or 'none'}) or --model local-dir:/path"
 
 
+def _install_the_extra(error: MissingExtraError) -> str:
+    return f"install it: pip install -e '.[{error.extra}]' (or: pip install {error.package})"
+
+
 HINTS: dict[type[VtsearchError], Hint] = {
     IndexNotFoundError: Hint(_create_the_index),
     ModelMismatchError: Hint(_use_the_index_model, CLAUSE),
     WeightsChangedError: Hint(lambda _: "restore them or index again into a new --index", CLAUSE),
     ModelLoadError: Hint(_load_a_local_model, CLAUSE),
     PretrainedTagMissingError: Hint(_name_the_weights, REMEDY),
+    MissingExtraError: Hint(_install_the_extra, CLAUSE),
     CatalogMismatchError: Hint(lambda _: "leave out --catalog, or index into a new --index", CLAUSE),
     CatalogDamagedError: Hint(lambda _: "restore it from a backup, or index again into a new --index", CLAUSE),
     NeedsRepairError: Hint(lambda _: "run vtsearch check --repair", CLAUSE),

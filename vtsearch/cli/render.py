@@ -44,6 +44,15 @@ def print_recall_header() -> None:
     click.echo(f"{'':>10}  " + "  ".join(f"{f'R@{k}':>6}" for k in RECALL_KS))
 
 
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``7 min``, ``2.5 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def format_timings(timings_ms: Mapping[str, float]) -> str:
     return ", ".join(f"{stage} {ms:.1f} ms" for stage, ms in timings_ms.items())
 
@@ -84,6 +93,14 @@ class TqdmProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+    def note_plan(self, plan: Any) -> None:
+        """How long the run will take (a ``TrainPlan``), on stderr above the bar."""
+        from tqdm import tqdm
+
+        tqdm.write(f"training up to {plan.epochs} epochs of {plan.steps_per_epoch} steps: about "
+                   f"{format_duration(plan.seconds)} ({plan.step_seconds * 1000:.0f} ms a step, "
+                   f"{plan.validation_seconds:.1f} s a validation)", file=sys.stderr)
 
     def note_epoch(self, record: Any) -> None:
         """One line per finished epoch on stderr, above the bar when there is one."""

@@ -17,23 +17,26 @@ if TYPE_CHECKING:
 @main.command("train-reranker")
 @pairs_options
 @index_option
-@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
+@click.option("--objective", type=click.Choice(["caption", "match"]), default="caption", show_default=True,
+              help="caption: learn to say each caption from its image (a signal per word); match: rank each "
+                   "caption's image above hard negatives (listwise).")
+@click.option("--epochs", type=click.IntRange(1), default=20, show_default=True)
 @click.option("--negatives", type=click.IntRange(1), default=15, show_default=True,
-              help="Hard negatives per caption, mined from the index's stage-1 neighbours.")
+              help="Match objective: hard negatives per caption, mined from the index's stage-1 neighbours.")
 @click.option("--text-negatives", type=click.IntRange(0), default=8, show_default=True,
-              help="Image -> text term: wrong texts per image (word-swapped captions, nearest captions); "
-                   "0 turns it off.")
+              help="Wrong texts per image (word-swapped captions, nearest captions): the match objective's "
+                   "image -> text term, and its validation; 0 turns them off.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Captions per step.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate (after a short warm-up).")
 @click.option("--width", type=click.IntRange(8), default=128, show_default=True, help="Scorer width.")
 @click.option("--layers", type=click.IntRange(1), default=2, show_default=True, help="Scorer blocks.")
-@click.option("--patience", type=click.IntRange(1), default=10, show_default=True,
+@click.option("--patience", type=click.IntRange(1), default=5, show_default=True,
               help="Stop after this many epochs without a better validation score.")
 @device_option
 @json_option
 @fail_cleanly
-def train_reranker_command(pairs, images_root, split, index_dir, epochs, negatives, text_negatives, batch_size,
-                           lr, width, layers, patience, device, as_json):
+def train_reranker_command(pairs, images_root, split, index_dir, objective, epochs, negatives, text_negatives,
+                           batch_size, lr, width, layers, patience, device, as_json):
     """Train the fusion scorer on PAIRS, captioned images that are in the index.
 
     PAIRS is JSON Lines ({"image": path, "caption": text}), COCO captions JSON, or a
@@ -47,13 +50,14 @@ def train_reranker_command(pairs, images_root, split, index_dir, epochs, negativ
     from ..train.pairs import load_pairs
 
     loaded = load_pairs(pairs, images_root, split)
-    options = TrainOptions(epochs=epochs, negatives=negatives, text_negatives=text_negatives,
+    options = TrainOptions(objective=objective, epochs=epochs, negatives=negatives, text_negatives=text_negatives,
                            batch_size=batch_size, lr=lr, width=width, layers=layers, patience=patience,
                            device=device)
     progress = TqdmProgress("training")
     with open_index(index_dir, device) as index:
         reranker, report = train_reranker(index, loaded, options, progress=progress,
-                                          on_epoch=None if as_json else progress.note_epoch)
+                                          on_epoch=None if as_json else progress.note_epoch,
+                                          on_plan=None if as_json else progress.note_plan)
         index.save_reranker(reranker)
     _print_training(report, as_json)
 

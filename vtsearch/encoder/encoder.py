@@ -1,29 +1,41 @@
 """Stage: encode. An open_clip dual encoder turning images and texts into unit vectors.
 
-Loading and checking weights live in :mod:`.weights`; the text tower's layouts in
-:mod:`.text_tower`.
+Loading and checking weights live in :mod:`.weights`; the towers' layouts in
+:mod:`.image_tower` and :mod:`.text_tower`; float32 or bfloat16 in :mod:`.precision`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..config import DEFAULT_REGION_GRID, DecodeConfig, EncoderSpec, RegionLayout
+from ..errors import ModelMismatchError
 from ..records import ImageFeatures, TextFeatures
 from . import text_tower
+from .image_tower import image_tower
+from .precision import BF16_AGREEMENT, resolve_precision
 from .weights import PROBE_TEXT, Tokenizer, Transform, load_open_clip
 
 __all__ = ["Encoder", "MAX_ASPECT"]
+
+log = logging.getLogger(__name__)
 
 MAX_ASPECT = 3.0  # longer images are centre-cut to this ratio before a centre-crop preprocess
 
 
 class Encoder:
-    """A loaded open_clip model with its preprocessing and tokenizer, in eval mode."""
+    """A loaded open_clip model with its preprocessing and tokenizer, in eval mode.
+
+    ``precision`` is how it computes: ``fp32``, ``bf16`` (the model is cast in place) or
+    ``auto``, which chooses for the machine (:mod:`.precision`); ``spec.precision``
+    records the outcome.
+    """
 
     def __init__(
         self,
@@ -32,8 +44,10 @@ class Encoder:
         preprocess: Transform,
         tokenizer: Tokenizer,
         device: torch.device,
+        precision: str = "auto",
     ):
-        self.spec = spec
+        self.precision = resolve_precision(precision, device)
+        self.spec = replace(spec, precision=self.precision)
         self.model = model.eval().to(device)
         self.preprocess = preprocess
         self.tokenizer = tokenizer
@@ -47,15 +61,38 @@ class Encoder:
         # Both towers return their token states too, set once here rather than toggled
         # per call (calls may come from several threads). Never call model.encode_image
         # or model.encode_text on this model: use the methods below.
-        if self.supports_regions:
-            self.model.visual.output_tokens = True
+        self.image = image_tower(self.model, self.embed_dim)
         text_tower.enable_text_tokens(self.model)
+        self.pad_id = int(tokenizer([""])[0, -1])  # the empty text's far end is padding
+        self.bf16_agreement: float | None = None  # the probe's cosine in bfloat16 to float32
+        if self.precision == "bf16":
+            self._to_bfloat16()
+        self.input_dtype = next(self.model.visual.parameters()).dtype
 
     @classmethod
-    def load(cls, spec: EncoderSpec, device: torch.device) -> "Encoder":
-        """Load the model ``spec`` names, or raise :class:`ModelLoadError`."""
+    def load(cls, spec: EncoderSpec, device: torch.device, precision: str = "auto") -> "Encoder":
+        """Load the model ``spec`` names, or raise :class:`ModelLoadError`. With ``auto``
+        a model that disagrees with itself in bfloat16 is loaded again in float32."""
         model, preprocess, tokenizer = load_open_clip(spec)
-        return cls(spec, model, preprocess, tokenizer, device)
+        try:
+            return cls(spec, model, preprocess, tokenizer, device, precision)
+        except ModelMismatchError:
+            if precision != "auto":
+                raise
+        log.warning("%s embeds differently in bfloat16; running it in float32", spec.describe())
+        model, preprocess, tokenizer = load_open_clip(spec)
+        return cls(spec, model, preprocess, tokenizer, device, "fp32")
+
+    def _to_bfloat16(self) -> None:
+        """Cast the model to bfloat16, or raise :class:`ModelMismatchError` when its probe
+        vector there falls below :data:`BF16_AGREEMENT` of its float32 one."""
+        reference = self.encode_texts([PROBE_TEXT])[0]
+        self.model.to(torch.bfloat16)
+        self.bf16_agreement = float(reference @ self.encode_texts([PROBE_TEXT])[0])
+        if self.bf16_agreement < BF16_AGREEMENT:
+            raise ModelMismatchError(
+                f"{self.spec.describe()} embeds the probe text in bfloat16 at cosine {self.bf16_agreement:.4f} "
+                f"to float32 (below {BF16_AGREEMENT}): run it in float32")
 
     def decode_config(self, **options: Any) -> DecodeConfig:
         """How files must be decoded for this model (``options``: per-run limits)."""
@@ -73,7 +110,7 @@ class Encoder:
         }
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.device.type == "cuda":
+        if self.precision == "fp16" and self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
 
@@ -81,17 +118,17 @@ class Encoder:
 
     @property
     def supports_regions(self) -> bool:
-        """True for ViT towers, whose patch tokens are the image's regions."""
-        visual = self.model.visual
-        return (hasattr(visual, "output_tokens") and hasattr(visual, "grid_size")
-                and getattr(visual, "attn_pool", None) is None)
+        """True for towers with a patch grid whose features serve as the image's regions."""
+        return self.image.grid is not None
+
+    @property
+    def regions_unavailable(self) -> str | None:
+        """Why this encoder has no regions, in a few words (None when it has them)."""
+        return self.image.no_regions
 
     @property
     def native_grid(self) -> tuple[int, int] | None:
-        if not self.supports_regions:
-            return None
-        grid = self.model.visual.grid_size
-        return (grid, grid) if isinstance(grid, int) else (int(grid[0]), int(grid[1]))
+        return self.image.grid
 
     def region_layout(self, stored: bool = True, grid: int | None = None) -> RegionLayout | None:
         """How an index keeps this encoder's regions: its patch grid pooled to ``grid`` (at
@@ -100,7 +137,7 @@ class Encoder:
         if self.native_grid is None:
             return None
         side = min(grid or DEFAULT_REGION_GRID, min(self.native_grid))
-        return RegionLayout(grid=side, dim=self.embed_dim, stored=stored)
+        return RegionLayout(grid=side, dim=self.image.region_dim, stored=stored)
 
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
@@ -110,18 +147,13 @@ class Encoder:
     @torch.inference_mode()
     def encode_image_features(self, pixels: torch.Tensor, region_grid: int | None) -> ImageFeatures:
         """Vectors and, when ``region_grid`` is set, regions pooled to that square grid."""
-        pixels = pixels.to(self.device, non_blocking=True)
+        pixels = pixels.to(self.device, dtype=self.input_dtype, non_blocking=True)
         if self.device.type == "cuda":
             pixels = pixels.contiguous(memory_format=torch.channels_last)
-        visual = self.model.visual
         with self._autocast():
-            if not self.supports_regions:
-                return ImageFeatures(_unit_rows(visual(pixels)), None)
-            pooled, tokens = visual(pixels)  # (B, D), (B, N, width) after ln_post
-            if region_grid is None:
-                return ImageFeatures(_unit_rows(pooled), None)
-            if visual.proj is not None:
-                tokens = tokens @ visual.proj  # (B, N, D) in the joint space
+            pooled, tokens = self.image(pixels, regions=region_grid is not None)  # (B, D), (B, h*w, region_dim)
+        if tokens is None or region_grid is None:
+            return ImageFeatures(_unit_rows(pooled), None)
         return ImageFeatures(_unit_rows(pooled), _pool_grid(tokens.float(), self.native_grid, region_grid))
 
     def region_crop(self, width: int, height: int) -> tuple[float, float, float, float]:
@@ -184,6 +216,16 @@ class Encoder:
         return [round(float(x), 5) for x in self.encode_texts([PROBE_TEXT])[0]]
 
     @property
+    def text_causal(self) -> bool:
+        """The text tower's token states are causal (see ``text_tower.causal_states``)."""
+        return text_tower.causal_states(self.model)
+
+    @property
+    def word_dim(self) -> int:
+        """Width of the word-embedding part at the end of a stage-2 text token."""
+        return text_tower.word_width(self.model)
+
+    @property
     def text_token_dim(self) -> int:
         """Width of one text token for stage 2: contextual state ⊕ word embedding."""
         return self.embed_dim + text_tower.word_width(self.model)
@@ -199,11 +241,13 @@ class Encoder:
         """
         tokens = self.tokenizer(texts).to(self.device)
         with self._autocast():
-            pooled, states, lengths, words = text_tower.text_states(self.model, tokens)
+            pooled, states, lengths, words = text_tower.text_states(self.model, tokens, self.pad_id)
         states = torch.cat([states.float(), words.float()], dim=-1).cpu()  # (B, T, D + width)
+        ids = tokens.cpu()
         return TextFeatures(
             vectors=_unit_rows(pooled),
             tokens=[states[row, :length] for row, length in enumerate(lengths.tolist())],
+            ids=[ids[row, :length] for row, length in enumerate(lengths.tolist())],
         )
 
 

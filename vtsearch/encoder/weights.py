@@ -14,6 +14,8 @@ that no longer reproduces it is refused with :class:`ModelMismatchError`.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import json
 import logging
 import os
 import socket
@@ -29,14 +31,18 @@ import torch
 from PIL import Image
 
 from ..config import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, EncoderSpec
-from ..errors import OFFLINE_ADVICE, ModelLoadError, ModelMismatchError, PretrainedTagMissingError, WeightsChangedError
+from ..errors import (
+    OFFLINE_ADVICE, MissingExtraError, ModelLoadError, ModelMismatchError, PretrainedTagMissingError,
+    WeightsChangedError,
+)
 
 if TYPE_CHECKING:
     from .encoder import Encoder
 
 __all__ = [
     "PROBE_AGREEMENT", "PROBE_TEXT", "Tokenizer", "Transform",
-    "check_probe", "check_weights", "load_open_clip", "probe_agreement",
+    "check_probe", "check_weights", "load_open_clip", "model_config", "needs_quick_gelu", "needs_reparameterization",
+    "probe_agreement", "reparameterize",
 ]
 
 Transform = Callable[[Image.Image], torch.Tensor]
@@ -58,19 +64,90 @@ Source = tuple[str, str, str]  # ("hub", repo, filename) or ("url", url, "")
 
 def load_open_clip(spec: EncoderSpec) -> tuple[torch.nn.Module, Transform, Tokenizer]:
     """The model ``spec`` names with its eval preprocessing and tokenizer, or raise
-    :class:`ModelLoadError`."""
+    :class:`ModelLoadError` (:class:`MissingExtraError` when it needs ``transformers``).
+
+    Weights trained with QuickGELU get the QuickGELU architecture (:func:`needs_quick_gelu`),
+    and re-parameterisable towers (MobileCLIP's FastViT) are fused for inference."""
     check_weights_available(spec)
+    check_extras(spec)
     try:
         with _quiet_open_clip():
             model, _, preprocess = open_clip.create_model_and_transforms(
-                spec.model, pretrained=spec.pretrained or None
+                spec.model, pretrained=spec.pretrained or None, force_quick_gelu=needs_quick_gelu(spec)
             )
             tokenizer = open_clip.get_tokenizer(spec.model)
     except ModelLoadError:
         raise
     except Exception as error:  # open_clip raises RuntimeError/ValueError/OSError
         raise _load_failure(spec, error) from None
+    reparameterize(model)
     return model, preprocess, tokenizer
+
+
+def needs_quick_gelu(spec: EncoderSpec) -> bool:
+    """True when ``spec``'s pretrained tag was trained with QuickGELU (OpenAI's weights,
+    DFN, MetaCLIP, LAION-400M for ViT-B-32) but its architecture is the GELU one.
+
+    open_clip only warns about that mismatch (and loading hides warnings); the model would
+    load and run, silently worse. Such tags are registered under both ``ViT-B-32`` and
+    ``ViT-B-32-quickgelu``; built with QuickGELU, the first is the second."""
+    if not spec.pretrained or spec.model.startswith((LOCAL_DIR_PREFIX, HF_HUB_PREFIX)):
+        return False
+    name = spec.model.replace("/", "-")
+    tag = open_clip.get_pretrained_cfg(name, spec.pretrained) or {}
+    config = open_clip.get_model_config(name) or {}
+    return bool(tag.get("quick_gelu", False)) and not config.get("quick_gelu", False)
+
+
+def model_config(spec: EncoderSpec) -> dict | None:
+    """The open_clip model config ``spec`` builds (None for a hub model: it is fetched)."""
+    if spec.model.startswith(LOCAL_DIR_PREFIX):
+        try:
+            config = json.loads((Path(spec.model[len(LOCAL_DIR_PREFIX):]) / "open_clip_config.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return config.get("model_cfg") if isinstance(config, dict) else None
+    if spec.model.startswith(HF_HUB_PREFIX):
+        return None
+    config = open_clip.get_model_config(spec.model.replace("/", "-"))
+    if config is not None and needs_quick_gelu(spec):
+        config = {**config, "quick_gelu": True}
+    return config
+
+
+def check_extras(spec: EncoderSpec) -> None:
+    """Raise :class:`MissingExtraError` when the model needs ``transformers`` (a Hugging
+    Face text tower or tokenizer: SigLIP, XLM-R, ...) and it is not installed."""
+    text = ((model_config(spec) or {}).get("text_cfg") or {})
+    if (text.get("hf_model_name") or text.get("hf_tokenizer_name")) and not _installed("transformers"):
+        raise _missing_transformers(spec)
+
+
+def _installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
+
+
+def _missing_transformers(spec: EncoderSpec) -> MissingExtraError:
+    return MissingExtraError(f"{spec.describe()} needs the transformers package (its text tower or tokenizer "
+                             "comes from Hugging Face), which is not installed",
+                             package="transformers", extra="multilingual")
+
+
+def reparameterize(model: torch.nn.Module) -> bool:
+    """Fuse the image tower's train-time branches for inference (MobileCLIP's FastViT:
+    MobileOne and RepMixer blocks; ~1.3x faster, same outputs); True when it had some."""
+    if not needs_reparameterization(model.visual):
+        return False
+    from timm.utils import reparameterize_model
+
+    reparameterize_model(model.visual, inplace=True)
+    return True
+
+
+def needs_reparameterization(module: torch.nn.Module) -> bool:
+    """True when ``module`` holds blocks that timm can fuse for inference."""
+    return any(hasattr(child, name) for child in module.modules()
+               for name in ("reparameterize", "switch_to_deploy", "fuse"))
 
 
 def check_weights_available(spec: EncoderSpec) -> None:
@@ -170,11 +247,24 @@ def _reachable(host: str, timeout: float = 3.0) -> bool:
 
 
 def _load_failure(spec: EncoderSpec, error: Exception) -> ModelLoadError:
+    if _is_missing_transformers(error):
+        return _missing_transformers(spec)
     text = str(error)
     first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
     if spec.model.startswith(LOCAL_DIR_PREFIX):
         return ModelLoadError(f"cannot load {spec.describe()}: {first_line}")
     return ModelLoadError(f"cannot fetch weights for {spec.describe()} ({first_line[:200]})", offline=True)
+
+
+def _is_missing_transformers(error: BaseException | None) -> bool:
+    """open_clip says "pip install transformers" (a tower) or fails to import it (a tokenizer)."""
+    while error is not None:
+        if isinstance(error, ImportError) and (error.name or "").split(".")[0] == "transformers":
+            return True
+        if "install transformers" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 class _OpenClipRecords(logging.Filter):

@@ -13,7 +13,7 @@ from ..config import RegionLayout
 from ..encoder import Encoder
 from ..store.ann import AnnIndex
 from ..store.catalog import Catalog
-from .rerank import Reranker
+from .rerank import DEFAULT_SHORTLIST, Stage2
 from .sources import RegionSource
 
 
@@ -25,14 +25,22 @@ class QueryContext:
     layout: RegionLayout | None  # None: no regions, so no stage 2
     exact_filter_limit: int
     load_encoder: Callable[[], Encoder]
-    load_reranker: Callable[[], Reranker | None]
+    load_reranker: Callable[[], Stage2 | None]
     load_region_source: Callable[[], RegionSource | None]
 
     @property
     def encoder(self) -> Encoder:
         return self.load_encoder()
 
-    def scorer(self, wanted: bool) -> tuple[Reranker, RegionSource] | None:
+    def shortlist(self, recall_k: int | None, reranked: bool) -> int:
+        """``recall_k``, or when None the default of the scorer that will rerank (a CoCa
+        decoder's is small on a CPU: it costs ~0.13 s per candidate there)."""
+        if recall_k is not None:
+            return recall_k
+        reranker = self.load_reranker() if reranked and self.layout is not None else None
+        return reranker.default_shortlist if reranker is not None else DEFAULT_SHORTLIST
+
+    def scorer(self, wanted: bool) -> tuple[Stage2, RegionSource] | None:
         """The reranker and its regions when reranking is ``wanted`` and would change the
         order (``w != 0``); None when stage-1 order stands."""
         reranker = self.load_reranker() if wanted else None

@@ -22,7 +22,7 @@ from ..store.ann import AnnIndex
 from ..store.catalog import Catalog
 from .context import QueryContext
 from .images import QueryImage, resolve_image
-from .rerank import Reranker
+from .rerank import Stage2
 from .search import check_k
 from .texts import check_text_value
 
@@ -104,11 +104,11 @@ def match(context: QueryContext, texts: TextIndex, request: MatchRequest) -> Mat
     return MatchResponse(image=image.name, results=results, reranked=scorer is not None, timings_ms=timings)
 
 
-def rank_texts(reranker: Reranker, context: QueryContext, texts: list[str], stage1: np.ndarray,
+def rank_texts(reranker: Stage2, context: QueryContext, texts: list[str], stage1: np.ndarray,
                regions: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """(order, final scores) of candidate ``texts`` for one image's (R, D) regions."""
-    tokens = context.encoder.encode_text_features(texts).tokens
-    output = reranker.rerank_texts(tokens, stage1, regions)
+    features = context.encoder.encode_text_features(texts)
+    output = reranker.rerank_texts(features.tokens, features.ids, stage1, regions)
     return output.order, output.final
 
 

@@ -1,25 +1,31 @@
-"""Stage 2: rescore a stage-1 shortlist with the fusion scorer.
+"""Stage 2: rescore a stage-1 shortlist.
 
-The scorer's weights live in ``DIR/reranker.pt`` with its config; an index without that
-file gets an untrained scorer, whose ``w = 0`` reproduces stage-1 order exactly. One
-scoring function serves both directions: one text against K images (search) and K texts
-against one image (match).
+Two scorers answer the same questions (:class:`Stage2`): the fusion scorer here, whose
+weights live in ``DIR/reranker.pt`` with its config (an index without that file gets an
+untrained scorer, whose ``w = 0`` reproduces stage-1 order exactly), and, for an index
+built with a CoCa model, CoCa's own pretrained text decoder
+(:class:`vtsearch.query.decoder.DecoderReranker`). One scoring function serves both
+directions: one text against K images (search) and K texts against one image (match).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from ..errors import IndexFormatError, RerankerMismatchError
-from ..fusion import FusionConfig, FusionScorer, pad_tokens
+from ..fusion import FusionConfig, FusionScorer, TextBatch
 from ..store.atomic import atomic_path
 
-CHECKPOINT_FORMAT = 2  # 2: word embeddings beside token states, input norms, positions
+CHECKPOINT_FORMAT = 3  # 3: causal blocks and the caption head; 2: word embeddings, input norms, positions
+OLDEST_FORMAT = 2  # a format-2 scorer (match head, two-way self-attention) still runs
+
+
+DEFAULT_SHORTLIST = 100  # stage-1 candidates a query reranks unless told otherwise
 
 
 @dataclass
@@ -30,8 +36,32 @@ class RerankOutput:
     attention: list[torch.Tensor] = field(default_factory=list)  # per layer (K, T, R)
 
 
+class Stage2(Protocol):
+    """What a query asks of a stage-2 scorer, whichever it is."""
+
+    scorer_name: str  # as the manifest names it: "fusion", "coca-decoder"
+
+    @property
+    def default_shortlist(self) -> int: ...  # recall_k when a query gives none
+
+    @property
+    def is_trained(self) -> bool: ...  # trained by the user (train-reranker)
+
+    @property
+    def changes_order(self) -> bool: ...
+
+    def rerank(self, states: torch.Tensor, ids: torch.Tensor, stage1: np.ndarray, regions: torch.Tensor,
+               need_weights: bool = False) -> RerankOutput: ...
+
+    def rerank_texts(self, states: list[torch.Tensor], ids: list[torch.Tensor], stage1: np.ndarray,
+                     regions: torch.Tensor) -> RerankOutput: ...
+
+
 class Reranker:
     """A fusion scorer in eval mode, with what it was trained on."""
+
+    scorer_name = "fusion"
+    default_shortlist = DEFAULT_SHORTLIST
 
     def __init__(self, scorer: FusionScorer, logit_scale: float = 100.0,
                  trained: dict[str, Any] | None = None, device: torch.device | None = None):
@@ -62,12 +92,16 @@ class Reranker:
     def load(cls, path: Path, device: torch.device | None = None) -> "Reranker":
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-            if int(checkpoint.get("format", 0)) > CHECKPOINT_FORMAT:
+            version = int(checkpoint.get("format", 0))
+            if version > CHECKPOINT_FORMAT:
                 raise IndexFormatError(f"{path} is from a newer vtsearch; upgrade vtsearch")
-            if int(checkpoint.get("format", 0)) < CHECKPOINT_FORMAT:
+            if version < OLDEST_FORMAT:
                 raise IndexFormatError(f"{path} holds an older scorer that this vtsearch cannot run; "
                                        "train it again with vtsearch train-reranker")
-            scorer = FusionScorer(FusionConfig.from_dict(checkpoint["config"]))
+            config = dict(checkpoint["config"])
+            if version == 2:
+                config.update(score="match", causal=False)
+            scorer = FusionScorer(FusionConfig.from_dict(config))
             scorer.load_state_dict(checkpoint["state_dict"])
         except IndexFormatError:
             raise
@@ -86,40 +120,45 @@ class Reranker:
         with atomic_path(path) as temp:
             torch.save(checkpoint, temp)
 
-    def rerank(self, text_tokens: torch.Tensor, stage1: np.ndarray, regions: torch.Tensor,
+    def rerank(self, states: torch.Tensor, ids: torch.Tensor, stage1: np.ndarray, regions: torch.Tensor,
                need_weights: bool = False) -> RerankOutput:
-        """One query text, (T, Dt) token states, against K images' (K, R, Dr) regions."""
-        count = len(stage1)
-        tokens = text_tokens[None].expand(count, -1, -1)  # (K, T, Dt)
-        lengths = torch.full((count,), text_tokens.shape[0], dtype=torch.long)
-        return self.score(tokens, lengths, regions, stage1, need_weights)
+        """One query text, (T, Dt) token states and (T,) ids, against K images' (K, R, Dr) regions."""
+        text = TextBatch.pad([states], [ids])
+        return self.score(text.expand(len(stage1)), regions, stage1, need_weights, prior=self._prior(text))
 
-    def rerank_texts(self, text_tokens: list[torch.Tensor], stage1: np.ndarray,
+    def rerank_texts(self, states: list[torch.Tensor], ids: list[torch.Tensor], stage1: np.ndarray,
                      regions: torch.Tensor) -> RerankOutput:
-        """K candidate texts, K × (T_i, Dt) token states, against one image's (R, Dr) regions."""
-        if not text_tokens:
-            return self.score(torch.empty(0), torch.empty(0), regions, stage1)
-        tokens, lengths = pad_tokens(text_tokens)  # (K, T_max, Dt), (K,)
-        return self.score(tokens, lengths, regions[None].expand(len(text_tokens), -1, -1), stage1)
+        """K candidate texts, K × (T_i, Dt) token states and ids, against one image's (R, Dr) regions."""
+        if not states:
+            return self.score(None, regions, stage1)
+        return self.score(TextBatch.pad(states, ids), regions[None].expand(len(states), -1, -1), stage1)
+
+    @torch.inference_mode()
+    def _prior(self, text: TextBatch) -> torch.Tensor | None:
+        """log p(text | no image) of a one-text batch, for a caption scorer: the same for
+        every candidate image, so it is computed once."""
+        if self.scorer.config.score != "caption":
+            return None
+        return self.scorer.text_log_likelihood(text.to(self.device), None)
 
     @torch.inference_mode()
     def score(
         self,
-        tokens: torch.Tensor,  # (K, T, Dt) text token states, padded
-        lengths: torch.Tensor,  # (K,) real tokens per row
+        texts: TextBatch | None,  # K padded texts
         regions: torch.Tensor,  # (K, R, Dr) the paired regions
         stage1: np.ndarray,  # (K,) stage-1 similarities of the pairs
         need_weights: bool = False,
+        prior: torch.Tensor | None = None,  # (1,) or (K,) log p(text | no image), when already known
     ) -> RerankOutput:
         """Final scores ``stage1 + w · match_logit`` of K (text, image) pairs, and their
         order, best first (ties keep stage-1 order)."""
-        if len(stage1) == 0:
+        if texts is None or len(stage1) == 0:
             empty = np.empty(0, dtype=np.float32)
             return RerankOutput(np.empty(0, dtype=np.int64), empty, empty)
-        if tokens.shape[-1] != self.scorer.config.text_dim or regions.shape[-1] != self.scorer.config.region_dim:
+        config = self.scorer.config
+        if texts.states.shape[-1] != config.text_dim or regions.shape[-1] != config.region_dim:
             raise RerankerMismatchError("the reranker was trained for another encoder")
-        match_logit, attention = self.scorer(tokens.to(self.device), lengths.to(self.device),
-                                             regions.to(self.device), need_weights)
+        match_logit, attention = self.scorer(texts.to(self.device), regions.to(self.device), need_weights, prior)
         stage1_tensor = torch.as_tensor(stage1, dtype=torch.float32, device=self.device)
         final = self.scorer.final_scores(stage1_tensor, match_logit).cpu().numpy()
         order = np.argsort(-final, kind="stable")

@@ -99,6 +99,7 @@ class Candidate:
 class EncodedQuery:
     vector: np.ndarray  # (D,) unit vector: stage 1
     tokens: torch.Tensor | None  # (T, Dt) token states: stage 2 (text queries only)
+    ids: torch.Tensor | None  # (T,) their token ids
     notices: list[str]
 
 
@@ -130,7 +131,7 @@ def search(context: QueryContext, request: SearchRequest) -> SearchResponse:
         reranker, region_source = scorer
         regions = region_source.regions([c.id for c in candidates])
         clock.lap("regions")
-        output = reranker.rerank(query.tokens, np.array([c.stage1_score for c in candidates]), regions)
+        output = reranker.rerank(query.tokens, query.ids, np.array([c.stage1_score for c in candidates]), regions)
         candidates = [replace(candidates[i], score=float(output.final[i])) for i in output.order]
         clock.lap("rerank")
     results = to_results(candidates[:request.k], context.catalog)
@@ -141,12 +142,12 @@ def search(context: QueryContext, request: SearchRequest) -> SearchResponse:
 
 def encode_query(context: QueryContext, request: SearchRequest) -> EncodedQuery:
     if request.vector is not None:
-        return EncodedQuery(check_vector(request.vector, context.embed_dim), None, [])
+        return EncodedQuery(check_vector(request.vector, context.embed_dim), None, None, [])
     if request.image is not None:
-        return EncodedQuery(resolve_image(request.image, context).vector, None, [])
+        return EncodedQuery(resolve_image(request.image, context).vector, None, None, [])
     encoder = context.encoder
     features = encoder.encode_text_features([request.text])
-    return EncodedQuery(features.vectors[0], features.tokens[0], length_notices(encoder, request.text))
+    return EncodedQuery(features.vectors[0], features.tokens[0], features.ids[0], length_notices(encoder, request.text))
 
 
 def length_notices(encoder, text: str) -> list[str]:

@@ -59,7 +59,7 @@ class ApiRoutes:
             raise HTTPError(400, "give one query: text, image (upload) or image_id")
         response = await self.context.run(
             served, served.index.query, text, image=image, k=integer(fields, "k", 10, 1, MAX_K),
-            recall_k=integer(fields, "recall_k", 100, 1, MAX_K), rerank=boolean(fields, "rerank", True),
+            recall_k=integer(fields, "recall_k", None, 1, MAX_K), rerank=boolean(fields, "rerank", True),
             filters=search_filter(fields), deduplicate=boolean(fields, "deduplicate", False),
         )
         return JSONResponse({"index": served.name, "reranked": response.reranked,
@@ -72,7 +72,7 @@ class ApiRoutes:
         image = await self.query_image(fields, served, required=True)
         response = await self.context.run(
             served, served.index.match, image, k=integer(fields, "k", 10, 1, MAX_K),
-            recall_k=integer(fields, "recall_k", 100, 1, MAX_K), rerank=boolean(fields, "rerank", True),
+            recall_k=integer(fields, "recall_k", None, 1, MAX_K), rerank=boolean(fields, "rerank", True),
             labels=strings(fields, "labels"),
         )
         return JSONResponse({"index": served.name, "image": response.image, "reranked": response.reranked,

@@ -97,8 +97,7 @@ class ClipRetrievalRoutes:
         if isinstance(query, list):
             return await run(served, index.search_vector, query, k=count, deduplicate=deduplicate)
         if isinstance(query, str):
-            response = await run(served, index.query, query, k=count, recall_k=max(100, count),
-                                 deduplicate=deduplicate)
+            response = await run(served, index.query, query, k=count, recall_k=None, deduplicate=deduplicate)
         else:
             response = await run(served, index.query, image=query, k=count, deduplicate=deduplicate)
         return response.results
@@ -110,7 +109,7 @@ class ClipRetrievalRoutes:
                                  "for a text query use modality \"image\"")
         if isinstance(query, list):
             raise HTTPError(400, "embedding_input is supported with modality \"image\" only")
-        response = await self.context.run(served, served.index.match, query, k=count, recall_k=max(100, count))
+        response = await self.context.run(served, served.index.match, query, k=count, recall_k=None)
         return JSONResponse([{"id": r.id, "similarity": r.score, "caption": r.text, "text": r.text}
                              for r in response.results])
 

@@ -80,7 +80,8 @@ async def _read_form(request: Request) -> dict[str, Any]:
     return fields
 
 
-def integer(fields: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
+def integer(fields: dict[str, Any], name: str, default: int | None, low: int, high: int) -> int | None:
+    """The field as an integer in [low, high]; ``default`` when absent (None: the library's own)."""
     value = fields.get(name)
     if value is None or value == "":
         return default

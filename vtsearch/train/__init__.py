@@ -8,14 +8,14 @@ the index), ``objective`` (logits and loss), ``validate`` (the fitted ``w``), ``
 """
 
 from .evaluate import EvalReport, ImageToTextReport, evaluate, recall_at
-from .loop import EarlyStopping, EpochRecord, TrainOptions, TrainReport, train_reranker
+from .loop import EarlyStopping, EpochRecord, TrainOptions, TrainPlan, TrainReport, train_reranker
 from .mining import STOPWORDS, Examples, mine_examples, sample_candidates, swapped_variants
 from .objective import listwise_loss, match_logits
 from .pairs import Pair, ResolvedPairs, load_pairs, resolve_pairs, split_by_image
 from .validate import fit_rerank_weight
 
 __all__ = [
-    "train_reranker", "TrainOptions", "TrainReport", "EpochRecord", "EarlyStopping",
+    "train_reranker", "TrainOptions", "TrainPlan", "TrainReport", "EpochRecord", "EarlyStopping",
     "evaluate", "EvalReport", "ImageToTextReport", "recall_at",
     "load_pairs", "Pair", "resolve_pairs", "ResolvedPairs", "split_by_image",
     "mine_examples", "Examples", "sample_candidates", "swapped_variants", "STOPWORDS",

@@ -1,12 +1,13 @@
 """Training the fusion scorer from captioned images already in the index.
 
-For each caption the positive is its image; the hard negatives are its stage-1
-neighbours that are not its image (nor another image with the very same caption), mined
-from the index itself (``mining``). The loss is listwise: a softmax over the match logits
-of positive + K negatives. The encoder stays frozen: only the scorer learns.
-
-The reverse direction (image → text, ``vtsearch match``) adds a second listwise term: for
-each caption's image, the caption against text negatives (see ``mining``).
+The caption objective (the default; see ``objective``): the scorer learns to say each
+caption's words from its image's regions. The match objective: for each caption the
+positive is its image; the hard negatives are its stage-1 neighbours that are not its
+image (nor another image with the very same caption), mined from the index itself
+(``mining``), and the loss is listwise over positive + K negatives, with a second
+listwise term for image → text (the caption against text negatives). Either way the
+encoder stays frozen: only the scorer learns. The index's regions are read into memory
+once (``bank``), and every caption's token states computed once.
 
 ``w`` in ``final = stage1 + w · match_logit`` is not learnt by SGD but fitted after each
 epoch on the validation split, held out by image (``validate``). Early stopping watches
@@ -33,26 +34,30 @@ from ..fusion import FusionConfig, FusionScorer
 from ..progress import NoProgress, Progress
 from ..query.rerank import Reranker
 from ..query.sources import RegionSource
-from .mining import Examples, mine_examples, mine_text_negatives, sample_candidates
-from .objective import listwise_loss, match_logits, text_logits
+from .bank import RegionBank
+from .mining import Examples, TextTokens, mine_examples, mine_text_negatives, sample_candidates
+from .objective import caption_loss, listwise_loss, match_logits, text_logits
 from .pairs import Pair, ResolvedPairs, resolve_pairs, split_by_image
 from .validate import validate_images, validate_texts
 
 if TYPE_CHECKING:
     from ..index import Index
 
-FALLBACK_VALIDATION_ROWS = 256  # with no held-out images, validate on this many training captions
+ESTIMATE_STEPS = 10  # the run's length is estimated from its first steps (and one validation)
+VALIDATION_ROWS = 400  # validation scores at most this many held-out captions
+MAX_VOCAB = 4096  # the caption head names this many of the training captions' commonest tokens
 
 
 @dataclass(frozen=True)
 class TrainOptions:
-    epochs: int = 30
+    objective: str = "caption"  # or "match" (listwise, the scorers before the caption head)
+    epochs: int = 20
     negatives: int = 15
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.01
     val_fraction: float = 0.1
-    patience: int = 10  # epochs without a better validation score before stopping
+    patience: int = 5  # epochs without a better validation score before stopping
     val_shortlist: int = 50  # validation ranks each caption's image among this many
     text_negatives: int = 8  # image → text term: negative texts per image (0: off)
     width: int = 128
@@ -77,14 +82,30 @@ class EpochRecord:
     seconds: float  # since training started
 
     def validation(self) -> dict[str, float]:
-        """The validation figures (``val_*``), as the manifest keeps them for the best epoch."""
-        return {name: value for name, value in self.to_dict().items() if name.startswith("val")}
+        """The validation figures (``val_*``) and the fitted ``w``, as the manifest keeps
+        them for the best epoch."""
+        return {name: value for name, value in self.to_dict().items() if name.startswith("val") or name == "w"}
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         if self.val_text_top1 is None:
             del data["val_text_top1"]
         return data
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """How long a run will take: measured on its first steps and a validation pass, and
+    reported before the run goes on (early stopping may end it sooner)."""
+
+    epochs: int
+    steps_per_epoch: int
+    step_seconds: float
+    validation_seconds: float
+
+    @property
+    def seconds(self) -> float:
+        return self.epochs * (self.steps_per_epoch * self.step_seconds + self.validation_seconds)
 
 
 @dataclass(frozen=True)
@@ -134,25 +155,37 @@ class _TrainingData:
     """What a run trains and validates on, mined once before the first epoch."""
 
     examples: Examples
-    text_negatives: list[list[torch.Tensor]] | None  # None: the image → text term is off
+    text_negatives: list[list[TextTokens]] | None  # None: the image → text term is off
     regions: RegionSource
     train_rows: list[int]  # shuffled in place each epoch
-    val_rows: list[int]
+    val_rows: list[int]  # held out
+    checked_rows: list[int]  # what each epoch is validated on
 
-    def validation_rows(self) -> list[int]:
-        return self.val_rows or self.train_rows[:FALLBACK_VALIDATION_ROWS]
+
+def _validation_rows(train_rows: list[int], val_rows: list[int]) -> list[int]:
+    """The held-out captions, or with none held out the training captions; at most
+    ``VALIDATION_ROWS`` of them (a fixed sample)."""
+    rows = val_rows or sorted(train_rows)
+    if len(rows) <= VALIDATION_ROWS:
+        return rows
+    return [rows[i] for i in np.linspace(0, len(rows) - 1, VALIDATION_ROWS).astype(int)]
 
 
 def train_reranker(index: "Index", pairs: Sequence[Pair], options: TrainOptions = TrainOptions(),
-                   progress: Progress | None = None,
-                   on_epoch: Callable[[EpochRecord], None] | None = None) -> tuple[Reranker, TrainReport]:
-    """Train a fusion scorer on ``pairs`` (images already in ``index``); ``on_epoch`` is
-    called with each epoch's record as it ends."""
+                   progress: Progress | None = None, on_epoch: Callable[[EpochRecord], None] | None = None,
+                   on_plan: Callable[[TrainPlan], None] | None = None) -> tuple[Reranker, TrainReport]:
+    """Train a fusion scorer on ``pairs`` (images already in ``index``); ``on_plan`` is
+    called once with the run's estimated length, ``on_epoch`` with each epoch's record
+    as it ends."""
     started = time.perf_counter()
     progress = progress or NoProgress()
     layout, regions = index.regions, index.region_source
     if layout is None or regions is None:
         raise VtsearchError(f"{index.info().encoder.describe()} has no region tokens to rerank with")
+    if layout.prefix:
+        raise VtsearchError(f"{index.info().encoder.describe()} keeps its image tokens for its own decoder "
+                            "(a CoCa index reranks untrained); training a fusion scorer over them is not "
+                            "supported yet")
     resolved = resolve_pairs(index, pairs)
     if len(resolved.captions) < 2:
         raise VtsearchError(f"only {len(resolved.captions)} of {len(pairs)} pairs have their image in the index")
@@ -160,10 +193,10 @@ def train_reranker(index: "Index", pairs: Sequence[Pair], options: TrainOptions 
     with _seeded_torch(options.seed, device):
         if len(index) < options.negatives + 1:
             raise VtsearchError(f"the index holds {len(index)} images; training needs more than {options.negatives}")
-        data = _mine(index, resolved, regions, options, progress)
-        trainer = _Trainer(FusionScorer(_fusion_config(index, layout, options)).to(device), data, options,
-                           _logit_scale(index), device)
-        history, stopping = trainer.run(progress, on_epoch, started)
+        data = _mine(index, resolved, regions, layout, options, progress, device)
+        config = _fusion_config(index, layout, options, data.examples)
+        trainer = _Trainer(FusionScorer(config).to(device), data, options, _logit_scale(index), device)
+        history, stopping = trainer.run(progress, on_epoch, on_plan, started)
     trainer.scorer.load_state_dict(stopping.best_state)
     report = TrainReport(
         pairs=len(pairs), used=len(resolved.captions), missing=resolved.missing,
@@ -185,22 +218,39 @@ def _seeded_torch(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-def _mine(index: "Index", resolved: ResolvedPairs, regions: RegionSource, options: TrainOptions,
-          progress: Progress) -> _TrainingData:
-    """Hard negatives of every caption (and its image), and the split by image."""
-    progress.start(len(resolved.captions))
-    examples = mine_examples(index, resolved, max(100, 4 * options.negatives, options.val_shortlist + 8), progress)
-    text_negatives = (mine_text_negatives(index, resolved, examples, options.text_negatives, options.seed)
-                      if options.text_negatives else None)
-    progress.close()
+def _mine(index: "Index", resolved: ResolvedPairs, regions: RegionSource, layout: RegionLayout,
+          options: TrainOptions, progress: Progress, device: torch.device) -> _TrainingData:
+    """The split by image, every caption's token states, hard negatives (and its image's)
+    of the captions that need them (the caption objective: only those validated on), and
+    the index's regions in memory."""
     train_rows, val_rows = split_by_image(resolved.image_ids, options.val_fraction, options.seed)
-    return _TrainingData(examples, text_negatives, regions, train_rows, val_rows)
+    checked = _validation_rows(train_rows, val_rows)
+    mined = sorted(set(checked) | set(train_rows)) if options.objective == "match" else checked
+    progress.start(len(resolved.captions) + len(index))
+    depth = max(100, 4 * options.negatives, options.val_shortlist + 8)
+    examples = mine_examples(index, resolved, depth, progress, mined)
+    # a caption scorer is told word salad by its prior, which no real text to match has
+    text_negatives = (mine_text_negatives(index, resolved, examples, options.text_negatives, options.seed, mined,
+                                          swaps=options.objective == "match") if options.text_negatives else None)
+    bank = RegionBank.load(regions, examples.image_ids, layout.regions, layout.dim, progress, device)
+    progress.close()
+    return _TrainingData(examples, text_negatives, bank, train_rows, val_rows, checked)
 
 
-def _fusion_config(index: "Index", layout: RegionLayout, options: TrainOptions) -> FusionConfig:
-    return FusionConfig(text_dim=index.encoder.text_token_dim, region_dim=layout.dim, grid=layout.grid,
-                        max_tokens=index.encoder.context_length, width=options.width, layers=options.layers,
-                        heads=options.heads)
+def _fusion_config(index: "Index", layout: RegionLayout, options: TrainOptions, examples: Examples) -> FusionConfig:
+    encoder = index.encoder
+    return FusionConfig(text_dim=encoder.text_token_dim, region_dim=layout.dim, grid=layout.grid,
+                        max_tokens=encoder.context_length, width=options.width, layers=options.layers,
+                        heads=options.heads, score=options.objective,
+                        vocab=_vocabulary(examples) if options.objective == "caption" else (),
+                        word_dim=encoder.word_dim, causal_states=encoder.text_causal)
+
+
+def _vocabulary(examples: Examples) -> tuple[int, ...]:
+    """The token ids the caption head names: the training captions' commonest, sorted."""
+    ids, counts = np.unique(torch.cat(examples.ids).numpy(), return_counts=True)
+    keep = ids[np.argsort(-counts, kind="stable")[:MAX_VOCAB]]
+    return tuple(int(i) for i in np.sort(keep))
 
 
 def _logit_scale(index: "Index") -> float:
@@ -218,17 +268,23 @@ class _Trainer:
         self.body = [p for name, p in scorer.named_parameters() if name != "rerank_weight"]  # w is fitted
         self.optimizer = torch.optim.AdamW(self.body, lr=options.lr, weight_decay=options.weight_decay)
         self.steps = options.epochs * math.ceil(len(data.train_rows) / options.batch_size)
-        # a short warm-up, then a constant rate: binding is learnt late (after a plateau of
-        # many epochs on the shapes set), and a decaying rate would stall it
+        # a short warm-up, then a constant rate: with the match objective binding was learnt
+        # late (after a plateau of many epochs on the shapes set), and a decaying rate stalled it
         warmup = max(1, self.steps // 20)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: min(1.0, (step + 1) / warmup))
         self.candidate_rng = np.random.default_rng(options.seed)
         self.order_rng = random.Random(options.seed)
+        self.on_plan: Callable[[TrainPlan], None] | None = None
+        self.validation_seconds = 0.0
 
     def run(self, progress: Progress, on_epoch: Callable[[EpochRecord], None] | None,
-            started: float) -> tuple[list[EpochRecord], EarlyStopping]:
+            on_plan: Callable[[TrainPlan], None] | None, started: float) -> tuple[list[EpochRecord], EarlyStopping]:
         history: list[EpochRecord] = []
         stopping = EarlyStopping(self.options.patience)
+        if on_plan is not None:  # time one validation pass (of the untrained scorer) for the estimate
+            clock = time.perf_counter()
+            self.validate(0, math.nan, started)
+            self.validation_seconds, self.on_plan = time.perf_counter() - clock, on_plan
         progress.start(self.steps)
         try:
             for epoch in range(1, self.options.epochs + 1):
@@ -249,6 +305,7 @@ class _Trainer:
         rows = self.data.train_rows
         self.order_rng.shuffle(rows)
         losses = []
+        clock = time.perf_counter()
         for start in range(0, len(rows), self.options.batch_size):
             loss = self.batch_loss(rows[start:start + self.options.batch_size])
             self.optimizer.zero_grad(set_to_none=True)
@@ -258,10 +315,16 @@ class _Trainer:
             self.scheduler.step()
             losses.append(float(loss.detach()))
             progress.advance(1)
+            if self.on_plan is not None and len(losses) == ESTIMATE_STEPS:
+                self.on_plan(TrainPlan(self.options.epochs, math.ceil(len(rows) / self.options.batch_size),
+                                       (time.perf_counter() - clock) / ESTIMATE_STEPS, self.validation_seconds))
+                self.on_plan = None
         return float(np.mean(losses))
 
     def batch_loss(self, rows: list[int]) -> torch.Tensor:
         data = self.data
+        if self.options.objective == "caption":
+            return caption_loss(self.scorer, data.examples, rows, data.regions, self.device)
         candidates = sample_candidates(data.examples, rows, self.options.negatives, self.candidate_rng)
         loss = listwise_loss(match_logits(self.scorer, data.examples, rows, candidates, data.regions, self.device))
         if data.text_negatives is not None:
@@ -271,7 +334,7 @@ class _Trainer:
 
     def validate(self, epoch: int, train_loss: float, started: float) -> EpochRecord:
         """Fit w and measure the epoch on the validation rows."""
-        data, rows = self.data, self.data.validation_rows()
+        data, rows = self.data, self.data.checked_rows
         images = validate_images(self.scorer, data.examples, rows, self.options.val_shortlist - 1, data.regions,
                                  self.logit_scale, self.device)
         texts = (validate_texts(self.scorer, data.examples, rows, data.text_negatives, data.regions, self.device)

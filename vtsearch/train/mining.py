@@ -38,6 +38,7 @@ class Examples:
     what is needed to score any candidate at stage 1."""
 
     tokens: list[torch.Tensor]  # N × (T, Dt) the caption's token states
+    ids: list[torch.Tensor]  # N × (T,) their token ids
     positives: np.ndarray  # (N,) the caption's image
     neighbours: list[np.ndarray]  # N × stage-1 ranked wrong answers
     right: list[set[int]]  # N × every image the caption describes
@@ -55,33 +56,42 @@ class Examples:
         return self.image_vectors[np.searchsorted(self.image_ids, self.positives)]
 
 
-def mine_examples(index: "Index", resolved: ResolvedPairs, depth: int, progress: Progress) -> Examples:
-    """Each caption's stage-1 neighbours (top ``depth``) that are not a right answer."""
+def mine_examples(index: "Index", resolved: ResolvedPairs, depth: int, progress: Progress,
+                  rows: Sequence[int] | None = None) -> Examples:
+    """Each caption's token states, and the stage-1 neighbours (top ``depth``) that are
+    not a right answer of the captions in ``rows`` (all when None; the others get none)."""
     right: dict[str, set[int]] = defaultdict(set)  # caption → every image it describes
     for caption, image_id in zip(resolved.captions, resolved.image_ids):
         right[caption].add(image_id)
     chunks = list(index.embeddings())
     image_ids = np.concatenate([ids for ids, _ in chunks])
     image_vectors = np.concatenate([vectors for _, vectors in chunks])
-    tokens, caption_vectors = _encode_captions(index.encoder, resolved.captions, progress)
+    tokens, ids, caption_vectors = _encode_captions(index.encoder, resolved.captions, progress)
     wrong = [right[caption] for caption in resolved.captions]
     order = np.argsort(image_ids)
-    return Examples(tokens, np.asarray(resolved.image_ids, dtype=np.int64),
-                    _wrong_neighbours(index, caption_vectors, wrong, depth), wrong, caption_vectors,
-                    image_ids[order], image_vectors[order])
+    rows = range(len(wrong)) if rows is None else rows
+    neighbours = [np.empty(0, dtype=np.int64)] * len(wrong)
+    for row, found in zip(rows, _wrong_neighbours(index, caption_vectors[list(rows)], [wrong[r] for r in rows],
+                                                  depth)):
+        neighbours[row] = found
+    return Examples(tokens, ids, np.asarray(resolved.image_ids, dtype=np.int64), neighbours, wrong,
+                    caption_vectors, image_ids[order], image_vectors[order])
 
 
 def _encode_captions(encoder: "Encoder", captions: list[str],
-                     progress: Progress) -> tuple[list[torch.Tensor], np.ndarray]:
-    """Token states and (N, D) unit vectors of ``captions``."""
-    tokens: list[torch.Tensor] = []
-    vectors = []
-    for start in range(0, len(captions), ENCODE_BATCH):
-        features = encoder.encode_text_features(captions[start:start + ENCODE_BATCH])
-        tokens.extend(features.tokens)
-        vectors.append(features.vectors)
-        progress.advance(min(ENCODE_BATCH, len(captions) - start))
-    return tokens, np.concatenate(vectors)
+                     progress: Progress) -> tuple[list[torch.Tensor], list[torch.Tensor], np.ndarray]:
+    """Token states (kept as fp16: 100,000 captions of ViT-B-32 are about 2.7 GB so), token
+    ids and (N, D) unit vectors of ``captions``, each distinct caption encoded once."""
+    unique = list(dict.fromkeys(captions))
+    states: dict[str, tuple[torch.Tensor, torch.Tensor, np.ndarray]] = {}
+    for start in range(0, len(unique), ENCODE_BATCH):
+        chunk = unique[start:start + ENCODE_BATCH]
+        features = encoder.encode_text_features(chunk)
+        states.update(zip(chunk, zip([row.half() for row in features.tokens], features.ids, features.vectors)))
+        progress.advance(len(chunk))
+    progress.advance(len(captions) - len(unique))
+    rows = [states[caption] for caption in captions]
+    return [row[0] for row in rows], [row[1] for row in rows], np.stack([row[2] for row in rows])
 
 
 def _wrong_neighbours(index: "Index", caption_vectors: np.ndarray, right: list[set[int]],
@@ -165,19 +175,27 @@ def swapped_variants(caption: str, count: int, rng: np.random.Generator) -> list
     return variants
 
 
+TextTokens = tuple[torch.Tensor, torch.Tensor]  # a text's token states (T, Dt) and ids (T,)
+
+
 def mine_text_negatives(index: "Index", resolved: ResolvedPairs, examples: Examples, count: int,
-                        seed: int) -> list[list[torch.Tensor]]:
-    """Per caption: token states of ``count`` wrong texts for its image (see module doc)."""
+                        seed: int, rows: Sequence[int] | None = None, swaps: bool = True) -> list[list[TextTokens]]:
+    """Per caption in ``rows`` (all when None): token states and ids of ``count`` wrong
+    texts for its image (see module doc); the others get none. Without ``swaps`` they are
+    all nearest captions: real texts, where word swaps may be word salad."""
     rng = np.random.default_rng(seed)
     own: dict[int, set[str]] = defaultdict(set)  # image → its captions
     for caption, image_id in zip(resolved.captions, resolved.image_ids):
         own[image_id].add(caption)
     nearest = _NearestCaptions(resolved.captions, examples, depth=4 * count + 8)
-    swaps = [swapped_variants(caption, math.ceil(count / 2), rng) for caption in resolved.captions]
-    swap_tokens = _token_states(index.encoder, list(dict.fromkeys(text for variants in swaps for text in variants)))
+    rows = range(len(resolved.captions)) if rows is None else rows
+    swapped = {row: swapped_variants(resolved.captions[row], math.ceil(count / 2), rng) if swaps else []
+               for row in rows}
+    swap_tokens = _token_states(index.encoder,
+                                list(dict.fromkeys(text for variants in swapped.values() for text in variants)))
     image_vectors = examples.positive_vectors()
-    negatives: list[list[torch.Tensor]] = []
-    for row, variants in enumerate(swaps):
+    negatives: list[list[TextTokens]] = [[] for _ in resolved.captions]
+    for row, variants in swapped.items():
         mine = own[examples.positives[row]]
         variants = [text for text in variants if text not in mine]  # a swap may still be true
         tokens = [swap_tokens[text] for text in variants]
@@ -186,16 +204,17 @@ def mine_text_negatives(index: "Index", resolved: ResolvedPairs, examples: Examp
                 break
             if text not in mine and text not in variants:
                 tokens.append(nearest.tokens(text))
-        negatives.append(tokens)
+        negatives[row] = tokens
     return negatives
 
 
-def _token_states(encoder: "Encoder", texts: list[str]) -> dict[str, torch.Tensor]:
-    """Each text's token states."""
-    states: dict[str, torch.Tensor] = {}
+def _token_states(encoder: "Encoder", texts: list[str]) -> dict[str, TextTokens]:
+    """Each text's token states and ids."""
+    states: dict[str, TextTokens] = {}
     for start in range(0, len(texts), ENCODE_BATCH):
         chunk = texts[start:start + ENCODE_BATCH]
-        states.update(zip(chunk, encoder.encode_text_features(chunk).tokens))
+        features = encoder.encode_text_features(chunk)
+        states.update(zip(chunk, zip([row.half() for row in features.tokens], features.ids)))
     return states
 
 
@@ -219,5 +238,6 @@ class _NearestCaptions:
         for position in top[np.argsort(-scores[top], kind="stable")]:
             yield self.unique[position]
 
-    def tokens(self, caption: str) -> torch.Tensor:
-        return self.examples.tokens[self.first_row[caption]]
+    def tokens(self, caption: str) -> TextTokens:
+        row = self.first_row[caption]
+        return self.examples.tokens[row], self.examples.ids[row]

@@ -1,0 +1,217 @@
+"""CoCa's text decoder as the pretrained stage-2 scorer, with a tiny random CoCa through
+``local-dir:`` (its decoder's output projection initialised here: open_clip leaves it
+empty for a model created without weights)."""
+
+import json
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import make_images
+from vtsearch import EncoderSpec, Index, IngestOptions
+from vtsearch.cli import main
+from vtsearch.config import RegionLayout
+from vtsearch.encoder import Encoder
+from vtsearch.encoder.coca import broken_contrastive_head, has_text_decoder
+from vtsearch.errors import ModelLoadError
+from vtsearch.query.decoder import DecoderConfig, DecoderReranker, fuse_logits, fuse_standardised
+
+CPU = torch.device("cpu")
+WIDTH, VISION_WIDTH, QUERIES = 32, 48, 10  # the pooler makes QUERIES - 1 image tokens
+TINY_COCA = {
+    "embed_dim": WIDTH, "custom_text": True,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": VISION_WIDTH, "head_width": 16, "patch_size": 8,
+                   "attentional_pool": True, "attn_pooler_queries": QUERIES, "attn_pooler_heads": 2,
+                   "output_tokens": True},
+    "text_cfg": {"context_length": 76, "vocab_size": 49408, "width": WIDTH, "heads": 2, "layers": 1,
+                 "embed_cls": True, "output_tokens": True},
+    "multimodal_cfg": {"context_length": 76, "vocab_size": 49408, "width": WIDTH, "heads": 2, "layers": 2},
+}
+TEXTS = ["a red square", "a blue circle left of a green square on a white ground", "dog"]
+
+
+def write_coca(folder, seed=0):
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_COCA, "preprocess_cfg": {}}))
+    torch.manual_seed(seed)
+    model = open_clip.create_model(f"local-dir:{folder}")  # no weights yet: random
+    torch.nn.init.normal_(model.text_decoder.text_projection, std=WIDTH ** -0.5)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def coca_dir(tmp_path_factory):
+    return write_coca(tmp_path_factory.mktemp("coca") / "model")
+
+
+@pytest.fixture(scope="module")
+def encoder(coca_dir):
+    return Encoder.load(EncoderSpec.parse(f"local-dir:{coca_dir}"), CPU, precision="fp32")
+
+
+def pixels(count, seed=0):
+    return torch.randn(count, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def ids_of(encoder, text):
+    return encoder.encode_text_features([text]).ids[0]
+
+
+def test_region_layout_with_a_prefix_round_trips():
+    layout = RegionLayout(grid=7, dim=768, prefix=1)
+    assert layout.regions == 50 and layout.row_bytes == 50 * 768 * 2
+    assert RegionLayout.from_dict(layout.to_dict()) == layout
+    old = {"grid": 7, "dim": 512, "stored": True, "dtype": "float16", "bytes_per_image": 50176}
+    assert RegionLayout.from_dict(old).prefix == 0 and "prefix" not in RegionLayout.from_dict(old).to_dict()
+
+
+def test_regions_are_the_tokens_before_the_pooler(encoder):
+    """Stage 1 is the model's own vector; the regions are the class token and patches the
+    pooler reads, so pooling them again gives the decoder exactly what CoCa gives it."""
+    assert has_text_decoder(encoder.model) and encoder.image.prefix == 1
+    images = pixels(3)
+    with torch.no_grad():
+        pooled, regions = encoder.image(images, regions=True)
+        latent, tokens = encoder.model._encode_image(images, normalize=False)
+        decoder = DecoderReranker(encoder.model).decoder
+        torch.testing.assert_close(decoder.image_tokens(regions), tokens)
+    assert regions.shape == (3, 1 + 16, VISION_WIDTH) and tokens.shape == (3, QUERIES - 1, WIDTH)
+    torch.testing.assert_close(pooled, latent)
+
+
+def test_scores_are_the_caption_likelihood_and_ignore_padding(encoder):
+    """The decoder reads the real tokens only; open_clip's own forward on the 76 padded
+    tokens gives the same log-likelihood."""
+    model, images = encoder.model, pixels(2, seed=1)
+    padded = encoder.tokenizer([TEXTS[1]] * 2)  # (2, 76)
+    with torch.no_grad():
+        out = model(images, padded)  # logits (2, 75, V), aligned with labels = padded[:, 1:]
+        log_probs = out["logits"].log_softmax(-1).gather(-1, out["labels"][..., None]).squeeze(-1)
+        expected = (log_probs * (out["labels"] != 0)).sum(dim=1)
+        _, regions = encoder.image(images, regions=True)
+    reranker = DecoderReranker(model, DecoderConfig(weight=1.0))
+    output = reranker.rerank(None, ids_of(encoder, TEXTS[1]), np.zeros(2, dtype=np.float32), regions)
+    np.testing.assert_allclose(output.match_logit, expected.numpy(), rtol=1e-4, atol=1e-3)
+
+
+def test_the_decoder_reads_the_image(encoder):
+    with torch.no_grad():
+        _, regions = encoder.image(pixels(4, seed=2), regions=True)
+    output = DecoderReranker(encoder.model).rerank(None, ids_of(encoder, TEXTS[0]), np.zeros(4), regions)
+    assert np.isfinite(output.match_logit).all() and np.ptp(output.match_logit) > 1e-3
+    assert sorted(output.order.tolist()) == [0, 1, 2, 3]
+
+
+def test_match_scores_each_text_in_a_batch_as_alone(encoder):
+    """K texts of different lengths padded together score as each would alone."""
+    with torch.no_grad():
+        _, regions = encoder.image(pixels(1, seed=3), regions=True)
+    reranker = DecoderReranker(encoder.model, DecoderConfig(prior="none"))
+    ids = [ids_of(encoder, text) for text in TEXTS]
+    together = reranker.rerank_texts(None, ids, np.zeros(3), regions[0]).match_logit
+    alone = [reranker.rerank_texts(None, [row], np.zeros(1), regions[0]).match_logit[0] for row in ids]
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-4)
+    for prior in ("null-image", "length"):
+        reranker = DecoderReranker(encoder.model, DecoderConfig(prior=prior))
+        scores = reranker.rerank_texts(None, ids, np.zeros(3), regions[0])
+        assert np.isfinite(scores.match_logit).all() and not np.allclose(scores.match_logit, together)
+
+
+def test_fusion_adds_the_two_log_scores():
+    """The default: contrastive logit + caption log-likelihood, on stage 1's scale; a
+    pair's final score does not depend on the rest of the shortlist."""
+    stage1, score = np.array([0.30, 0.29, 0.20]), np.array([-40.0, -10.0, -30.0])
+    np.testing.assert_allclose(fuse_logits(stage1, score, 0.0, 100.0), stage1, rtol=1e-6)  # weight 0: stage 1
+    final = fuse_logits(stage1, score, 1.0, 100.0)
+    np.testing.assert_allclose(final, (100 * stage1 + score) / 100, rtol=1e-6)
+    np.testing.assert_allclose(fuse_logits(stage1[:1], score[:1], 1.0, 100.0), final[:1], rtol=1e-6)
+
+
+def test_fusion_can_standardise_both_scores():
+    stage1, score = np.array([0.30, 0.29, 0.20]), np.array([-40.0, -10.0, -30.0])
+    np.testing.assert_allclose(fuse_standardised(stage1, score, 0.0), stage1, rtol=1e-6)  # weight 0: stage 1
+    np.testing.assert_allclose(fuse_standardised(stage1[:1], score[:1], 1.0), stage1[:1], rtol=1e-6)  # one
+    z = lambda values: (values - values.mean()) / values.std()  # noqa: E731
+    final = fuse_standardised(stage1, score, 1.0)
+    assert np.argsort(-final).tolist() == np.argsort(-(z(stage1) + z(score))).tolist() == [1, 0, 2]
+    assert np.isclose(final.mean(), stage1.mean(), atol=1e-6)  # still on stage 1's scale
+
+
+def test_caption_only_weights_are_refused_for_stage_one(tmp_path):
+    refused = EncoderSpec("coca_ViT-B-32", "mscoco_finetuned_laion2b_s13b_b90k")
+    assert "captioning only" in broken_contrastive_head(refused)
+    assert broken_contrastive_head(EncoderSpec.parse("hf-hub:laion/mscoco_finetuned_CoCa-ViT-B-32-laion2B-s13B-b90k"))
+    assert broken_contrastive_head(EncoderSpec("coca_ViT-B-32", "laion2b_s13b_b90k")) is None
+    assert broken_contrastive_head(EncoderSpec()) is None
+    with pytest.raises(ModelLoadError, match="captioning only"):  # refused before anything loads
+        Index.create(tmp_path / "index", refused, device="cpu")
+    assert not (tmp_path / "index").exists()
+
+
+@pytest.fixture(scope="module")
+def coca_index(tmp_path_factory, encoder):
+    folder = tmp_path_factory.mktemp("coca_index")
+    make_images(folder / "photos", 8)
+    index = Index.create(folder / "index", encoder=encoder, region_grid=2)  # the grid is the decoder's own
+    assert index.add([folder / "photos"], IngestOptions(workers=0, batch_size=4)).indexed == 8
+    yield index
+    index.close()
+
+
+def test_a_coca_index_reranks_with_its_decoder_untrained(coca_index, encoder):
+    layout, summary = coca_index.manifest.regions, coca_index.manifest.reranker
+    assert (layout.grid, layout.prefix, layout.dim) == (4, 1, VISION_WIDTH)
+    assert summary.scorer == "coca-decoder" and summary.config == DecoderConfig().to_dict()
+    reranker = coca_index.reranker
+    assert isinstance(reranker, DecoderReranker) and reranker.changes_order and not reranker.is_trained
+    stored = coca_index.region_source.regions([1, 2])  # the region store's round trip
+    path = coca_index.image_row(1).path
+    from vtsearch.decode import decode_file
+    from vtsearch.records import ScannedFile
+    decoded = decode_file(ScannedFile(path, 0, 0), encoder.decode_config(), encoder.preprocess)
+    with torch.no_grad():
+        _, fresh = encoder.image(decoded.pixels[None], regions=True)
+    assert stored.shape == (2, 17, VISION_WIDTH)
+    torch.testing.assert_close(stored[0], fresh[0], atol=2e-2, rtol=1e-2)  # fp16 on disk
+    response = coca_index.query(TEXTS[0], k=3)
+    assert response.reranked and len(response.results) == 3 and "rerank" in response.timings_ms
+    assert coca_index._context().shortlist(None, True) == DecoderConfig().shortlist_cpu
+    plain = coca_index.query(TEXTS[0], k=8, rerank=False)
+    assert not plain.reranked
+    matched = coca_index.match(1, k=3, labels=TEXTS)
+    assert matched.reranked and len(matched.results) == 3
+
+
+def test_explain_shows_the_decoders_attention_on_the_patches(coca_index, encoder):
+    attention = coca_index.explain(1, TEXTS[1])
+    weights = np.array(attention.weights)
+    assert weights.shape == (len(ids_of(encoder, TEXTS[1])), 16) and attention.grid == 4
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-4)
+    assert attention.reranks
+
+
+def test_info_names_the_scorer(coca_index):
+    runner = CliRunner()
+    result = runner.invoke(main, ["info", "--index", str(coca_index.path)], catch_exceptions=False)
+    assert result.exit_code == 0 and "CoCa text decoder" in result.output
+    shown = json.loads(runner.invoke(main, ["info", "--index", str(coca_index.path), "--json"]).stdout)
+    assert shown["reranker"]["scorer"] == "coca-decoder" and shown["regions"]["prefix"] == 1
+
+
+def test_weight_zero_is_stage_one(coca_index):
+    """With weight 0 the decoder would not change the order, so a query skips it."""
+    reranker = DecoderReranker(coca_index.encoder.model, DecoderConfig(weight=0.0))
+    assert not reranker.changes_order
+    coca_index._reranker = reranker
+    try:
+        response = coca_index.query(TEXTS[1], k=8)
+        assert not response.reranked
+        assert [r.score for r in response.results] == [r.stage1_score for r in response.results]
+    finally:
+        coca_index._reranker = None

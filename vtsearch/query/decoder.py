@@ -1,0 +1,282 @@
+"""Stage 2 without training: CoCa's own text decoder scores (text, image) pairs.
+
+CoCa (open_clip's ``CoCa``) is a dual encoder *and* a captioner. Its multimodal text
+decoder reads a caption's token states from the unimodal text tower and, in every layer,
+cross-attends from them to the image's tokens, to predict each next token. How likely a
+query is as a caption of a candidate image is then a cross-attention score that is
+pretrained: a CoCa index reranks without ``train-reranker``.
+
+    stored regions (K, 1 + h*w, width) ─ attn_pool, ln_post ─▶ image tokens (K, N, D)
+    query ids (T,) ─ text tower ─▶ token states (1, T, W) ─ shared by the K candidates ─┐
+        text_decoder: L × [causal self-attention, cross-attention → image tokens, MLP] ─┘
+        ─▶ next-token logits (K, T-1, V) ─▶ score = Σ_t log p(id_t+1 | ids_≤t, image)
+
+**Search** (one text, K images): the score as it is; the text's own prior is the same
+for every candidate, so it changes nothing. **Match** (K texts, one image): the texts
+differ, and short, common texts are likely under any image. ``prior`` says what is
+subtracted: ``null-image`` (default) the text's log-likelihood under a blank image (the
+preprocessing's mean colour), making the score a pointwise mutual information;
+``length`` divides by the tokens scored instead; ``none`` keeps the raw likelihood.
+
+**Fusion** with stage 1 (``fusion``): ``logit`` (default) adds the two as the log-scores
+they are: CoCa's contrastive logit ``logit_scale · cosine`` (the model's own temperature,
+~100 when trained) and the caption log-likelihood, a product of the two experts; the
+final score is put back on stage 1's scale,
+
+    final = stage1 + weight · score / logit_scale,
+
+so it reads like a cosine and one pair's score means the same in any shortlist (``explain``
+scores one pair at a time). ``standardised`` instead puts both on the shortlist's own
+scale, ``final = stage1 + weight · σ(stage1) · z(score)``: scale-free, but relative to the
+shortlist. With ``weight = 0`` either *is* stage 1.
+
+open_clip 3.3.0 shifts logits inside ``CoCa.forward`` (its development branch does not),
+so the pieces are called directly: the image tower's pooler on the stored tokens, the
+text tower on the query's real tokens (not 76 padded ones: identical scores, about 3x
+less work; the causal masks make padding invisible), and ``text_decoder``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from .rerank import RerankOutput
+
+__all__ = ["CocaDecoder", "DecoderConfig", "DecoderReranker", "PRIORS", "SCORER"]
+
+SCORER = "coca-decoder"  # how the manifest names this scorer
+PRIORS = ("null-image", "length", "none")
+FUSIONS = ("logit", "standardised")
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """How a CoCa index reranks; the manifest keeps it (``RerankerSummary.config``)."""
+
+    weight: float = 1.0  # the decoder's score against stage 1's
+    fusion: str = "logit"  # how the two are added (see the module docstring)
+    prior: str = "null-image"  # match: what is subtracted from each text's log-likelihood
+    shortlist_cpu: int = 20  # default recall_k on a CPU (ViT-B-32: ~0.13 s per candidate there)
+    shortlist_gpu: int = 100  # ... and on a GPU
+    batch: int = 32  # candidates per decoder call (bounds the (batch, T, vocab) logits)
+
+    def __post_init__(self) -> None:
+        if self.prior not in PRIORS:
+            raise ValueError(f"prior must be one of {PRIORS}, not {self.prior!r}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, not {self.fusion!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DecoderConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class CocaDecoder:
+    """The parts of a CoCa model that score: the image tower's attentional pooler (over
+    the stored pre-pooler tokens), the text tower and the multimodal text decoder."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        model.text.output_tokens = True  # set once (calls may come from several threads)
+        self._null: torch.Tensor | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.text_decoder.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.text_decoder.parameters()).dtype
+
+    def image_tokens(self, regions: torch.Tensor) -> torch.Tensor:
+        """Stored (K, 1 + h*w, width) tokens → the decoder's (K, N, D) image tokens."""
+        _, tokens = self.model.visual._pool(regions.to(self.device, self.dtype))  # (K, N, D)
+        return tokens
+
+    def null_image(self) -> torch.Tensor:
+        """(1, N, D) the image tokens of a blank image (all-zero normalised pixels)."""
+        if self._null is None:
+            visual = self.model.visual
+            height, width = visual.image_size
+            pixels = torch.zeros(1, 3, height, width, device=self.device, dtype=self.dtype)
+            self._null = self.image_tokens(visual.transformer(visual._embeds(pixels)))
+        return self._null
+
+    def text_states(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids → (B, T, W) the text tower's token states (before its final
+        norm, as CoCa's decoder reads them)."""
+        _, states = self.model.text(ids.to(self.device))
+        return states
+
+    def log_likelihood(self, image: torch.Tensor, states: torch.Tensor, ids: torch.Tensor,
+                       lengths: torch.Tensor, read_last: bool = False) -> torch.Tensor:
+        """(B,) Σ log p(token t+1 | tokens ≤ t, image) over each text's real tokens, for
+        (B, N, D) image tokens and (B, T, W) token states (padding after a text's end is
+        never read: both masks are causal). The last token predicts nothing, so it is not
+        read unless ``read_last`` (to see where it looks)."""
+        read = states if read_last else states[:, :-1]  # (B, T-1, W)
+        logits = self.model.text_decoder(image, read)[:, :ids.shape[1] - 1].float()  # (B, T-1, V)
+        following = ids[:, 1:].to(logits.device)  # (B, T-1) what each position predicts
+        picked = logits.gather(-1, following[..., None]).squeeze(-1) - logits.logsumexp(dim=-1)  # (B, T-1)
+        positions = torch.arange(1, ids.shape[1], device=logits.device)  # (T-1,)
+        real = positions[None, :] < lengths.to(logits.device)[:, None]  # (B, T-1)
+        return (picked * real).sum(dim=1)
+
+
+class DecoderReranker:
+    """Stage 2 for a CoCa index: the pretrained decoder's score fused with stage 1. It
+    has the same query methods as :class:`~vtsearch.query.rerank.Reranker`."""
+
+    scorer_name = SCORER
+    is_trained = False  # pretrained: nothing the user trained
+
+    def __init__(self, model: torch.nn.Module, config: DecoderConfig | None = None):
+        self.decoder = CocaDecoder(model)
+        self.config = config or DecoderConfig()
+        scale = getattr(model, "logit_scale", None)
+        self.logit_scale = float(scale.detach().float().exp()) if isinstance(scale, torch.Tensor) else 100.0
+
+    @property
+    def trained(self) -> dict[str, Any]:
+        return {}
+
+    @property
+    def changes_order(self) -> bool:
+        return self.config.weight != 0.0
+
+    @property
+    def default_shortlist(self) -> int:
+        cpu = self.decoder.device.type == "cpu"
+        return self.config.shortlist_cpu if cpu else self.config.shortlist_gpu
+
+    @torch.inference_mode()
+    def rerank(self, states: torch.Tensor, ids: torch.Tensor, stage1: np.ndarray, regions: torch.Tensor,
+               need_weights: bool = False) -> RerankOutput:
+        """One query text, (T,) ids (``states``, the stage-1 tower's, are not needed),
+        against K images' (K, 1 + h*w, width) stored tokens; with ``need_weights`` the
+        attention is one (K, T, h*w) map: see :class:`_AttentionProbe`."""
+        if len(stage1) == 0:
+            return _empty()
+        ids = ids[None].long()  # (1, T)
+        lengths = torch.tensor([ids.shape[1]])
+        text = self.decoder.text_states(ids)  # (1, T, W): once for all K
+        scores, attention = [], []
+        for start in range(0, len(regions), self.config.batch):
+            with _attention_probe(self.decoder.model, need_weights) as probe:
+                image = self.decoder.image_tokens(regions[start:start + self.config.batch])  # (b, N, D)
+                count = len(image)
+                scores.append(self.decoder.log_likelihood(image, text.expand(count, -1, -1), ids.expand(count, -1),
+                                                          lengths.expand(count), read_last=need_weights))
+            attention.extend(probe.patch_attention())
+        return self._fused(stage1, torch.cat(scores), [torch.cat(attention)] if attention else [])
+
+    @torch.inference_mode()
+    def rerank_texts(self, states: list[torch.Tensor], ids: list[torch.Tensor], stage1: np.ndarray,
+                     regions: torch.Tensor) -> RerankOutput:
+        """K candidate texts, K × (T_i,) ids, against one image's (1 + h*w, width) tokens."""
+        if not ids or len(stage1) == 0:
+            return _empty()
+        image = self.decoder.image_tokens(regions[None])  # (1, N, D): once for all K
+        scores = []
+        for start in range(0, len(ids), self.config.batch):
+            chunk = ids[start:start + self.config.batch]
+            padded = torch.nn.utils.rnn.pad_sequence([row.long() for row in chunk], batch_first=True)  # (b, T)
+            scores.append(self._text_scores(image, padded, torch.tensor([len(row) for row in chunk])))
+        return self._fused(stage1, torch.cat(scores), [])
+
+    def _fused(self, stage1: np.ndarray, score: torch.Tensor, attention: list[torch.Tensor]) -> RerankOutput:
+        match_logit = score.double().cpu().numpy()
+        if self.config.fusion == "logit":
+            final = fuse_logits(stage1, match_logit, self.config.weight, self.logit_scale)
+        else:
+            final = fuse_standardised(stage1, match_logit, self.config.weight)
+        order = np.argsort(-final, kind="stable")
+        return RerankOutput(order, final, match_logit.astype(np.float32), attention)
+
+    def _text_scores(self, image: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(b,) each of b padded texts' (b, T) score for one image: its log-likelihood
+        less its prior."""
+        count = len(lengths)
+        states = self.decoder.text_states(ids)  # (b, T, W)
+        likelihood = self.decoder.log_likelihood(image.expand(count, -1, -1), states, ids, lengths)
+        if self.config.prior == "length":
+            return likelihood / (lengths - 1).clamp(min=1).to(likelihood)
+        if self.config.prior == "null-image":
+            null = self.decoder.null_image().expand(count, -1, -1)
+            return likelihood - self.decoder.log_likelihood(null, states, ids, lengths)
+        return likelihood
+
+
+def fuse_standardised(stage1: np.ndarray, score: np.ndarray, weight: float) -> np.ndarray:
+    """``stage1 + weight · σ(stage1) · z(score)`` over the shortlist (see the module
+    docstring); stage 1 itself where either spread is zero (one candidate)."""
+    stage1 = np.asarray(stage1, dtype=np.float64)
+    spread = float(np.std(score))
+    if spread == 0.0 or weight == 0.0:
+        return stage1.astype(np.float32)
+    standard = (score - np.mean(score)) / spread
+    return (stage1 + weight * float(np.std(stage1)) * standard).astype(np.float32)
+
+
+def fuse_logits(stage1: np.ndarray, score: np.ndarray, weight: float, logit_scale: float) -> np.ndarray:
+    """``stage1 + weight · score / logit_scale``: the contrastive logit and the caption
+    log-likelihood added, on stage 1's scale."""
+    return (np.asarray(stage1, dtype=np.float64) + weight * np.asarray(score) / logit_scale).astype(np.float32)
+
+
+def _empty() -> RerankOutput:
+    empty = np.empty(0, dtype=np.float32)
+    return RerankOutput(np.empty(0, dtype=np.int64), empty, empty)
+
+
+class _AttentionProbe:
+    """Attention weights open_clip computes but does not return: the decoder's cross-
+    attention (per layer, (b, T, N) over the image tokens) and the pooler's (b, N+1, 1 + h*w)."""
+
+    def __init__(self) -> None:
+        self.cross: list[torch.Tensor] = []
+        self.pooler: list[torch.Tensor] = []
+
+    def patch_attention(self) -> list[torch.Tensor]:
+        """(b, T, h*w): where each read token looked among the image's patches, through
+        the pooler (mean over the decoder's layers and heads; class token left out)."""
+        if not self.cross or not self.pooler:
+            return []
+        cross = torch.stack(self.cross).float().mean(dim=0)  # (b, T, N)
+        pooler = self.pooler[-1].float()  # (b, 256, 1 + h*w) from the last pooler call
+        through = cross @ pooler[:, -cross.shape[-1]:, 1:]  # (b, T, h*w): the N output tokens are the last N
+        return [through / through.sum(dim=-1, keepdim=True).clamp(min=1e-12)]
+
+
+@contextlib.contextmanager
+def _attention_probe(model: torch.nn.Module, wanted: bool) -> Iterator[_AttentionProbe]:
+    """While open, the decoder's cross-attention and the pooler's attention record their
+    weights (asked for with ``need_weights``, which open_clip leaves off)."""
+    probe = _AttentionProbe()
+    if not wanted:
+        yield probe
+        return
+    handles = []
+    targets = [(block.attn, probe.cross) for block in model.text_decoder.cross_attn]
+    targets.append((model.visual.attn_pool.attn, probe.pooler))
+    for attention, sink in targets:
+        handles.append(attention.register_forward_pre_hook(_ask_for_weights, with_kwargs=True))
+        handles.append(attention.register_forward_hook(lambda _m, _a, output, sink=sink: sink.append(output[1])))
+    try:
+        yield probe
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _ask_for_weights(_module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    return args, {**kwargs, "need_weights": True, "average_attn_weights": True}
