@@ -199,3 +199,14 @@ def test_a_run_says_how_long_it_will_take_before_its_first_epoch_ends(captioned)
     config = reranker.scorer.config
     caption_ids = {int(i) for pair in pairs for i in index.encoder.encode_text_features([pair.caption]).ids[0]}
     assert config.score == "caption" and set(config.vocab) == caption_ids
+
+
+def test_the_match_objective_still_trains_a_match_head(captioned):
+    index, pairs = captioned
+    from vtsearch.train import train_reranker
+
+    reranker, report = train_reranker(index, pairs, TrainOptions(objective="match", epochs=1, negatives=5,
+                                                                 width=16, device="cpu"))
+    config = reranker.scorer.config
+    assert config.score == "match" and config.vocab == () and report.epochs_run == 1
+    assert all(0.0 <= record.val_text_top1 <= 1.0 for record in report.history)
