@@ -64,6 +64,23 @@ def load_pairs(pairs_path: Path, image_size: int) -> tuple[torch.Tensor, list[li
     return (pixels - mean) / std, list(captions.values())
 
 
+def caption_tokens(image_captions: list[list[str]], context_length: int) -> torch.Tensor:
+    """(choices, N, ctx) token ids: row n holds each image's n-th caption (an image with
+    fewer captions repeats its own), so an epoch picks one per image by indexing."""
+    tokenizer = open_clip.SimpleTokenizer(context_length=context_length)
+    choices = max(len(texts) for texts in image_captions)
+    return torch.stack([tokenizer([texts[n % len(texts)] for texts in image_captions]) for n in range(choices)])
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A linear warm-up over a tenth of ``total`` steps, then a cosine decay to 0."""
+    warmup = max(1, total // 10)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)),
+    )
+
+
 def family_order(captions: list[str]) -> torch.Tensor:
     """A shuffled order in which captions with the same words (twins: other binding) sit
     next to each other, so most batches hold whole families: telling them apart takes
@@ -91,20 +108,13 @@ def train(pairs_path: Path, out: Path, epochs: int, batch_size: int, lr: float, 
     random.seed(seed)
     config = model_config(image_size, patch_size, context_length)
     model = open_clip.CLIP(**config).to(device)
-    tokenizer = open_clip.SimpleTokenizer(context_length=config["text_cfg"]["context_length"])
     pixels, image_captions = load_pairs(pairs_path, image_size)
-    choices = max(len(texts) for texts in image_captions)  # an image with fewer repeats its own
-    tokens = torch.stack([tokenizer([texts[n % len(texts)] for texts in image_captions])
-                          for n in range(choices)])  # (choices, N, ctx)
+    tokens = caption_tokens(image_captions, context_length)
     loss_fn = open_clip.ClipLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     steps_per_epoch = len(image_captions) // batch_size
     total = epochs * steps_per_epoch
-    warmup = max(1, total // 10)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)),
-    )
+    scheduler = warmup_cosine(optimizer, total)
     print(f"training a {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M-parameter CLIP "
           f"on {len(image_captions)} images, {epochs} epochs of {steps_per_epoch} steps")
     started = time.perf_counter()
@@ -112,7 +122,7 @@ def train(pairs_path: Path, out: Path, epochs: int, batch_size: int, lr: float, 
     with tqdm(total=total, unit="step", mininterval=5) as bar:
         for epoch in range(epochs):
             # one caption per image and epoch, drawn from the image's own
-            picks = torch.randint(choices, (len(image_captions),))
+            picks = torch.randint(len(tokens), (len(image_captions),))
             captions = [texts[int(pick) % len(texts)] for texts, pick in zip(image_captions, picks)]
             order = family_order(captions) if family_batches else torch.randperm(len(captions))
             for step in range(steps_per_epoch):

@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from train_clip import family_order, load_pairs, save
+from train_clip import caption_tokens, family_order, load_pairs, save, warmup_cosine
 
 
 def model_config(image_size: int, patch_size: int = 16, context_length: int = 16, decoder_layers: int = 3,
@@ -63,27 +63,20 @@ def train(pairs_path: Path, out: Path, epochs: int, batch_size: int, lr: float, 
     model = build(config, device)
     if init is not None:  # go on from a model this script saved (a new learning-rate schedule)
         model.load_state_dict(load_file(str(init / "open_clip_model.safetensors")))
-    tokenizer = open_clip.SimpleTokenizer(context_length=context_length)
     pixels, image_captions = load_pairs(pairs_path, image_size)
-    choices = max(len(texts) for texts in image_captions)
-    tokens = torch.stack([tokenizer([texts[n % len(texts)] for texts in image_captions])
-                          for n in range(choices)])  # (choices, N, ctx)
+    tokens = caption_tokens(image_captions, context_length)
     loss_fn = open_clip.CoCaLoss(caption_loss_weight=caption_weight, clip_loss_weight=1.0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     steps_per_epoch = len(image_captions) // batch_size
     total = epochs * steps_per_epoch
-    warmup = max(1, total // 10)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)),
-    )
+    scheduler = warmup_cosine(optimizer, total)
     print(f"training a {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M-parameter CoCa "
           f"on {len(image_captions)} images, {epochs} epochs of {steps_per_epoch} steps")
     started = time.perf_counter()
     model.train()
     with tqdm(total=total, unit="step", mininterval=5) as bar:
         for epoch in range(epochs):
-            picks = torch.randint(choices, (len(image_captions),))  # one caption per image and epoch
+            picks = torch.randint(len(tokens), (len(image_captions),))  # one caption per image and epoch
             captions = [texts[int(pick) % len(texts)] for texts, pick in zip(image_captions, picks)]
             order = family_order(captions) if family_batches else torch.randperm(len(captions))
             for step in range(steps_per_epoch):
