@@ -194,11 +194,10 @@ class Encoder:
         counts as that long context.
         """
         try:
-            rows = self.tokenizer(["", text], context_length=4 * self.context_length)
+            row = self.tokenizer([text], context_length=4 * self.context_length)[0]
         except TypeError:
             return None
-        pad = rows[0, -1]  # the empty text's far end is padding, whatever the pad id
-        return int((rows[1] != pad).sum())
+        return int((row != self.pad_id).sum())
 
     def token_strings(self, text: str, count: int) -> list[str]:
         """The first ``count`` tokens of ``text`` as readable strings (start and end included)."""
@@ -228,7 +227,7 @@ class Encoder:
     @property
     def text_token_dim(self) -> int:
         """Width of one text token for stage 2: contextual state ⊕ word embedding."""
-        return self.embed_dim + text_tower.word_width(self.model)
+        return self.embed_dim + self.word_dim
 
     @torch.inference_mode()
     def encode_text_features(self, texts: list[str]) -> TextFeatures:
