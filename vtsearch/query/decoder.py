@@ -165,7 +165,7 @@ class DecoderReranker:
         against K images' (K, 1 + h*w, width) stored tokens; with ``need_weights`` the
         attention is one (K, T, h*w) map: see :class:`_AttentionProbe`."""
         if len(stage1) == 0:
-            return _empty()
+            return RerankOutput.empty()
         ids = ids[None].long()  # (1, T)
         lengths = torch.tensor([ids.shape[1]])
         text = self.decoder.text_states(ids)  # (1, T, W): once for all K
@@ -184,7 +184,7 @@ class DecoderReranker:
                      regions: torch.Tensor) -> RerankOutput:
         """K candidate texts, K × (T_i,) ids, against one image's (1 + h*w, width) tokens."""
         if not ids or len(stage1) == 0:
-            return _empty()
+            return RerankOutput.empty()
         image = self.decoder.image_tokens(regions[None])  # (1, N, D): once for all K
         scores = []
         for start in range(0, len(ids), self.config.batch):
@@ -231,11 +231,6 @@ def fuse_logits(stage1: np.ndarray, score: np.ndarray, weight: float, logit_scal
     """``stage1 + weight · score / logit_scale``: the contrastive logit and the caption
     log-likelihood added, on stage 1's scale."""
     return (np.asarray(stage1, dtype=np.float64) + weight * np.asarray(score) / logit_scale).astype(np.float32)
-
-
-def _empty() -> RerankOutput:
-    empty = np.empty(0, dtype=np.float32)
-    return RerankOutput(np.empty(0, dtype=np.int64), empty, empty)
 
 
 class _AttentionProbe:

@@ -35,6 +35,11 @@ class RerankOutput:
     match_logit: np.ndarray  # (K,)
     attention: list[torch.Tensor] = field(default_factory=list)  # per layer (K, T, R)
 
+    @classmethod
+    def empty(cls) -> "RerankOutput":
+        """The output for an empty shortlist."""
+        return cls(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32), np.empty(0, dtype=np.float32))
+
 
 class Stage2(Protocol):
     """What a query asks of a stage-2 scorer, whichever it is."""
@@ -153,8 +158,7 @@ class Reranker:
         """Final scores ``stage1 + w · match_logit`` of K (text, image) pairs, and their
         order, best first (ties keep stage-1 order)."""
         if texts is None or len(stage1) == 0:
-            empty = np.empty(0, dtype=np.float32)
-            return RerankOutput(np.empty(0, dtype=np.int64), empty, empty)
+            return RerankOutput.empty()
         config = self.scorer.config
         if texts.states.shape[-1] != config.text_dim or regions.shape[-1] != config.region_dim:
             raise RerankerMismatchError("the reranker was trained for another encoder")
