@@ -372,9 +372,8 @@ class Index:
 
 def _stage2_layout(encoder: Encoder, store_regions: bool,
                    region_grid: int | None) -> tuple[RegionLayout | None, RerankerSummary | None]:
-    """How a new index keeps regions, and the scorer it starts with: for a CoCa model its
-    image tokens before the pooler, all of them (the decoder reads them as they are), and
-    its text decoder; for another model its patch grid and no scorer until one is trained."""
+    """How a new index keeps regions (``Encoder.region_layout``), and the scorer it starts
+    with: a CoCa model's text decoder; for another model none until one is trained."""
     layout = encoder.region_layout(store_regions, region_grid)
     if layout is None:
         log.warning("%s has no regions (%s): searches will not be reranked", encoder.spec.describe(),
@@ -382,11 +381,6 @@ def _stage2_layout(encoder: Encoder, store_regions: bool,
         return None, None
     if not has_text_decoder(encoder.model):
         return layout, None
-    grid = encoder.native_grid
-    if grid[0] != grid[1]:
-        raise ModelLoadError(f"{encoder.spec.describe()} has a {grid[0]} x {grid[1]} patch grid; "
-                             "vtsearch keeps square ones")
-    layout = replace(layout, grid=grid[0], prefix=encoder.image.prefix)
     return layout, RerankerSummary(config=DecoderConfig().to_dict(), scorer=DECODER_SCORER)
 
 

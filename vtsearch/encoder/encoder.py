@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..config import DEFAULT_REGION_GRID, DecodeConfig, EncoderSpec, RegionLayout
-from ..errors import ModelMismatchError
+from ..errors import ModelLoadError, ModelMismatchError
 from ..records import ImageFeatures, TextFeatures
 from . import text_tower
 from .image_tower import image_tower
@@ -132,11 +132,18 @@ class Encoder:
 
     def region_layout(self, stored: bool = True, grid: int | None = None) -> RegionLayout | None:
         """How an index keeps this encoder's regions: its patch grid pooled to ``grid`` (at
-        most :data:`DEFAULT_REGION_GRID`, never finer than the native grid); None when it
-        has no region tokens."""
-        if self.native_grid is None:
+        most :data:`DEFAULT_REGION_GRID`, never finer than the native grid); for a tower
+        with prefix tokens (CoCa's, read by its decoder as they are) all of its tokens;
+        None when it has no region tokens."""
+        native = self.native_grid
+        if native is None:
             return None
-        side = min(grid or DEFAULT_REGION_GRID, min(self.native_grid))
+        if self.image.prefix:
+            if native[0] != native[1]:
+                raise ModelLoadError(f"{self.spec.describe()} has a {native[0]} x {native[1]} patch grid; "
+                                     "vtsearch keeps square ones")
+            return RegionLayout(grid=native[0], dim=self.image.region_dim, stored=stored, prefix=self.image.prefix)
+        side = min(grid or DEFAULT_REGION_GRID, min(native))
         return RegionLayout(grid=side, dim=self.image.region_dim, stored=stored)
 
     @torch.inference_mode()
