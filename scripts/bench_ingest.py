@@ -39,7 +39,7 @@ from PIL import Image, ImageDraw
 
 from vtsearch import Index, IngestOptions
 from vtsearch.build.scan import scan
-from vtsearch.config import EncoderSpec
+from vtsearch.config import EncoderSpec, RegionLayout
 from vtsearch.decode import decode_file
 from vtsearch.encoder import Encoder
 from vtsearch.encoder.precision import cpu_has_bf16
@@ -66,17 +66,17 @@ def write_set(folder: Path, count: int, size: tuple[int, int]) -> None:
         photo(size, number).save(folder / f"photo_{number:05d}.jpg", quality=90)
 
 
-def measure(name: str, folder: Path, encoder: Encoder, options: IngestOptions, grid: int, workdir: Path) -> dict:
+def measure(name: str, folder: Path, encoder: Encoder, options: IngestOptions, layout: RegionLayout, workdir: Path) -> dict:
     files = scan([folder]).candidates
     config = encoder.decode_config()
     started = time.perf_counter()
     pixels = [decode_file(scanned, config, encoder.preprocess).pixels for scanned in files]
     decode_s = (time.perf_counter() - started) / len(files)
 
-    encoder.encode_image_features(torch.stack(pixels[:2]), grid)  # warm up
+    encoder.encode_image_features(torch.stack(pixels[:2]), layout)  # warm up
     started = time.perf_counter()
     for start in range(0, len(pixels), options.batch_size):
-        encoder.encode_image_features(torch.stack(pixels[start:start + options.batch_size]), grid)
+        encoder.encode_image_features(torch.stack(pixels[start:start + options.batch_size]), layout)
     encode_s = (time.perf_counter() - started) / len(files)
 
     with Index.create(workdir / f"index-{name}-{encoder.precision}", encoder=encoder) as index:
@@ -117,10 +117,10 @@ def main() -> None:
         for precision in args.precision:
             encoder = random_encoder_in(args.model, precision)
             agreement = encoder.bf16_agreement or agreement
-            grid = min(7, *encoder.native_grid)
+            layout = encoder.region_layout()
             for name, count in (("small", args.small), ("12MP", args.large)):
                 if count:
-                    rows.append(measure(name, workdir / name, encoder, options, grid, workdir))
+                    rows.append(measure(name, workdir / name, encoder, options, layout, workdir))
     print_rows(rows, args.json)
     print_ratios(rows, agreement, args.json)
 

@@ -95,17 +95,16 @@ def measure(name: str, precision: str, batch_size: int, repeats: int, queries: i
     encoder = Encoder(EncoderSpec(name, "random-init"), model, lambda image: image, tokenizer,
                       torch.device("cpu"), precision)
     layout = encoder.region_layout()
-    grid = layout.grid if layout else None
     pixels = torch.randn(batch_size, 3, encoder.image_size, encoder.image_size)
-    encoder.encode_image_features(pixels[:2], grid)  # warm up
-    images_per_s = batch_size / best_time(lambda: encoder.encode_image_features(pixels, grid), repeats)
+    encoder.encode_image_features(pixels[:2], layout)  # warm up
+    images_per_s = batch_size / best_time(lambda: encoder.encode_image_features(pixels, layout), repeats)
     encoder.encode_text_features(["a dog on a beach"])  # warm up
     query_s = best_time(lambda: encoder.encode_text_features(["a dog on a beach"]), queries)
     return {
         "model": name, "precision": encoder.precision, "params_m": round(params / 1e6, 1),
         "download_mb": round(params * 4 / 2**20), "image_size": encoder.image_size,
         "images_per_s": round(images_per_s, 2), "query_ms": round(1000 * query_s, 1),
-        "regions": f"{grid}x{grid}x{layout.dim}" if layout else f"none: {encoder.regions_unavailable}",
+        "regions": f"{layout.prefix}+{layout.grid}x{layout.grid}x{layout.dim}" if layout else f"none: {encoder.regions_unavailable}",
         "text_token_dim": encoder.text_token_dim, "context_length": encoder.context_length,
         "bf16_agreement": encoder.bf16_agreement,
     }

@@ -55,7 +55,7 @@ def build_index(root: Path, images: int) -> Path:
     with Index.create(root / "index", EncoderSpec.parse(f"local-dir:{root / 'model'}"), device="cpu") as index:
         index.add([photos], IngestOptions(workers=0))
         layout = index.regions
-        reranker = Reranker.untrained(FusionConfig(index.encoder.text_token_dim, layout.dim, layout.grid,
+        reranker = Reranker.untrained(FusionConfig(index.encoder.text_token_dim, layout.dim, layout.grid, layout.prefix,
                                                    max_tokens=index.encoder.context_length))
         with torch.no_grad():
             reranker.scorer.rerank_weight.fill_(0.5)

@@ -94,10 +94,11 @@ class OracleRegions:
         shapes = sorted({o["shape"] for r in records for o in r["objects"]})
         self.rows: dict[int, torch.Tensor] = {}
         for record in records:
-            regions = torch.zeros(index.regions.grid ** 2, width)
+            regions = torch.zeros(index.regions.regions, width)  # the prefix (stage 1's vector) left empty
             for thing in record["objects"]:
-                regions[thing["cell"], colours.index(thing["colour"])] = 3.0
-                regions[thing["cell"], len(colours) + shapes.index(thing["shape"])] = 3.0
+                cell = index.regions.prefix + thing["cell"]
+                regions[cell, colours.index(thing["colour"])] = 3.0
+                regions[cell, len(colours) + shapes.index(thing["shape"])] = 3.0
             self.rows[ids[str((folder / record["image"]).resolve())]] = regions
 
     def regions(self, ids: list[int]) -> torch.Tensor:
@@ -172,7 +173,7 @@ def main() -> None:
     layout, device = index.regions, torch.device(args.device)
     regions = OracleRegions(index, args.pairs, layout.dim) if args.oracle_regions else index.region_source
     scorer = FusionScorer(FusionConfig(text_dim=examples.tokens[0].shape[1], region_dim=layout.dim,
-                                       grid=layout.grid)).to(device)
+                                       grid=layout.grid, prefix=layout.prefix)).to(device)
     optimizer = torch.optim.AdamW([p for name, p in scorer.named_parameters() if name != "rerank_weight"],
                                   lr=args.lr, weight_decay=0.01)
     stage1 = examples.stage1(val_rows, val_candidates)

@@ -67,9 +67,9 @@ class CountingEncoder:
     def __getattr__(self, name):
         return getattr(self._encoder, name)
 
-    def encode_image_features(self, pixels, region_grid):
+    def encode_image_features(self, pixels, layout):
         self.images_encoded += len(pixels)
-        return self._encoder.encode_image_features(pixels, region_grid)
+        return self._encoder.encode_image_features(pixels, layout)
 
 
 def make_images(folder: Path, count: int, seed: int = 0, size: tuple[int, int] = (72, 56)) -> list[Path]:
@@ -121,7 +121,8 @@ def served_dir(tmp_path_factory, tiny_encoder) -> Path:
         index.add_texts(SERVED_TEXTS)
         layout = index.manifest.regions
         reranker = Reranker.untrained(FusionConfig(text_dim=tiny_encoder.text_token_dim, region_dim=layout.dim,
-                                                   grid=layout.grid, max_tokens=tiny_encoder.context_length),
+                                                   grid=layout.grid, prefix=layout.prefix,
+                                                   max_tokens=tiny_encoder.context_length),
                                       seed=3)
         with torch.no_grad():
             reranker.scorer.rerank_weight.fill_(0.5)

@@ -215,3 +215,24 @@ def test_weight_zero_is_stage_one(coca_index):
         assert [r.score for r in response.results] == [r.stage1_score for r in response.results]
     finally:
         coca_index._reranker = None
+
+
+def test_train_reranker_fits_a_fusion_scorer_over_the_cocas_tokens(tmp_path, encoder):
+    """Fine-tuning stays possible: on a CoCa index, train-reranker trains the fusion scorer
+    over the tokens the decoder reads (class token first, with a position of its own),
+    and the trained scorer takes the decoder's place."""
+    from vtsearch.query.rerank import Reranker
+    from vtsearch.train import Pair, TrainOptions, train_reranker
+
+    paths = make_images(tmp_path / "photos", 12)
+    words = ["red", "green", "blue", "yellow"]
+    pairs = [Pair(str(path), f"a {words[i % 4]} thing number {i}") for i, path in enumerate(paths)]
+    with Index.create(tmp_path / "index", encoder=encoder) as index:
+        index.add([tmp_path / "photos"], IngestOptions(workers=0, batch_size=4))
+        reranker, report = train_reranker(index, pairs, TrainOptions(epochs=1, negatives=3, width=32, device="cpu"))
+        config = reranker.scorer.config
+        assert (config.prefix, config.grid, config.region_dim) == (1, 4, VISION_WIDTH) and report.best_epoch == 1
+        index.save_reranker(reranker)
+        assert isinstance(index.reranker, Reranker) and index.manifest.reranker.scorer == "fusion"
+        assert np.array(index.explain(1, TEXTS[0]).weights).shape[1] == 16  # the grid's share
+        assert len(index.query(TEXTS[0], k=3).results) == 3

@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from vtsearch import EncoderSpec, ModelLoadError
+from vtsearch.config import RegionLayout
 from vtsearch.encoder import Encoder
+from vtsearch.encoder.encoder import whole_factor_side
+from vtsearch.errors import ModelMismatchError
 
 CPU = torch.device("cpu")
 
@@ -28,6 +31,26 @@ def test_vectors_are_unit_length_and_deterministic(tiny_encoder):
     texts = tiny_encoder.encode_texts(["a red cube", "a blue ball"])
     assert texts.shape == (2, 64)
     np.testing.assert_allclose(np.linalg.norm(texts, axis=1), 1.0, rtol=1e-5)
+
+
+def test_regions_follow_the_layout_they_are_kept_in(tiny_encoder):
+    """Regions come pooled to the index's grid; a layout with tokens the tower does not
+    have is refused."""
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    layout = tiny_encoder.region_layout()
+    assert (layout.prefix, layout.grid) == (0, 4)
+    features = tiny_encoder.encode_image_features(pixels, layout)
+    assert features.regions.shape == (2, 16, 64)
+    pooled = tiny_encoder.encode_image_features(pixels, RegionLayout(grid=2, dim=64)).regions
+    torch.testing.assert_close(pooled[:, :1], features.regions[:, [0, 1, 4, 5]].mean(1, keepdim=True))
+    with pytest.raises(ModelMismatchError, match="1 prefix tokens do not fit .* which has 0"):
+        tiny_encoder.encode_image_features(pixels, RegionLayout(grid=4, dim=64, prefix=1))
+
+
+@pytest.mark.parametrize("native, side", [(4, 4), (7, 7), (8, 8), (9, 9), (12, 6), (14, 7), (16, 8),
+                                          (24, 8), (27, 7), (32, 7)])
+def test_the_default_grid_pools_by_a_whole_factor(native, side):
+    assert whole_factor_side(native, 7) == side
 
 
 def test_spec_parsing():

@@ -21,14 +21,14 @@ from vtsearch.query.rerank import Reranker
 
 CPU = torch.device("cpu")
 TEXTS = ["a red square", "a blue circle left of a green one"]
-# (region grid, region width) per kind: None where the tower has no regions
+# (region grid, region width, prefix tokens) per kind: None where the tower has no regions
 REGIONS = {
-    "clip_vit": (4, EMBED), "clip_eos": (4, EMBED), "hf_text": (4, EMBED),
-    "timm_vit": (4, EMBED), "timm_eva": (4, EMBED),
-    "timm_fastvit": (7, EMBED),  # an 8 x 8 map pooled to 7 x 7
-    "timm_convnext": (4, EMBED),
-    "timm_pe": (4, WIDTH), "timm_siglip": (4, WIDTH),  # MAP-pooled: the trunk's own width
-    "coca": (4, WIDTH),  # the tokens before its attentional pooler, class token first: tests/test_coca.py
+    "clip_vit": (4, EMBED, 0), "clip_eos": (4, EMBED, 0), "hf_text": (4, EMBED, 0),
+    "timm_vit": (4, EMBED, 0), "timm_eva": (4, EMBED, 0),
+    "timm_fastvit": (8, EMBED, 0),  # an 8 x 8 map kept: no whole factor brings it nearer 7
+    "timm_convnext": (4, EMBED, 0),
+    "timm_pe": (4, WIDTH, 0), "timm_siglip": (4, WIDTH, 0),  # MAP-pooled: the trunk's own width
+    "coca": (4, WIDTH, 1),  # the tokens before its attentional pooler, class token first: tests/test_coca.py
 }
 
 
@@ -86,13 +86,14 @@ def test_index_search_and_rerank(kind, tmp_path):
             assert layout is None and index.reranker is None and encoder.regions_unavailable
             assert not index.query(TEXTS[0], k=3).reranked
             return
-        assert (layout.grid, layout.dim) == REGIONS[kind] and encoder.regions_unavailable is None
+        assert (layout.grid, layout.dim, layout.prefix) == REGIONS[kind] and encoder.regions_unavailable is None
         assert index.region_source.regions([1, 2]).shape == (2, layout.prefix + layout.grid ** 2, layout.dim)
         if kind == "coca":  # its own text decoder reranks, untrained
             assert index.reranker.scorer_name == "coca-decoder"
             return
         reranker = Reranker.untrained(FusionConfig(text_dim=encoder.text_token_dim, region_dim=layout.dim,
-                                                   grid=layout.grid, max_tokens=encoder.context_length), seed=3)
+                                                   grid=layout.grid, prefix=layout.prefix,
+                                                   max_tokens=encoder.context_length), seed=3)
         with torch.no_grad():
             reranker.scorer.rerank_weight.fill_(0.5)
         index.save_reranker(reranker)

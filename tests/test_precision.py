@@ -50,7 +50,7 @@ def test_bf16_agrees_with_fp32(bf16_encoder, fp32_encoder):
     pixels = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     cosines = np.sum(bf16_encoder.encode_images(pixels) * fp32_encoder.encode_images(pixels), axis=1)
     assert cosines.min() >= BF16_AGREEMENT
-    features = bf16_encoder.encode_image_features(pixels, 4)
+    features = bf16_encoder.encode_image_features(pixels, bf16_encoder.region_layout())
     assert features.regions.dtype == torch.float32 and features.regions.shape == (4, 16, 64)
     tokens = bf16_encoder.encode_text_features(["a red square"]).tokens[0]
     assert tokens.dtype == torch.float32 and tokens.shape[1] == bf16_encoder.text_token_dim

@@ -6,6 +6,9 @@ import torch
 
 from conftest import make_images
 from vtsearch import Index, IngestOptions
+from vtsearch.errors import RerankerMismatchError
+from vtsearch.fusion import FusionConfig
+from vtsearch.query.rerank import Reranker
 from vtsearch.progress import NoProgress
 from vtsearch.train import (
     Pair, TrainOptions, evaluate, fit_rerank_weight, listwise_loss, match_logits, mine_examples, resolve_pairs,
@@ -210,3 +213,16 @@ def test_the_match_objective_still_trains_a_match_head(captioned):
     config = reranker.scorer.config
     assert config.score == "match" and config.vocab == () and report.epochs_run == 1
     assert all(0.0 <= record.val_text_top1 <= 1.0 for record in report.history)
+
+
+def test_a_scorer_refuses_regions_kept_in_another_layout(captioned):
+    """A scorer trained on an index whose regions have another shape (copied from a
+    CoCa index, say) is refused by name rather than read off by one token."""
+    index, _ = captioned
+    features = index.encoder.encode_text_features(["a red thing"])
+    regions = index.region_source.regions([1, 2])  # (2, 16, 64)
+    other = Reranker.untrained(FusionConfig(text_dim=index.encoder.text_token_dim, region_dim=64, grid=4, prefix=1))
+    with pytest.raises(RerankerMismatchError, match="1 \\+ 4x4 regions an image, not 16"):
+        other.rerank(features.tokens[0], features.ids[0], np.zeros(2, dtype=np.float32), regions)
+    padded = torch.cat([regions[:, :1], regions], dim=1)
+    assert len(other.rerank(features.tokens[0], features.ids[0], np.zeros(2, dtype=np.float32), padded).order) == 2

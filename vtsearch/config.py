@@ -147,13 +147,13 @@ class AnnConfig:
         return _from_dict(cls, data)
 
 
-DEFAULT_REGION_GRID = 7  # regions are pooled to at most this square grid
+DEFAULT_REGION_GRID = 7  # regions are pooled to about this square grid, by a whole factor
 
 
 @dataclass(frozen=True)
 class RegionLayout:
-    """How regions are kept: ``prefix`` tokens (a class token), then a square ``grid`` of
-    ``dim``-wide features, or not stored.
+    """How regions are kept: ``prefix`` tokens, then a square ``grid`` of ``dim``-wide
+    features, or not stored.
 
     A plain patch grid has no prefix. CoCa's decoder reads its image tower's tokens before
     the attentional pooler, class token first (ViT-B-32: 1 + 7 x 7 tokens of 768); the

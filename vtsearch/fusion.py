@@ -8,7 +8,7 @@ tower's patch tokens on a grid).
 
     text tokens (B, T, Dt) ─ norm ─ text_in + token position ─┐
                                       ├─ L × [causal self-attn(text) → cross-attn(text → regions) → MLP]
-    regions (B, R, Dr) ─ norm ─ region_in + row/col position ─┘       (pre-norm, residual)
+    regions (B, P+R, Dr) ─ norm ─ region_in + position ───────┘       (pre-norm, residual)
                                       ├─ caption head: each token's state predicts the next token
                                       └─ match head: ln_out(end-of-text token) ─▶ match_logit (B,)
 
@@ -29,6 +29,10 @@ causal so that no token sees the one it predicts; for a text tower that is not c
 
 **The match head** (``score="match"``, scorers trained before the caption score): a
 logit from the end-of-text token, trained listwise against hard negatives.
+
+The image is read as its ``prefix`` tokens (CoCa's class token: see
+:class:`~vtsearch.config.RegionLayout`), each with a learned position of its own, then
+its grid of regions, each with a learned row and column.
 
 A text token is the text tower's contextual state beside the word's own input embedding
 (its token embedding plus position: see ``Encoder.encode_text_features``). Both inputs
@@ -58,6 +62,7 @@ class FusionConfig:
     text_dim: int  # width of a text token (contextual state ⊕ word embedding)
     region_dim: int  # width of the region features
     grid: int  # regions form a grid × grid square
+    prefix: int = 0  # tokens before the grid in each image's regions
     max_tokens: int = 77  # the text tower's context length
     width: int = 128
     layers: int = 2
@@ -182,6 +187,8 @@ class FusionScorer(nn.Module):
         # learned 2-D position of each region: "left of" and "above" are about where it is
         self.region_row = nn.Parameter(torch.randn(config.grid, width) * config.position_scale)  # (g, W)
         self.region_col = nn.Parameter(torch.randn(config.grid, width) * config.position_scale)  # (g, W)
+        self.region_prefix = (nn.Parameter(torch.randn(config.prefix, width) * config.position_scale)  # (P, W)
+                              if config.prefix else None)  # (scorers of indexes without a prefix have none)
         self.blocks = nn.ModuleList(FusionBlock(config) for _ in range(config.layers))
         self.ln_out = nn.LayerNorm(width)
         if config.score == "match":
@@ -195,19 +202,22 @@ class FusionScorer(nn.Module):
     def region_positions(self) -> torch.Tensor:
         grid, width = self.config.grid, self.config.width
         positions = self.region_row[:, None, :] + self.region_col[None, :, :]  # (g, g, W)
-        return positions.reshape(grid * grid, width)  # (R, W), row-major like the patches
+        positions = positions.reshape(grid * grid, width)  # (R, W), row-major like the patches
+        if self.region_prefix is None:
+            return positions
+        return torch.cat([self.region_prefix, positions])  # (P + R, W)
 
     def hidden(self, texts: TextBatch, regions: torch.Tensor | None,
                need_weights: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Token states (B, T, W) after the blocks, having read ``regions`` (B, R, Dr) or,
-        with None, the learned "no image"; per-layer attention (B, T, R) when asked."""
+        """Token states (B, T, W) after the blocks, having read ``regions`` (B, P+R, Dr) or,
+        with None, the learned "no image"; per-layer attention (B, T, P+R) when asked."""
         batch, tokens, _ = texts.states.shape
         states = texts.states[..., -self.config.text_in_dim:]  # the word part alone, when that is all it reads
         text = self.text_in(self.text_norm(states)) + self.text_positions[:tokens]  # (B, T, W)
         if regions is None:
             image = self.no_image[None].expand(batch, -1, -1)  # (B, 1, W)
         else:
-            image = self.region_in(self.region_norm(regions)) + self.region_positions()  # (B, R, W)
+            image = self.region_in(self.region_norm(regions)) + self.region_positions()  # (B, P+R, W)
         positions = torch.arange(tokens, device=text.device)  # (T,)
         text_padding = positions[None, :] >= texts.lengths[:, None]  # (B, T)
         causal_mask = positions[None, :] > positions[:, None] if self.config.causal else None  # (T, T)
@@ -221,11 +231,11 @@ class FusionScorer(nn.Module):
     def forward(
         self,
         texts: TextBatch,
-        regions: torch.Tensor,  # (B, R, Dr)
+        regions: torch.Tensor,  # (B, P+R, Dr)
         need_weights: bool = False,
         prior: torch.Tensor | None = None,  # (B,) log p(text | no image), when already known
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Match logits (B,), and per-layer attention weights (B, T, R) when asked."""
+        """Match logits (B,), and per-layer attention weights (B, T, P+R) when asked."""
         hidden, attention = self.hidden(texts, regions, need_weights)
         if self.config.score == "caption":
             if prior is None:

@@ -181,7 +181,8 @@ class Index:
                 self._reranker = DecoderReranker(self.encoder.model, DecoderConfig.from_dict(summary.config))
             else:
                 config = FusionConfig(text_dim=self.encoder.text_token_dim, region_dim=self.regions.dim,
-                                      grid=self.regions.grid, max_tokens=self.encoder.context_length)
+                                      grid=self.regions.grid, prefix=self.regions.prefix,
+                                      max_tokens=self.encoder.context_length)
                 self._reranker = Reranker.untrained(config, device=device)
         return self._reranker
 

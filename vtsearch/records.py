@@ -207,7 +207,8 @@ class AttentionMap:
     """Where the fusion scorer looked in one image for each token of a text.
 
     ``weights[t][r]``: token ``t``'s cross-attention to region ``r`` (mean over layers and
-    heads; each row sums to 1). Regions are a ``grid`` × ``grid`` square, row-major, over
+    heads; each row sums to 1, or less where the rest went to tokens before the grid, as
+    CoCa's class token). Regions are a ``grid`` × ``grid`` square, row-major, over
     the part of the image the model sees: ``crop`` = (x0, y0, x1, y1) as fractions of the
     upright image's width and height."""
 

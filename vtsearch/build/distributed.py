@@ -19,7 +19,7 @@ one durable file named by its content, and the commit order must be the plan's; 
 pool gives both directly, with the model loaded once per actor and no dataset layer.
 
 Resuming: a shard's file is named by a hash of its files (path, size, mtime) and of
-everything that shapes its output (encoder, batch size, decode options, grid). A worker
+everything that shapes its output (encoder, batch size, decode options, region layout). A worker
 that dies is restarted by Ray and its shard retried; a driver that dies leaves committed
 batches in the catalog (a new run does not encode them again) and finished shard files
 on disk (a new run whose plan has the same shard commits the file without encoding it).
@@ -45,7 +45,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ..config import EncoderSpec, IngestOptions
+from ..config import EncoderSpec, IngestOptions, RegionLayout
 from ..errors import NotEnoughGpusError, RayNotInstalledError, VtsearchError
 from ..progress import NoProgress, Progress
 from ..records import DecodedImage, DecodeFailure, IngestSummary, ScannedFile
@@ -151,8 +151,8 @@ def read_shard(path: Path) -> Iterator[EncodedBatch]:
 class EncodeWorker:
     """A Ray actor: one encoder, loaded once, encoding whole shards into shard files."""
 
-    def __init__(self, spec: dict[str, Any], device: str, options: IngestOptions, grid: int | None,
-                 region_dtype: str, threads: int, probe: list[float] | None):
+    def __init__(self, spec: dict[str, Any], device: str, options: IngestOptions, regions: dict[str, Any] | None,
+                 threads: int, probe: list[float] | None):
         import torch
 
         from ..device import resolve_device
@@ -164,8 +164,7 @@ class EncodeWorker:
         self.encoder = Encoder.load(encoder_spec, resolve_device(device), encoder_spec.precision or "auto")
         check_probe(self.encoder, probe, "on this Ray worker")
         self.options = options
-        self.grid = grid
-        self.region_dtype = np.dtype(region_dtype)
+        self.layout = RegionLayout.from_dict(regions) if regions is not None else None
         self.decode_config = self.encoder.decode_config(max_pixels=options.max_pixels,
                                                         allow_truncated=options.allow_truncated)
 
@@ -179,9 +178,9 @@ class EncodeWorker:
         batches = []
         for batch in decode_batches(list(shard.files), self.decode_config, self.encoder.preprocess,
                                     self.options.batch_size, 0):
-            encoded = encode_batch(batch, self.encoder, self.grid)
+            encoded = encode_batch(batch, self.encoder, self.layout)
             if encoded.regions is not None:
-                encoded.regions = encoded.regions.astype(self.region_dtype)
+                encoded.regions = encoded.regions.astype(np.dtype(self.layout.dtype))
             batches.append(encoded)
         write_shard(path, batches)
         return str(path)
@@ -208,8 +207,8 @@ def ingest_ray(
     started = time.perf_counter()
     progress = progress or NoProgress()
     to_decode, known, summary = prepare(paths, catalog, ann, options)
-    grid = region_store.layout.grid if region_store is not None else None
-    settings = {"encoder": spec.to_dict(), "batch_size": options.batch_size, "grid": grid,
+    regions = region_store.layout.to_dict() if region_store is not None else None
+    settings = {"encoder": spec.to_dict(), "batch_size": options.batch_size, "regions": regions,
                 "max_pixels": options.max_pixels, "allow_truncated": options.allow_truncated}
     plan = shards(to_decode, options.batch_size, ray_options.shard_batches, settings)
     shard_dir = folder / SHARDS_DIR
@@ -218,7 +217,7 @@ def ingest_ray(
     try:
         if plan:
             _connect(ray, ray_options)
-            pool = _actor_pool(ray, ray_options, spec, device, options, grid, region_store, len(plan), probe,
+            pool = _actor_pool(ray, ray_options, spec, device, options, regions, len(plan), probe,
                                worker_class or EncodeWorker)
             done = pool.map(lambda actor, shard: actor.encode_shard.remote(shard, str(shard_dir)), plan)
             for shard in plan:
@@ -266,7 +265,7 @@ def _connect(ray, options: RayOptions) -> None:
 
 
 def _actor_pool(ray, options: RayOptions, spec: EncoderSpec, device: str, ingest_options: IngestOptions,
-                grid: int | None, region_store: RegionStore | None, shard_count: int,
+                regions: dict[str, Any] | None, shard_count: int,
                 probe: list[float] | None, worker_class: type):
     from ray.util import ActorPool
 
@@ -288,11 +287,9 @@ def _actor_pool(ray, options: RayOptions, spec: EncoderSpec, device: str, ingest
         max_restarts=3, max_task_retries=3,
     )(worker_class)
     worker_device = "cuda" if options.num_gpus_per_worker else ("cpu" if device == "auto" else device)
-    region_dtype = np.dtype(region_store.layout.dtype).str if region_store is not None else "<f2"
     threads = max(1, int(options.num_cpus_per_worker))
     log.info("encoding %d shards on %d Ray actors", shard_count, count)
-    return ActorPool([actor_class.remote(spec.to_dict(), worker_device, ingest_options, grid, region_dtype,
-                                         threads, probe)
+    return ActorPool([actor_class.remote(spec.to_dict(), worker_device, ingest_options, regions, threads, probe)
                       for _ in range(count)])
 
 

@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from ..config import IngestOptions
+from ..config import IngestOptions, RegionLayout
 from ..decode import decode_batches
 from ..encoder import Encoder
 from ..progress import NoProgress, Progress
@@ -44,13 +44,13 @@ def ingest(
     to_decode, known, summary = prepare(paths, catalog, ann, options)
     decode_config = encoder.decode_config(max_pixels=options.max_pixels,
                                           allow_truncated=options.allow_truncated)
-    grid = region_store.layout.grid if region_store is not None else None
+    layout = region_store.layout if region_store is not None else None
     progress.start(len(to_decode))
     try:
         for batch in decode_batches(
             to_decode, decode_config, encoder.preprocess, options.batch_size, options.workers
         ):
-            encoded = encode_batch(batch, encoder, grid)
+            encoded = encode_batch(batch, encoder, layout)
             commit_batch(encoded, catalog, ann, region_store, known, summary)
             progress.advance(len(batch))
     finally:
@@ -71,16 +71,16 @@ class EncodedBatch:
 
 
 def encode_batch(batch: Sequence[DecodedImage | DecodeFailure], encoder: Encoder,
-                 grid: int | None) -> EncodedBatch:
-    """Encode a decoded batch; ``grid``: pool regions to it (None: keep no regions)."""
+                 layout: RegionLayout | None) -> EncodedBatch:
+    """Encode a decoded batch, with regions as ``layout`` keeps them (None: no regions)."""
     decoded = [outcome for outcome in batch if isinstance(outcome, DecodedImage)]
     failures = [outcome for outcome in batch if isinstance(outcome, DecodeFailure)]
     embeddings = np.empty((0, encoder.embed_dim), dtype=np.float32)
     regions = None
     if decoded:
-        features = encoder.encode_image_features(torch.stack([image.pixels for image in decoded]), grid)
+        features = encoder.encode_image_features(torch.stack([image.pixels for image in decoded]), layout)
         embeddings = features.vectors
-        if grid is not None and features.regions is not None:
+        if layout is not None and features.regions is not None:
             regions = features.regions.detach().cpu().numpy()
     return EncodedBatch(decoded, failures, embeddings, regions)
 

@@ -131,10 +131,11 @@ class Encoder:
         return self.image.grid
 
     def region_layout(self, stored: bool = True, grid: int | None = None) -> RegionLayout | None:
-        """How an index keeps this encoder's regions: its patch grid pooled to ``grid`` (at
-        most :data:`DEFAULT_REGION_GRID`, never finer than the native grid); for a tower
-        with prefix tokens (CoCa's, read by its decoder as they are) all of its tokens;
-        None when it has no region tokens."""
+        """How a new index keeps this encoder's regions: its patch grid, average-pooled to ``grid`` cells a side (never finer than the native
+        grid) or by default by a whole factor to about :data:`DEFAULT_REGION_GRID` (a 14 x 14
+        grid to 7 x 7; an 8 x 8 one stays: pooling 8 cells into 7 would smear each object
+        over its neighbours); for a tower with prefix tokens of its own (CoCa's, read by its
+        decoder as they are) all of its tokens; None when it has no region tokens."""
         native = self.native_grid
         if native is None:
             return None
@@ -143,25 +144,30 @@ class Encoder:
                 raise ModelLoadError(f"{self.spec.describe()} has a {native[0]} x {native[1]} patch grid; "
                                      "vtsearch keeps square ones")
             return RegionLayout(grid=native[0], dim=self.image.region_dim, stored=stored, prefix=self.image.prefix)
-        side = min(grid or DEFAULT_REGION_GRID, min(native))
+        side = min(grid, min(native)) if grid else whole_factor_side(min(native), DEFAULT_REGION_GRID)
         return RegionLayout(grid=side, dim=self.image.region_dim, stored=stored)
 
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
         """(B, 3, H, W) preprocessed pixels → (B, D) float32 unit vectors."""
-        return self.encode_image_features(pixels, region_grid=None).vectors
+        return self.encode_image_features(pixels, None).vectors
 
     @torch.inference_mode()
-    def encode_image_features(self, pixels: torch.Tensor, region_grid: int | None) -> ImageFeatures:
-        """Vectors and, when ``region_grid`` is set, regions pooled to that square grid."""
+    def encode_image_features(self, pixels: torch.Tensor, layout: RegionLayout | None) -> ImageFeatures:
+        """Vectors and, when a ``layout`` is given, regions as it keeps them: (B, R, dim)."""
         pixels = pixels.to(self.device, dtype=self.input_dtype, non_blocking=True)
         if self.device.type == "cuda":
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            pooled, tokens = self.image(pixels, regions=region_grid is not None)  # (B, D), (B, h*w, region_dim)
-        if tokens is None or region_grid is None:
+            pooled, tokens = self.image(pixels, regions=layout is not None)  # (B, D), (B, prefix + h*w, region_dim)
+        if tokens is None or layout is None:
             return ImageFeatures(_unit_rows(pooled), None)
-        return ImageFeatures(_unit_rows(pooled), _pool_grid(tokens.float(), self.native_grid, region_grid))
+        prefix = self.image.prefix  # the tower's tokens before the grid (CoCa's class token)
+        if layout.prefix != prefix:
+            raise ModelMismatchError(f"regions kept with {layout.prefix} prefix tokens do not fit "
+                                     f"{self.spec.describe()}, which has {prefix}")
+        grid = _pool_grid(tokens[:, prefix:].float(), self.native_grid, layout.grid)  # (B, g*g, region_dim)
+        return ImageFeatures(_unit_rows(pooled), torch.cat([tokens[:, :prefix].float(), grid], dim=1))
 
     def region_crop(self, width: int, height: int) -> tuple[float, float, float, float]:
         """The part of an upright ``width`` × ``height`` image the model's input square (and
@@ -255,6 +261,13 @@ class Encoder:
             tokens=[states[row, :length] for row, length in enumerate(lengths.tolist())],
             ids=[ids[row, :length] for row, length in enumerate(lengths.tolist())],
         )
+
+
+def whole_factor_side(native: int, about: int) -> int:
+    """The side of a ``native`` grid average-pooled by the whole factor that comes closest
+    to ``about`` cells (7 of 14, 8 of 16 or 24; 8 of 8, 9 of 9)."""
+    factor = max(1, round(native / about))
+    return -(-native // factor)
 
 
 def _pool_grid(tokens: torch.Tensor, native: tuple[int, int], grid: int) -> torch.Tensor:

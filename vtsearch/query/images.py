@@ -34,7 +34,7 @@ class ResolvedImage:
         """(R, D) its regions: stored for an indexed image, else encoded from the pixels."""
         if self.image_id is not None:
             return context.load_region_source().regions([self.image_id])[0]
-        return context.encoder.encode_image_features(self.pixels.unsqueeze(0), context.layout.grid).regions[0]
+        return context.encoder.encode_image_features(self.pixels.unsqueeze(0), context.layout).regions[0]
 
 
 def resolve_image(image: QueryImage, context: QueryContext) -> ResolvedImage:

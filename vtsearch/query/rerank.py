@@ -33,7 +33,7 @@ class RerankOutput:
     order: np.ndarray  # (K,) positions into the shortlist, best first
     final: np.ndarray  # (K,) final scores, shortlist order
     match_logit: np.ndarray  # (K,)
-    attention: list[torch.Tensor] = field(default_factory=list)  # per layer (K, T, R)
+    attention: list[torch.Tensor] = field(default_factory=list)  # per layer (K, T, R) over the grid
 
     @classmethod
     def empty(cls) -> "RerankOutput":
@@ -127,13 +127,13 @@ class Reranker:
 
     def rerank(self, states: torch.Tensor, ids: torch.Tensor, stage1: np.ndarray, regions: torch.Tensor,
                need_weights: bool = False) -> RerankOutput:
-        """One query text, (T, Dt) token states and (T,) ids, against K images' (K, R, Dr) regions."""
+        """One query text, (T, Dt) token states and (T,) ids, against K images' (K, P+R, Dr) regions."""
         text = TextBatch.pad([states], [ids])
         return self.score(text.expand(len(stage1)), regions, stage1, need_weights, prior=self._prior(text))
 
     def rerank_texts(self, states: list[torch.Tensor], ids: list[torch.Tensor], stage1: np.ndarray,
                      regions: torch.Tensor) -> RerankOutput:
-        """K candidate texts, K × (T_i, Dt) token states and ids, against one image's (R, Dr) regions."""
+        """K candidate texts, K × (T_i, Dt) token states and ids, against one image's (P+R, Dr) regions."""
         if not states:
             return self.score(None, regions, stage1)
         return self.score(TextBatch.pad(states, ids), regions[None].expand(len(states), -1, -1), stage1)
@@ -150,7 +150,7 @@ class Reranker:
     def score(
         self,
         texts: TextBatch | None,  # K padded texts
-        regions: torch.Tensor,  # (K, R, Dr) the paired regions
+        regions: torch.Tensor,  # (K, P+R, Dr) the paired regions
         stage1: np.ndarray,  # (K,) stage-1 similarities of the pairs
         need_weights: bool = False,
         prior: torch.Tensor | None = None,  # (1,) or (K,) log p(text | no image), when already known
@@ -162,8 +162,12 @@ class Reranker:
         config = self.scorer.config
         if texts.states.shape[-1] != config.text_dim or regions.shape[-1] != config.region_dim:
             raise RerankerMismatchError("the reranker was trained for another encoder")
+        if regions.shape[1] != config.prefix + config.grid ** 2:
+            raise RerankerMismatchError(f"the reranker reads {config.prefix} + {config.grid}x{config.grid} regions "
+                                        f"an image, not {regions.shape[1]}: it was trained on another index")
         match_logit, attention = self.scorer(texts.to(self.device), regions.to(self.device), need_weights, prior)
         stage1_tensor = torch.as_tensor(stage1, dtype=torch.float32, device=self.device)
         final = self.scorer.final_scores(stage1_tensor, match_logit).cpu().numpy()
         order = np.argsort(-final, kind="stable")
-        return RerankOutput(order, final, match_logit.cpu().numpy(), attention)
+        grid_attention = [weights[..., config.prefix:] for weights in attention]  # the prefix is no place
+        return RerankOutput(order, final, match_logit.cpu().numpy(), grid_attention)

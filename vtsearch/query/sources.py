@@ -65,6 +65,6 @@ class ComputedRegions:
                     pixels.append(outcome.pixels)
                     places.append(start + offset)
             if pixels:
-                features = self.encoder.encode_image_features(torch.stack(pixels), self.layout.grid)
+                features = self.encoder.encode_image_features(torch.stack(pixels), self.layout)
                 result[places] = features.regions
         return result

@@ -182,10 +182,6 @@ def train_reranker(index: "Index", pairs: Sequence[Pair], options: TrainOptions 
     layout, regions = index.regions, index.region_source
     if layout is None or regions is None:
         raise VtsearchError(f"{index.info().encoder.describe()} has no region tokens to rerank with")
-    if layout.prefix:
-        raise VtsearchError(f"{index.info().encoder.describe()} keeps its image tokens for its own decoder "
-                            "(a CoCa index reranks untrained); training a fusion scorer over them is not "
-                            "supported yet")
     resolved = resolve_pairs(index, pairs)
     if len(resolved.captions) < 2:
         raise VtsearchError(f"only {len(resolved.captions)} of {len(pairs)} pairs have their image in the index")
@@ -240,7 +236,7 @@ def _mine(index: "Index", resolved: ResolvedPairs, regions: RegionSource, layout
 def _fusion_config(index: "Index", layout: RegionLayout, options: TrainOptions, examples: Examples) -> FusionConfig:
     encoder = index.encoder
     return FusionConfig(text_dim=encoder.text_token_dim, region_dim=layout.dim, grid=layout.grid,
-                        max_tokens=encoder.context_length, width=options.width, layers=options.layers,
+                        prefix=layout.prefix, max_tokens=encoder.context_length, width=options.width, layers=options.layers,
                         heads=options.heads, score=options.objective,
                         vocab=_vocabulary(examples) if options.objective == "caption" else (),
                         word_dim=encoder.word_dim, causal_states=encoder.text_causal)
