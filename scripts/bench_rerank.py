@@ -17,7 +17,8 @@ keep its images: ``--coca-store tokens`` (what vtsearch keeps: the 1 + 7 x 7 x 7
 before the attentional pooler, which then runs per query) or ``pooled`` (the pooler's
 255 x 512 outputs, read as they are).
 
-    python scripts/bench_rerank.py [--gallery 20000] [--repeats 30] [--device cpu] [--score caption] [--json]
+    python scripts/bench_rerank.py [--gallery 20000] [--repeats 30] [--device cpu] [--score caption]
+                                   [--precision fp32|bf16|auto] [--json]
     python scripts/bench_rerank.py --scorer coca [--coca-store tokens|pooled] [--precision fp32|bf16]
 """
 
@@ -72,7 +73,8 @@ def main() -> None:
     parser.add_argument("--coca-store", choices=("tokens", "pooled"), default="tokens",
                         help="--scorer coca: keep the tokens before the pooler, or its outputs")
     parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
-                        help="--scorer coca: how the model computes")
+                        help="how the encoder and the scorer compute (auto: bf16 where the CPU has it, as an "
+                             "index does)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,7 +100,7 @@ def main() -> None:
         reranker = Reranker.untrained(FusionConfig(text_dim=encoder.text_token_dim, region_dim=dim, grid=grid,
                                                    max_tokens=encoder.context_length, score=args.score, vocab=vocab,
                                                    word_dim=encoder.word_dim, causal_states=encoder.text_causal),
-                                      device=device)
+                                      device=device, precision=encoder.precision)
         with torch.no_grad():
             reranker.scorer.rerank_weight.fill_(1.0)  # a trained scorer's cost: nothing skipped
 
@@ -124,7 +126,8 @@ def main() -> None:
             rerank_ms = median_ms(lambda: reranker.rerank(features.tokens[0], features.ids[0], stage1, regions),
                                   args.repeats)
             stage1_ms, stage2_ms = encode_ms + ann_ms, regions_ms + rerank_ms
-            rows.append({"model": args.model, "device": args.device, "score": args.score, "k": k,
+            rows.append({"model": args.model, "device": args.device, "score": args.score,
+                         "precision": encoder.precision, "k": k,
                          "gallery": args.gallery, "regions": f"{grid}x{grid}x{dim}", "encode_ms": round(encode_ms, 2),
                          "ann_ms": round(ann_ms, 2), "stage1_ms": round(stage1_ms, 2),
                          "regions_ms": round(regions_ms, 2), "rerank_ms": round(rerank_ms, 2),
@@ -138,7 +141,7 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
             print(json.dumps(row))
         return
     print(f"{rows[0]['model']} on {args.device}, {torch.get_num_threads()} threads; regions {rows[0]['regions']}; "
-          f"gallery {args.gallery}; {rows[0]['score']} scorer")
+          f"gallery {args.gallery}; {rows[0]['score']} scorer; {rows[0].get('precision', 'fp32')}")
     print(f"{'k':>5} {'stage 1 ms':>11} {'(encode':>8} {'+ ann)':>7} {'stage 2 ms':>11} {'(regions':>9} "
           f"{'+ rerank)':>9} {'stage2/stage1':>14}")
     for row in rows:

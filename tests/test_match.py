@@ -127,7 +127,7 @@ def test_explain_reports_the_scorers_attention(indexed):
     attention = index.explain(2, "a red square")
     assert attention.tokens == ["<start_of_text>", "a", "red", "square", "<end_of_text>"]
     assert np.shape(attention.weights) == (5, 16)
-    assert np.allclose(np.sum(attention.weights, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(np.sum(attention.weights, axis=1), 1.0, atol=2e-3)  # bf16 on CPUs that have it
     assert attention.score == attention.stage1_score and not attention.reranks  # w = 0
     with pytest.raises(QueryError, match="no indexed image has id 99"):
         index.explain(99, "x")

@@ -102,3 +102,28 @@ def test_a_model_that_needs_transformers_says_so(tmp_path, monkeypatch):
         Encoder.load(EncoderSpec.parse(f"local-dir:{tmp_path}"), CPU)
     assert (caught.value.package, caught.value.extra) == ("transformers", "multilingual")
     assert "pip install -e '.[multilingual]'" in one_line(caught.value)
+
+
+def test_a_bf16_index_reranks_in_bf16_with_the_float32_order():
+    """Where the encoder computes in bfloat16 the fusion scorer's matrix products do too;
+    its log-softmax stays float32, so the scores move by far less than they differ."""
+    from vtsearch.fusion import FusionConfig
+    from vtsearch.query.rerank import Reranker
+
+    config = FusionConfig(text_dim=48, region_dim=40, grid=3, width=32, heads=4, score="caption",
+                          vocab=tuple(range(10, 60)), word_dim=16)
+    generator = torch.Generator().manual_seed(0)
+    states, ids = torch.randn(6, 48, generator=generator), torch.randint(10, 70, (6,), generator=generator)
+    regions = torch.randn(20, 9, 40, generator=generator)
+    stage1 = np.zeros(20, dtype=np.float32)
+    outputs = {}
+    for precision in ("fp32", "bf16"):
+        reranker = Reranker.untrained(config, seed=1, precision=precision)
+        with torch.no_grad():
+            reranker.scorer.rerank_weight.fill_(1.0)
+        outputs[precision] = reranker.rerank(states, ids, stage1, regions, need_weights=True)
+    fp32, bf16 = outputs["fp32"], outputs["bf16"]
+    assert bf16.match_logit.dtype == np.float32 and bf16.attention[0].dtype == torch.float32
+    spread = np.ptp(fp32.match_logit)
+    assert spread > 0 and np.abs(bf16.match_logit - fp32.match_logit).max() < 0.1 * spread
+    assert np.corrcoef(fp32.match_logit, bf16.match_logit)[0, 1] > 0.99

@@ -111,7 +111,7 @@ def test_explain_gives_attention_per_token(client):
     answer = client.post("/api/explain", json={"image_id": 1, "text": "a red square"}).json()
     assert answer["tokens"][1:4] == ["a", "red", "square"] and answer["grid"] == 4
     assert len(answer["weights"]) == len(answer["tokens"]) == 5
-    assert all(len(row) == 16 and abs(sum(row) - 1) < 1e-4 for row in answer["weights"])
+    assert all(len(row) == 16 and abs(sum(row) - 1) < 2e-3 for row in answer["weights"])  # bf16 where the CPU has it
     assert answer["crop"] == pytest.approx([8 / 72, 0, 64 / 72, 1])  # 72 × 56: the centre square
     assert answer["reranks"] is True
     assert answer["score"] == pytest.approx(answer["stage1_score"] + 0.5 * answer["match_logit"], abs=1e-5)

@@ -264,7 +264,8 @@ class FusionScorer(nn.Module):
                      texts: TextBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Log-probabilities of the next token at each position, the classes of the tokens
         that do come next, and which of those are real (not padding)."""
-        log_probs = F.log_softmax(self.caption_head(self.ln_out(hidden[:, :-1])), dim=-1)  # (B, T-1, V)
+        logits = self.caption_head(self.ln_out(hidden[:, :-1])).float()  # (B, T-1, V); in float32 under autocast
+        log_probs = F.log_softmax(logits, dim=-1)
         following = texts.ids[:, 1:].contiguous()  # (B, T-1)
         if len(self.vocab):
             slot = torch.searchsorted(self.vocab, following).clamp(max=len(self.vocab) - 1)

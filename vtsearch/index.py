@@ -176,14 +176,14 @@ class Index:
             device = resolve_device(self.device)
             summary = self.manifest.reranker
             if (self.path / RERANKER_FILE).is_file():
-                self._reranker = Reranker.load(self.path / RERANKER_FILE, device)
+                self._reranker = Reranker.load(self.path / RERANKER_FILE, device, self.encoder.precision)
             elif summary is not None and summary.scorer == DECODER_SCORER:
                 self._reranker = DecoderReranker(self.encoder.model, DecoderConfig.from_dict(summary.config))
             else:
                 config = FusionConfig(text_dim=self.encoder.text_token_dim, region_dim=self.regions.dim,
                                       grid=self.regions.grid, prefix=self.regions.prefix,
                                       max_tokens=self.encoder.context_length)
-                self._reranker = Reranker.untrained(config, device=device)
+                self._reranker = Reranker.untrained(config, device=device, precision=self.encoder.precision)
         return self._reranker
 
     def save_reranker(self, reranker: Reranker) -> None:

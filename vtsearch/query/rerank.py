@@ -63,17 +63,24 @@ class Stage2(Protocol):
 
 
 class Reranker:
-    """A fusion scorer in eval mode, with what it was trained on."""
+    """A fusion scorer in eval mode, with what it was trained on.
+
+    ``precision`` is how it computes at query time: ``fp32``, or ``bf16`` (the index's
+    encoder computes in bfloat16: the scorer's matrix products then do too, under
+    autocast, while its weights and the caption head's log-softmax stay float32).
+    Training always computes in float32."""
 
     scorer_name = "fusion"
     default_shortlist = DEFAULT_SHORTLIST
 
     def __init__(self, scorer: FusionScorer, logit_scale: float = 100.0,
-                 trained: dict[str, Any] | None = None, device: torch.device | None = None):
+                 trained: dict[str, Any] | None = None, device: torch.device | None = None,
+                 precision: str = "fp32"):
         self.device = device or torch.device("cpu")
         self.scorer = scorer.to(self.device).eval()
         self.logit_scale = logit_scale
         self.trained = trained or {}
+        self.precision = precision
 
     @property
     def is_trained(self) -> bool:
@@ -87,14 +94,14 @@ class Reranker:
 
     @classmethod
     def untrained(cls, config: FusionConfig, logit_scale: float = 100.0, seed: int = 0,
-                  device: torch.device | None = None) -> "Reranker":
+                  device: torch.device | None = None, precision: str = "fp32") -> "Reranker":
         with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
             torch.manual_seed(seed)
             scorer = FusionScorer(config)
-        return cls(scorer, logit_scale, None, device)
+        return cls(scorer, logit_scale, None, device, precision)
 
     @classmethod
-    def load(cls, path: Path, device: torch.device | None = None) -> "Reranker":
+    def load(cls, path: Path, device: torch.device | None = None, precision: str = "fp32") -> "Reranker":
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
             version = int(checkpoint.get("format", 0))
@@ -112,7 +119,8 @@ class Reranker:
             raise
         except Exception as error:
             raise IndexFormatError(f"cannot read reranker weights {path}: {error}") from None
-        return cls(scorer, float(checkpoint.get("logit_scale", 100.0)), dict(checkpoint.get("trained", {})), device)
+        return cls(scorer, float(checkpoint.get("logit_scale", 100.0)), dict(checkpoint.get("trained", {})), device,
+                   precision)
 
     def save(self, path: Path) -> None:
         checkpoint = {
@@ -144,7 +152,11 @@ class Reranker:
         every candidate image, so it is computed once."""
         if self.scorer.config.score != "caption":
             return None
-        return self.scorer.text_log_likelihood(text.to(self.device), None)
+        with self._autocast():
+            return self.scorer.text_log_likelihood(text.to(self.device), None).float()
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     @torch.inference_mode()
     def score(
@@ -165,7 +177,9 @@ class Reranker:
         if regions.shape[1] != config.prefix + config.grid ** 2:
             raise RerankerMismatchError(f"the reranker reads {config.prefix} + {config.grid}x{config.grid} regions "
                                         f"an image, not {regions.shape[1]}: it was trained on another index")
-        match_logit, attention = self.scorer(texts.to(self.device), regions.to(self.device), need_weights, prior)
+        with self._autocast():
+            match_logit, attention = self.scorer(texts.to(self.device), regions.to(self.device), need_weights, prior)
+        match_logit, attention = match_logit.float(), [weights.float() for weights in attention]
         stage1_tensor = torch.as_tensor(stage1, dtype=torch.float32, device=self.device)
         final = self.scorer.final_scores(stage1_tensor, match_logit).cpu().numpy()
         order = np.argsort(-final, kind="stable")

@@ -201,7 +201,9 @@ def train_reranker(index: "Index", pairs: Sequence[Pair], options: TrainOptions 
     )
     trained = {"pairs": len(resolved.captions), "best_epoch": stopping.best_epoch, "negatives": options.negatives,
                "val": history[stopping.best_epoch - 1].validation(), "trained_at": time.time()}
-    return Reranker(trainer.scorer.cpu(), trainer.logit_scale, trained, resolve_device(index.device)), report
+    reranker = Reranker(trainer.scorer.cpu(), trainer.logit_scale, trained, resolve_device(index.device),
+                        index.encoder.precision)
+    return reranker, report
 
 
 @contextlib.contextmanager
