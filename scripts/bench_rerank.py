@@ -41,7 +41,7 @@ from vtsearch.encoder import Encoder
 from vtsearch.query.decoder import DecoderReranker
 from vtsearch.query.rerank import Reranker
 from vtsearch.store.ann import AnnIndex
-from vtsearch.train.loop import MAX_VOCAB
+from vtsearch.train.loop import MAX_VOCAB, TrainOptions
 from vtsearch.store.regions import RegionLayout, RegionStore
 
 QUERIES = ["a red car parked left of a blue house", "two dogs playing in the snow",
@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     parser.add_argument("--score", choices=("caption", "match"), default="caption", help="the scorer's head")
+    parser.add_argument("--region-layers", type=int, default=TrainOptions.region_layers,
+                        help="the scorer's self-attention blocks over regions (train-reranker's default)")
     parser.add_argument("--json", action="store_true", help="one JSON line per configuration")
     parser.add_argument("--scorer", choices=("fusion", "coca"), default="fusion",
                         help="coca: CoCa's text decoder (coca_ViT-B-32 unless --model names another CoCa)")
@@ -99,7 +101,8 @@ def main() -> None:
         vocab = tuple(range(1000, 1000 + MAX_VOCAB)) if args.score == "caption" else ()
         reranker = Reranker.untrained(FusionConfig(text_dim=encoder.text_token_dim, region_dim=dim, grid=grid,
                                                    max_tokens=encoder.context_length, score=args.score, vocab=vocab,
-                                                   word_dim=encoder.word_dim, causal_states=encoder.text_causal),
+                                                   word_dim=encoder.word_dim, causal_states=encoder.text_causal,
+                                                   region_layers=args.region_layers),
                                       device=device, precision=encoder.precision)
         with torch.no_grad():
             reranker.scorer.rerank_weight.fill_(1.0)  # a trained scorer's cost: nothing skipped
@@ -127,7 +130,7 @@ def main() -> None:
                                   args.repeats)
             stage1_ms, stage2_ms = encode_ms + ann_ms, regions_ms + rerank_ms
             rows.append({"model": args.model, "device": args.device, "score": args.score,
-                         "precision": encoder.precision, "k": k,
+                         "precision": encoder.precision, "region_layers": args.region_layers, "k": k,
                          "gallery": args.gallery, "regions": f"{grid}x{grid}x{dim}", "encode_ms": round(encode_ms, 2),
                          "ann_ms": round(ann_ms, 2), "stage1_ms": round(stage1_ms, 2),
                          "regions_ms": round(regions_ms, 2), "rerank_ms": round(rerank_ms, 2),
@@ -141,7 +144,8 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
             print(json.dumps(row))
         return
     print(f"{rows[0]['model']} on {args.device}, {torch.get_num_threads()} threads; regions {rows[0]['regions']}; "
-          f"gallery {args.gallery}; {rows[0]['score']} scorer; {rows[0].get('precision', 'fp32')}")
+          f"gallery {args.gallery}; {rows[0]['score']} scorer; {rows[0].get('precision', 'fp32')}; "
+          f"{rows[0].get('region_layers', 0)} region blocks")
     print(f"{'k':>5} {'stage 1 ms':>11} {'(encode':>8} {'+ ann)':>7} {'stage 2 ms':>11} {'(regions':>9} "
           f"{'+ rerank)':>9} {'stage2/stage1':>14}")
     for row in rows:

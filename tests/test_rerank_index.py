@@ -112,7 +112,7 @@ def test_train_save_and_keep_weights_as_the_index_grows(captioned, tmp_path):
     assert all(0.0 <= record.val_text_top1 <= 1.0 for record in report.history)  # image → text term
     index.save_reranker(reranker)
     manifest = json.loads((index.path / "manifest.json").read_text())
-    assert manifest["reranker"]["config"]["width"] == 32
+    assert manifest["reranker"]["config"]["width"] == 32 and manifest["reranker"]["config"]["region_layers"] == 1
     make_images(tmp_path / "more", 4, seed=9)
     index.add([tmp_path / "more"], OPTIONS)
     with Index.open(index.path, device="cpu") as reopened:

@@ -66,6 +66,7 @@ class FusionConfig:
     max_tokens: int = 77  # the text tower's context length
     width: int = 128
     layers: int = 2
+    region_layers: int = 0  # self-attention blocks over an image's regions, before the text reads them
     heads: int = 4
     mlp_ratio: float = 4.0
     dropout: float = 0.0
@@ -141,6 +142,27 @@ class FusionBlock(nn.Module):
         return text, weights
 
 
+class RegionBlock(nn.Module):
+    """Pre-norm self-attention among an image's regions, then an MLP: lets neighbouring
+    cells pool what each sees of one thing (a shape straddling four patches)."""
+
+    def __init__(self, config: FusionConfig):
+        super().__init__()
+        width = config.width
+        self.ln_self = nn.LayerNorm(width)
+        self.self_attn = nn.MultiheadAttention(width, config.heads, dropout=config.dropout, batch_first=True)
+        self.ln_mlp = nn.LayerNorm(width)
+        hidden = int(width * config.mlp_ratio)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width), nn.Dropout(config.dropout)
+        )
+
+    def forward(self, regions: torch.Tensor) -> torch.Tensor:  # (B, R, W) → (B, R, W)
+        normed = self.ln_self(regions)
+        regions = regions + self.self_attn(normed, normed, normed, need_weights=False)[0]
+        return regions + self.mlp(self.ln_mlp(regions))
+
+
 @dataclass(frozen=True)
 class TextBatch:
     """B texts as the scorer reads them, padded to the longest."""
@@ -189,6 +211,7 @@ class FusionScorer(nn.Module):
         self.region_col = nn.Parameter(torch.randn(config.grid, width) * config.position_scale)  # (g, W)
         self.region_prefix = (nn.Parameter(torch.randn(config.prefix, width) * config.position_scale)  # (P, W)
                               if config.prefix else None)  # (scorers of indexes without a prefix have none)
+        self.region_blocks = nn.ModuleList(RegionBlock(config) for _ in range(config.region_layers))
         self.blocks = nn.ModuleList(FusionBlock(config) for _ in range(config.layers))
         self.ln_out = nn.LayerNorm(width)
         if config.score == "match":
@@ -218,6 +241,8 @@ class FusionScorer(nn.Module):
             image = self.no_image[None].expand(batch, -1, -1)  # (B, 1, W)
         else:
             image = self.region_in(self.region_norm(regions)) + self.region_positions()  # (B, P+R, W)
+            for block in self.region_blocks:
+                image = block(image)
         positions = torch.arange(tokens, device=text.device)  # (T,)
         text_padding = positions[None, :] >= texts.lengths[:, None]  # (B, T)
         causal_mask = positions[None, :] > positions[:, None] if self.config.causal else None  # (T, T)

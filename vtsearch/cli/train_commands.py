@@ -30,13 +30,16 @@ if TYPE_CHECKING:
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate (after a short warm-up).")
 @click.option("--width", type=click.IntRange(8), default=128, show_default=True, help="Scorer width.")
 @click.option("--layers", type=click.IntRange(1), default=2, show_default=True, help="Scorer blocks.")
+@click.option("--region-layers", type=click.IntRange(0), default=1, show_default=True,
+              help="Self-attention blocks among an image's regions before the text reads them "
+                   "(0: the text reads the regions as they are stored).")
 @click.option("--patience", type=click.IntRange(1), default=5, show_default=True,
               help="Stop after this many epochs without a better validation score.")
 @device_option
 @json_option
 @fail_cleanly
 def train_reranker_command(pairs, images_root, split, index_dir, objective, epochs, negatives, text_negatives,
-                           batch_size, lr, width, layers, patience, device, as_json):
+                           batch_size, lr, width, layers, region_layers, patience, device, as_json):
     """Train the fusion scorer on PAIRS, captioned images that are in the index.
 
     PAIRS is JSON Lines ({"image": path, "caption": text}), COCO captions JSON, or a
@@ -51,8 +54,8 @@ def train_reranker_command(pairs, images_root, split, index_dir, objective, epoc
 
     loaded = load_pairs(pairs, images_root, split)
     options = TrainOptions(objective=objective, epochs=epochs, negatives=negatives, text_negatives=text_negatives,
-                           batch_size=batch_size, lr=lr, width=width, layers=layers, patience=patience,
-                           device=device)
+                           batch_size=batch_size, lr=lr, width=width, layers=layers,
+                           region_layers=region_layers, patience=patience, device=device)
     progress = TqdmProgress("training")
     with open_index(index_dir, device) as index:
         reranker, report = train_reranker(index, loaded, options, progress=progress,

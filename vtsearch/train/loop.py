@@ -62,6 +62,7 @@ class TrainOptions:
     text_negatives: int = 8  # image → text term: negative texts per image (0: off)
     width: int = 128
     layers: int = 2
+    region_layers: int = 1  # self-attention blocks among an image's regions before the text reads them
     heads: int = 4
     seed: int = 0
     device: str = "auto"
@@ -239,6 +240,7 @@ def _fusion_config(index: "Index", layout: RegionLayout, options: TrainOptions, 
     encoder = index.encoder
     return FusionConfig(text_dim=encoder.text_token_dim, region_dim=layout.dim, grid=layout.grid,
                         prefix=layout.prefix, max_tokens=encoder.context_length, width=options.width, layers=options.layers,
+                        region_layers=options.region_layers,
                         heads=options.heads, score=options.objective,
                         vocab=_vocabulary(examples) if options.objective == "caption" else (),
                         word_dim=encoder.word_dim, causal_states=encoder.text_causal)
