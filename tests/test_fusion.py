@@ -51,6 +51,23 @@ def test_padding_does_not_change_a_score(config):
     torch.testing.assert_close(alone[0], together[0], atol=1e-5, rtol=1e-5)
 
 
+def test_region_blocks_mix_the_regions_and_read_one_image_once_for_many_texts():
+    """With a region block a region's state depends on the other regions; one image
+    scored against several texts (an expanded view) gives what its copies give."""
+    config = FusionConfig(text_dim=24, region_dim=40, grid=3, width=32, heads=4, region_layers=1,
+                          score="caption", vocab=(2, 3, 5))
+    scorer = FusionScorer(config).eval()
+    regions = torch.randn(1, 9, 40)
+    changed = regions.clone()
+    changed[0, 8] = torch.randn(40)  # another feature (a uniform shift would be normed away)
+    with torch.no_grad():
+        assert not torch.allclose(scorer.read_image(regions)[0, 0], scorer.read_image(changed)[0, 0])
+        batch = texts(torch.randn(4, 24), torch.randn(6, 24), torch.randn(2, 24))
+        viewed, _ = scorer(batch, regions.expand(3, -1, -1))
+        copied, _ = scorer(batch, regions.repeat(3, 1, 1))
+    torch.testing.assert_close(viewed, copied, atol=1e-5, rtol=1e-5)
+
+
 def test_untrained_scorer_keeps_stage1_order_exactly():
     reranker = Reranker.untrained(CONFIG)
     assert float(reranker.scorer.rerank_weight.detach()) == 0.0

@@ -8,7 +8,8 @@ tower's patch tokens on a grid).
 
     text tokens (B, T, Dt) ─ norm ─ text_in + token position ─┐
                                       ├─ L × [causal self-attn(text) → cross-attn(text → regions) → MLP]
-    regions (B, P+R, Dr) ─ norm ─ region_in + position ───────┘       (pre-norm, residual)
+    regions (B, P+R, Dr) ─ norm ─ region_in + position        │       (pre-norm, residual)
+                         ─ N × [self-attn(regions) → MLP] ────┘
                                       ├─ caption head: each token's state predicts the next token
                                       └─ match head: ln_out(end-of-text token) ─▶ match_logit (B,)
 
@@ -32,7 +33,10 @@ logit from the end-of-text token, trained listwise against hard negatives.
 
 The image is read as its ``prefix`` tokens (CoCa's class token: see
 :class:`~vtsearch.config.RegionLayout`), each with a learned position of its own, then
-its grid of regions, each with a learned row and column.
+its grid of regions, each with a learned row and column. ``region_layers`` self-attention
+blocks among them come first (``train-reranker`` uses one): cross-attention averages
+what a word looks at, so a shape that four patches each see a piece of has to be put
+together before the text reads it.
 
 A text token is the text tower's contextual state beside the word's own input embedding
 (its token embedding plus position: see ``Encoder.encode_text_features``). Both inputs
@@ -230,6 +234,14 @@ class FusionScorer(nn.Module):
             return positions
         return torch.cat([self.region_prefix, positions])  # (P + R, W)
 
+    def read_image(self, regions: torch.Tensor) -> torch.Tensor:
+        """(B, P+R, Dr) regions → (B, P+R, W) what the text blocks read: projected, placed,
+        and through the region blocks."""
+        image = self.region_in(self.region_norm(regions)) + self.region_positions()
+        for block in self.region_blocks:
+            image = block(image)
+        return image
+
     def hidden(self, texts: TextBatch, regions: torch.Tensor | None,
                need_weights: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Token states (B, T, W) after the blocks, having read ``regions`` (B, P+R, Dr) or,
@@ -239,10 +251,10 @@ class FusionScorer(nn.Module):
         text = self.text_in(self.text_norm(states)) + self.text_positions[:tokens]  # (B, T, W)
         if regions is None:
             image = self.no_image[None].expand(batch, -1, -1)  # (B, 1, W)
+        elif regions.stride(0) == 0:  # one image seen B times (a match against B texts): read it once
+            image = self.read_image(regions[:1]).expand(batch, -1, -1)
         else:
-            image = self.region_in(self.region_norm(regions)) + self.region_positions()  # (B, P+R, W)
-            for block in self.region_blocks:
-                image = block(image)
+            image = self.read_image(regions)  # (B, P+R, W)
         positions = torch.arange(tokens, device=text.device)  # (T,)
         text_padding = positions[None, :] >= texts.lengths[:, None]  # (B, T)
         causal_mask = positions[None, :] > positions[:, None] if self.config.causal else None  # (T, T)
