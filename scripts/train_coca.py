@@ -45,25 +45,22 @@ def model_config(image_size: int, patch_size: int = 16, context_length: int = 16
     }
 
 
-def build(config: dict, device: str, position_scale: float | None = None) -> open_clip.CoCa:
+def build(config: dict, device: str) -> open_clip.CoCa:
     """open_clip's CoCa, with the decoder's output projection initialised (open_clip
-    leaves it empty for a model made without weights) and, with ``position_scale``, the
-    image tower's patch positions drawn at that scale instead of open_clip's width^-0.5."""
+    leaves it empty for a model made without weights)."""
     model = open_clip.CoCa(**{k: v for k, v in config.items() if k != "custom_text"}).to(device)
     decoder = model.text_decoder
     torch.nn.init.normal_(decoder.text_projection, std=decoder.width ** -0.5)
-    if position_scale is not None:
-        torch.nn.init.normal_(model.visual.positional_embedding, std=position_scale)
     return model
 
 
 def train(pairs_path: Path, out: Path, epochs: int, batch_size: int, lr: float, seed: int, image_size: int,
           family_batches: bool = False, device: str = "cpu", patch_size: int = 16, context_length: int = 16,
-          caption_weight: float = 2.0, init: Path | None = None, position_scale: float | None = None) -> None:
+          caption_weight: float = 2.0, init: Path | None = None) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
     config = model_config(image_size, patch_size, context_length)
-    model = build(config, device, position_scale)
+    model = build(config, device)
     if init is not None:  # go on from a model this script saved (a new learning-rate schedule)
         model.load_state_dict(load_file(str(init / "open_clip_model.safetensors")))
     pixels, image_captions = load_pairs(pairs_path, image_size)
@@ -116,16 +113,13 @@ def main() -> None:
     parser.add_argument("--context-length", type=int, default=16, help="text tokens, start and end included")
     parser.add_argument("--caption-weight", type=float, default=2.0, help="CoCaLoss caption_loss_weight")
     parser.add_argument("--init", type=Path, help="start from the weights this script saved in this folder")
-    parser.add_argument("--position-scale", type=float, default=None,
-                        help="std of the image tower's initial patch positions (open_clip: width^-0.5)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (0: torch's choice; 1 is ~10x faster on a CPU another job shares)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     train(args.pairs, args.out, args.epochs, args.batch_size, args.lr, args.seed, args.image_size,
-          args.family_batches, args.device, args.patch_size, args.context_length, args.caption_weight, args.init,
-          args.position_scale)
+          args.family_batches, args.device, args.patch_size, args.context_length, args.caption_weight, args.init)
 
 
 if __name__ == "__main__":
