@@ -5,8 +5,9 @@ Stage 1 = encoding one text query (the real open_clip tokenizer and text tower) 
 search of the shortlist. Stage 2 = reading the shortlist's regions from a memory-mapped
 region store (fp16 → fp32) + the fusion scorer over them; the catalog lookup of region
 rows (~1.5 ms for 100 ids) is not included. The model is ViT-B-32 with random weights
-(no download needed; the cost is that of the pretrained model), with its native 7 × 7 ×
-512 regions and the default scorer (width 128, 2 layers): the caption scorer that
+(no download needed; the cost is that of the pretrained model), with the regions a new
+index of it keeps (7 × 7 × 768, its last block's tokens) and the default scorer (width
+128, 2 layers, ``--region-layers`` blocks among the regions): the caption scorer that
 ``train-reranker`` trains, with the largest vocabulary it keeps (``MAX_VOCAB`` token
 classes, as a captioned photo collection gives), or with ``--score match`` the match head.
 The gallery is synthetic.
@@ -85,13 +86,13 @@ def main() -> None:
         report(bench_coca(args, device), args)
         return
     encoder = random_encoder(args.model, device, args.precision)
-    dim, grid = encoder.embed_dim, min(encoder.native_grid)
-    layout = RegionLayout(grid=grid, dim=dim)
+    layout = encoder.region_layout()  # what a new index of this model keeps
+    dim, grid = layout.dim, layout.grid
 
     rng = np.random.default_rng(0)
-    vectors = rng.normal(size=(args.gallery, dim)).astype(np.float32)
+    vectors = rng.normal(size=(args.gallery, encoder.embed_dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    ann = AnnIndex.empty(dim, AnnConfig())
+    ann = AnnIndex.empty(encoder.embed_dim, AnnConfig())
     ann.add(np.arange(args.gallery), vectors)
 
     with tempfile.TemporaryDirectory() as folder:

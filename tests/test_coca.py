@@ -69,6 +69,9 @@ def test_region_layout_with_a_prefix_round_trips():
     assert RegionLayout.from_dict(layout.to_dict()) == layout
     old = {"grid": 7, "dim": 512, "stored": True, "dtype": "float16", "bytes_per_image": 50176}
     assert RegionLayout.from_dict(old).prefix == 0 and "prefix" not in RegionLayout.from_dict(old).to_dict()
+    assert RegionLayout.from_dict(old).source == "final" and "source" not in RegionLayout.from_dict(old).to_dict()
+    blocks = RegionLayout(grid=7, dim=768, source="blocks")
+    assert RegionLayout.from_dict(blocks.to_dict()) == blocks and blocks.to_dict()["source"] == "blocks"
 
 
 def test_regions_are_the_tokens_before_the_pooler(encoder):

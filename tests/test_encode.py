@@ -34,17 +34,27 @@ def test_vectors_are_unit_length_and_deterministic(tiny_encoder):
 
 
 def test_regions_follow_the_layout_they_are_kept_in(tiny_encoder):
-    """Regions come pooled to the index's grid; a layout with tokens the tower does not
-    have is refused."""
+    """A new index keeps a ViT's last-block patch tokens; one made before keeps them
+    after the final norm, projected (``final``), and still gets those; regions come
+    pooled to the index's grid; a layout the tower cannot give is refused."""
     pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     layout = tiny_encoder.region_layout()
-    assert (layout.prefix, layout.grid) == (0, 4)
+    visual = tiny_encoder.model.visual
+    assert (layout.prefix, layout.grid, layout.source, layout.dim) == (0, 4, "blocks", visual.conv1.out_channels)
     features = tiny_encoder.encode_image_features(pixels, layout)
-    assert features.regions.shape == (2, 16, 64)
-    pooled = tiny_encoder.encode_image_features(pixels, RegionLayout(grid=2, dim=64)).regions
+    with torch.no_grad():  # in the encoder's own precision (bf16 on CPUs that have it)
+        blocks = visual.transformer(visual._embeds(pixels.to(tiny_encoder.input_dtype)))
+        final = (visual._pool(blocks)[1] @ visual.proj).float()
+    torch.testing.assert_close(features.regions, blocks[:, 1:].float())
+    np.testing.assert_allclose(features.vectors, tiny_encoder.encode_images(pixels), atol=1e-6)
+    older = tiny_encoder.encode_image_features(pixels, RegionLayout(grid=4, dim=64, source="final"))
+    torch.testing.assert_close(older.regions, final)
+    pooled = tiny_encoder.encode_image_features(pixels, RegionLayout(grid=2, dim=layout.dim, source="blocks")).regions
     torch.testing.assert_close(pooled[:, :1], features.regions[:, [0, 1, 4, 5]].mean(1, keepdim=True))
-    with pytest.raises(ModelMismatchError, match="1 prefix tokens do not fit .* which has 0"):
-        tiny_encoder.encode_image_features(pixels, RegionLayout(grid=4, dim=64, prefix=1))
+    for wrong in (RegionLayout(grid=4, dim=layout.dim, prefix=1, source="blocks"),
+                  RegionLayout(grid=4, dim=layout.dim + 1, source="blocks")):
+        with pytest.raises(ModelMismatchError, match="do not fit"):
+            tiny_encoder.encode_image_features(pixels, wrong)
 
 
 @pytest.mark.parametrize("native, side", [(4, 4), (7, 7), (8, 8), (9, 9), (12, 6), (14, 7), (16, 8),

@@ -23,7 +23,7 @@ CPU = torch.device("cpu")
 TEXTS = ["a red square", "a blue circle left of a green one"]
 # (region grid, region width, prefix tokens) per kind: None where the tower has no regions
 REGIONS = {
-    "clip_vit": (4, EMBED, 0), "clip_eos": (4, EMBED, 0), "hf_text": (4, EMBED, 0),
+    "clip_vit": (4, WIDTH, 0), "clip_eos": (4, WIDTH, 0), "hf_text": (4, WIDTH, 0),  # the last block's tokens
     "timm_vit": (4, EMBED, 0), "timm_eva": (4, EMBED, 0),
     "timm_fastvit": (8, EMBED, 0),  # an 8 x 8 map kept: no whole factor brings it nearer 7
     "timm_convnext": (4, EMBED, 0),

@@ -6,10 +6,13 @@ import torch
 
 from conftest import make_images
 from vtsearch import Index, IngestOptions
+from vtsearch.config import RegionLayout
+from vtsearch.decode import decode_file
 from vtsearch.errors import RerankerMismatchError
 from vtsearch.fusion import FusionConfig
-from vtsearch.query.rerank import Reranker
 from vtsearch.progress import NoProgress
+from vtsearch.query.rerank import Reranker
+from vtsearch.records import ScannedFile
 from vtsearch.train import (
     Pair, TrainOptions, evaluate, fit_rerank_weight, listwise_loss, match_logits, mine_examples, resolve_pairs,
     sample_candidates,
@@ -226,3 +229,27 @@ def test_a_scorer_refuses_regions_kept_in_another_layout(captioned):
         other.rerank(features.tokens[0], features.ids[0], np.zeros(2, dtype=np.float32), regions)
     padded = torch.cat([regions[:, :1], regions], dim=1)
     assert len(other.rerank(features.tokens[0], features.ids[0], np.zeros(2, dtype=np.float32), padded).order) == 2
+
+
+def test_an_index_made_before_keeps_its_kind_of_regions(tmp_path, tiny_encoder):
+    """New CLIP-ViT indexes keep the last block's tokens; an index whose manifest says
+    nothing (made before) kept the projected final tokens, and images added to it later
+    get those too, so its trained scorer still reads what it was trained on."""
+    make_images(tmp_path / "first", 4)
+    make_images(tmp_path / "later", 3, seed=5)
+    with Index.create(tmp_path / "index", encoder=tiny_encoder) as index:
+        index.add([tmp_path / "first"], OPTIONS)
+        assert index.manifest.regions.source == "blocks"
+    manifest_path = tmp_path / "index" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["regions"]["source"]  # as an older vtsearch wrote it (the tiny ViT's width is its joint space's)
+    manifest_path.write_text(json.dumps(manifest))
+    with Index.open(tmp_path / "index", encoder=tiny_encoder) as older:
+        assert older.manifest.regions.source == "final"
+        older.add([tmp_path / "later"], OPTIONS)
+        added = older.image_ids([str(path) for path in sorted((tmp_path / "later").iterdir())])
+        stored = older.region_source.regions(list(added.values()))
+        pixels = torch.stack([decode_file(ScannedFile(str(path), 0, 0), tiny_encoder.decode_config(),
+                                          tiny_encoder.preprocess).pixels for path in added])
+        final = tiny_encoder.encode_image_features(pixels, RegionLayout(grid=4, dim=64, source="final")).regions
+        torch.testing.assert_close(stored, final, atol=2e-2, rtol=1e-2)  # fp16 on disk

@@ -159,6 +159,11 @@ class RegionLayout:
     the attentional pooler, class token first (ViT-B-32: 1 + 7 x 7 tokens of 768); the
     pooler runs per query on the shortlist (``vtsearch.query.decoder``). A manifest
     without ``prefix`` (every index before it) reads as 0.
+
+    ``source`` says where in the image tower they come from: ``final``, its output tokens
+    (projected into the joint space where the tower projects), or ``blocks``, an open_clip
+    ViT's last block before its final norm and projection (what new CLIP-ViT indexes keep:
+    see :mod:`vtsearch.encoder.image_tower`). A manifest without it reads as ``final``.
     """
 
     grid: int
@@ -166,6 +171,7 @@ class RegionLayout:
     stored: bool = True
     dtype: str = "float16"
     prefix: int = 0  # tokens before the grid, in each row
+    source: str = "final"  # where in the image tower: "final" or "blocks"
 
     @property
     def regions(self) -> int:
@@ -180,12 +186,15 @@ class RegionLayout:
         data = {**asdict(self), "bytes_per_image": self.row_bytes if self.stored else 0}
         if not self.prefix:
             del data["prefix"]  # a patch grid's manifest stays as it was
+        if self.source == "final":
+            del data["source"]
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RegionLayout":
         return cls(grid=int(data["grid"]), dim=int(data["dim"]), stored=bool(data.get("stored", True)),
-                   dtype=str(data.get("dtype", "float16")), prefix=int(data.get("prefix", 0)))
+                   dtype=str(data.get("dtype", "float16")), prefix=int(data.get("prefix", 0)),
+                   source=str(data.get("source", "final")))
 
 
 @dataclass(frozen=True)

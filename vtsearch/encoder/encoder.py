@@ -145,7 +145,8 @@ class Encoder:
                                      "vtsearch keeps square ones")
             return RegionLayout(grid=native[0], dim=self.image.region_dim, stored=stored, prefix=self.image.prefix)
         side = min(grid, min(native)) if grid else whole_factor_side(min(native), DEFAULT_REGION_GRID)
-        return RegionLayout(grid=side, dim=self.image.region_dim, stored=stored)
+        source = self.image.sources[0]
+        return RegionLayout(grid=side, dim=self.image.region_dim_of(source), stored=stored, source=source)
 
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
@@ -158,16 +159,24 @@ class Encoder:
         pixels = pixels.to(self.device, dtype=self.input_dtype, non_blocking=True)
         if self.device.type == "cuda":
             pixels = pixels.contiguous(memory_format=torch.channels_last)
+        if layout is not None:
+            self._check_fits(layout)
         with self._autocast():
-            pooled, tokens = self.image(pixels, regions=layout is not None)  # (B, D), (B, prefix + h*w, region_dim)
+            pooled, tokens = self.image(pixels, regions=layout is not None,
+                                        source=layout and layout.source)  # (B, D), (B, prefix + h*w, dim)
         if tokens is None or layout is None:
             return ImageFeatures(_unit_rows(pooled), None)
         prefix = self.image.prefix  # the tower's tokens before the grid (CoCa's class token)
-        if layout.prefix != prefix:
-            raise ModelMismatchError(f"regions kept with {layout.prefix} prefix tokens do not fit "
-                                     f"{self.spec.describe()}, which has {prefix}")
         grid = _pool_grid(tokens[:, prefix:].float(), self.native_grid, layout.grid)  # (B, g*g, region_dim)
         return ImageFeatures(_unit_rows(pooled), torch.cat([tokens[:, :prefix].float(), grid], dim=1))
+
+    def _check_fits(self, layout: RegionLayout) -> None:
+        """Refuse regions kept in a way this tower cannot give (another model's index)."""
+        image = self.image
+        if (layout.prefix != image.prefix or layout.source not in image.sources
+                or layout.dim != image.region_dim_of(layout.source)):
+            raise ModelMismatchError(f"regions kept as {layout.prefix} + {layout.grid}x{layout.grid}x{layout.dim} "
+                                     f"({layout.source}) do not fit {self.spec.describe()}")
 
     def region_crop(self, width: int, height: int) -> tuple[float, float, float, float]:
         """The part of an upright ``width`` × ``height`` image the model's input square (and

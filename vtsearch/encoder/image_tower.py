@@ -5,8 +5,11 @@ open_clip builds ``model.visual`` as its own ``VisionTransformer`` (CLIP ViTs, C
 whose classifier head open_clip often sized to the joint space; ``head``: open_clip's own
 projection, often empty). Regions are the image's patch grid, one feature per cell:
 
-- open_clip ViT pooled by its class token or by averaging: the patch tokens after
-  ``ln_post``, projected by ``proj`` into the joint space.
+- open_clip ViT pooled by its class token or by averaging: the last block's patch
+  tokens, in the tower's width (source ``blocks``, what new indexes keep). ``ln_post``
+  and ``proj`` were trained for the class token only, and they lose what a trained scorer
+  reads (shape, on the varied shapes set: docs/reranker-notes.md). Indexes made before
+  keep the tokens after ``ln_post``, projected into the joint space (source ``final``).
 - timm ViT / EVA pooled by class token or average (EVA02, MobileCLIP-B): the trunk's
   ``forward_features`` minus its prefix tokens, then its head (``fc_norm``, ``head``)
   and open_clip's ``head`` per token, into the joint space.
@@ -42,11 +45,17 @@ class ImageTower:
     region_dim: int = 0
     prefix: int = 0  # tokens before the grid in each image's regions (CoCa's class token)
     no_regions: str | None = None  # why there are none (None when there are)
+    sources: tuple[str, ...] = ("final",)  # where in the tower regions can be taken; the first is new indexes'
 
     def __init__(self, visual: torch.nn.Module):
         self.visual = visual
 
-    def __call__(self, pixels: torch.Tensor, regions: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def region_dim_of(self, source: str) -> int:
+        """The width of the regions taken at ``source``."""
+        return self.region_dim
+
+    def __call__(self, pixels: torch.Tensor, regions: bool,
+                 source: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
 
 
@@ -57,29 +66,41 @@ class PooledOnly(ImageTower):
         super().__init__(visual)
         self.no_regions = reason
 
-    def __call__(self, pixels: torch.Tensor, regions: bool) -> tuple[torch.Tensor, None]:
+    def __call__(self, pixels: torch.Tensor, regions: bool, source: str | None = None) -> tuple[torch.Tensor, None]:
         output = self.visual(pixels)
         return (output[0] if isinstance(output, tuple) else output), None  # (B, D)
 
 
 class ClipViT(ImageTower):
-    """open_clip's ``VisionTransformer`` pooled by class token or average: patch tokens
-    after ``ln_post``, projected by ``proj``."""
+    """open_clip's ``VisionTransformer`` pooled by class token or average: the last
+    block's patch tokens (``blocks``), or those after ``ln_post``, projected by ``proj``
+    (``final``). ``visual.forward`` split in two, so the pooled vector is the model's own."""
+
+    sources = ("blocks", "final")
 
     def __init__(self, visual: torch.nn.Module, embed_dim: int):
         super().__init__(visual)
-        # Set once here rather than toggled per call (calls may come from several threads).
-        visual.output_tokens = True
         self.grid = _pair(visual.grid_size)
-        self.region_dim = embed_dim if visual.proj is not None else int(visual.ln_post.normalized_shape[0])
+        self.width = int(visual.conv1.out_channels)
+        self.region_dim = self.width
+        self.final_dim = embed_dim if visual.proj is not None else int(visual.ln_post.normalized_shape[0])
 
-    def __call__(self, pixels: torch.Tensor, regions: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        pooled, tokens = self.visual(pixels)  # (B, D), (B, h*w, width) after ln_post
+    def region_dim_of(self, source: str) -> int:
+        return self.width if source == "blocks" else self.final_dim
+
+    def __call__(self, pixels: torch.Tensor, regions: bool,
+                 source: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        tokens = self.visual.transformer(self.visual._embeds(pixels))  # (B, 1 + h*w, width), class token first
+        pooled, final = self.visual._pool(tokens)  # as visual.forward: (B, width), (B, h*w, width) after ln_post
+        if self.visual.proj is not None:
+            pooled = pooled @ self.visual.proj  # (B, D)
         if not regions:
             return pooled, None
+        if (source or self.sources[0]) == "blocks":
+            return pooled, tokens[:, 1:]  # (B, h*w, width)
         if self.visual.proj is not None:
-            tokens = tokens @ self.visual.proj  # (B, h*w, D) in the joint space
-        return pooled, tokens
+            final = final @ self.visual.proj  # (B, h*w, D) in the joint space
+        return pooled, final
 
 
 class CocaTokens(ImageTower):
@@ -94,7 +115,8 @@ class CocaTokens(ImageTower):
         self.grid = _pair(visual.grid_size)
         self.region_dim = int(visual.conv1.out_channels)  # the tower's width
 
-    def __call__(self, pixels: torch.Tensor, regions: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def __call__(self, pixels: torch.Tensor, regions: bool,
+                 source: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         tokens = self.visual.transformer(self.visual._embeds(pixels))  # (B, 1 + h*w, width)
         pooled, _ = self.visual._pool(tokens)  # (B, D) through the attentional pooler
         if self.visual.proj is not None:
@@ -112,7 +134,8 @@ class TimmTokens(ImageTower):
         self.map_pooled = getattr(trunk, "attn_pool", None) is not None
         self.region_dim = int(trunk.num_features) if self.map_pooled else embed_dim
 
-    def __call__(self, pixels: torch.Tensor, regions: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def __call__(self, pixels: torch.Tensor, regions: bool,
+                 source: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         trunk = self.visual.trunk
         tokens = trunk.forward_features(pixels)  # (B, prefix + h*w, C) after the final norm
         pooled = self.visual.head(trunk.forward_head(tokens))  # (B, D): TimmModel.forward
@@ -137,7 +160,8 @@ class TimmConv(ImageTower):
         self.grid = (height // reduction, width // reduction)
         self.region_dim = embed_dim
 
-    def __call__(self, pixels: torch.Tensor, regions: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def __call__(self, pixels: torch.Tensor, regions: bool,
+                 source: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         trunk = self.visual.trunk
         maps = trunk.forward_features(pixels)  # (B, C, h, w), or (B, h, w, C)
         pooled = self.visual.head(trunk.forward_head(maps))  # (B, D): TimmModel.forward
