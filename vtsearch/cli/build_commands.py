@@ -287,6 +287,8 @@ def _describe_regions(regions: RegionLayout | None) -> str:
         return "none (this encoder has no region tokens: no reranking)"
     shape = f"{regions.prefix}+" if regions.prefix else ""
     shape += f"{regions.grid}x{regions.grid}x{regions.dim}"
+    if regions.source == "blocks":
+        shape += " (the last block's tokens)"
     if not regions.stored:
         return f"{shape}, computed per query (--no-regions)"
     return f"{shape} fp16, {regions.row_bytes} bytes per image"
