@@ -105,6 +105,13 @@ class FusionConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def _mlp(config: FusionConfig) -> nn.Sequential:
+    """A block's MLP: width → mlp_ratio · width → width."""
+    hidden = int(config.width * config.mlp_ratio)
+    return nn.Sequential(nn.Linear(config.width, hidden), nn.GELU(), nn.Linear(hidden, config.width),
+                         nn.Dropout(config.dropout))
+
+
 class FusionBlock(nn.Module):
     """Pre-norm: text self-attention, then text → regions cross-attention, then an MLP."""
 
@@ -117,10 +124,7 @@ class FusionBlock(nn.Module):
         self.ln_regions = nn.LayerNorm(width)
         self.cross_attn = nn.MultiheadAttention(width, config.heads, dropout=config.dropout, batch_first=True)
         self.ln_mlp = nn.LayerNorm(width)
-        hidden = int(width * config.mlp_ratio)
-        self.mlp = nn.Sequential(
-            nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width), nn.Dropout(config.dropout)
-        )
+        self.mlp = _mlp(config)
 
     def forward(
         self,
@@ -156,10 +160,7 @@ class RegionBlock(nn.Module):
         self.ln_self = nn.LayerNorm(width)
         self.self_attn = nn.MultiheadAttention(width, config.heads, dropout=config.dropout, batch_first=True)
         self.ln_mlp = nn.LayerNorm(width)
-        hidden = int(width * config.mlp_ratio)
-        self.mlp = nn.Sequential(
-            nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width), nn.Dropout(config.dropout)
-        )
+        self.mlp = _mlp(config)
 
     def forward(self, regions: torch.Tensor) -> torch.Tensor:  # (B, R, W) → (B, R, W)
         normed = self.ln_self(regions)
