@@ -239,8 +239,8 @@ def _mine(index: "Index", resolved: ResolvedPairs, regions: RegionSource, layout
 def _fusion_config(index: "Index", layout: RegionLayout, options: TrainOptions, examples: Examples) -> FusionConfig:
     encoder = index.encoder
     return FusionConfig(text_dim=encoder.text_token_dim, region_dim=layout.dim, grid=layout.grid,
-                        prefix=layout.prefix, max_tokens=encoder.context_length, width=options.width, layers=options.layers,
-                        region_layers=options.region_layers,
+                        prefix=layout.prefix, max_tokens=encoder.context_length, width=options.width,
+                        layers=options.layers, region_layers=options.region_layers,
                         heads=options.heads, score=options.objective,
                         vocab=_vocabulary(examples) if options.objective == "caption" else (),
                         word_dim=encoder.word_dim, causal_states=encoder.text_causal)
