@@ -154,8 +154,9 @@ def save(model: torch.nn.Module, config: dict, image_size: int, out: Path) -> No
     print(f"saved local-dir:{out.resolve()}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def training_arguments(description: str) -> argparse.ArgumentParser:
+    """The options this script and ``train_coca.py`` share: data, output, schedule, model shape."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pairs", type=Path, help="JSON Lines of {image, caption}")
     parser.add_argument("out", type=Path, help="model folder to write (local-dir layout)")
     parser.add_argument("--epochs", type=int, default=12)
@@ -164,12 +165,16 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--family-batches", action="store_true",
-                        help="batch captions that share their words together (see family_order)")
+                        help="batch captions that share their words together (train_clip.family_order)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--patch-size", type=int, default=16,
                         help="ViT patch: 16 gives the demo's 4 x 4 region grid at 64 px, 8 an 8 x 8 one")
     parser.add_argument("--context-length", type=int, default=16, help="text tokens, start and end included")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = training_arguments(__doc__).parse_args()
     train(args.pairs, args.out, args.epochs, args.batch_size, args.lr, args.seed, args.image_size,
           args.family_batches, args.device, args.patch_size, args.context_length)
 

@@ -17,7 +17,6 @@ colour belongs to which shape, which is on the left); its captioning half has to
 
 from __future__ import annotations
 
-import argparse
 import math
 import random
 import time
@@ -28,7 +27,7 @@ import torch
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from train_clip import caption_tokens, family_order, load_pairs, save, warmup_cosine
+from train_clip import caption_tokens, family_order, load_pairs, save, training_arguments, warmup_cosine
 
 
 def model_config(image_size: int, patch_size: int = 16, context_length: int = 16, decoder_layers: int = 3,
@@ -98,19 +97,7 @@ def train(pairs_path: Path, out: Path, epochs: int, batch_size: int, lr: float, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("pairs", type=Path, help="JSON Lines of {image, caption}")
-    parser.add_argument("out", type=Path, help="model folder to write (local-dir layout)")
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--family-batches", action="store_true",
-                        help="batch captions that share their words together (train_clip.family_order)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--patch-size", type=int, default=16, help="ViT patch: 16 gives a 4 x 4 grid at 64 px")
-    parser.add_argument("--context-length", type=int, default=16, help="text tokens, start and end included")
+    parser = training_arguments(__doc__)
     parser.add_argument("--caption-weight", type=float, default=2.0, help="CoCaLoss caption_loss_weight")
     parser.add_argument("--init", type=Path, help="start from the weights this script saved in this folder")
     parser.add_argument("--threads", type=int, default=0,

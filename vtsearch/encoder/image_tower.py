@@ -42,7 +42,7 @@ class ImageTower:
     asked and the tower has them, regions (B, h*w, ``region_dim``) on the ``grid``."""
 
     grid: tuple[int, int] | None = None  # (h, w) patch grid; None: no regions
-    region_dim: int = 0
+    region_dim: int = 0  # of the regions at the first of ``sources``
     prefix: int = 0  # tokens before the grid in each image's regions (CoCa's class token)
     no_regions: str | None = None  # why there are none (None when there are)
     sources: tuple[str, ...] = ("final",)  # where in the tower regions can be taken; the first is new indexes'
@@ -81,12 +81,11 @@ class ClipViT(ImageTower):
     def __init__(self, visual: torch.nn.Module, embed_dim: int):
         super().__init__(visual)
         self.grid = _pair(visual.grid_size)
-        self.width = int(visual.conv1.out_channels)
-        self.region_dim = self.width
+        self.region_dim = int(visual.conv1.out_channels)  # "blocks": the tower's width
         self.final_dim = embed_dim if visual.proj is not None else int(visual.ln_post.normalized_shape[0])
 
     def region_dim_of(self, source: str) -> int:
-        return self.width if source == "blocks" else self.final_dim
+        return self.final_dim if source == "final" else self.region_dim
 
     def __call__(self, pixels: torch.Tensor, regions: bool,
                  source: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
