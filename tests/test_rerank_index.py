@@ -14,7 +14,7 @@ from vtsearch.progress import NoProgress
 from vtsearch.query.rerank import Reranker
 from vtsearch.records import ScannedFile
 from vtsearch.train import (
-    Pair, TrainOptions, evaluate, fit_rerank_weight, listwise_loss, match_logits, mine_examples, resolve_pairs,
+    EarlyStopping, Pair, TrainOptions, evaluate, fit_rerank_weight, listwise_loss, match_logits, mine_examples, resolve_pairs,
     sample_candidates,
 )
 
@@ -102,6 +102,21 @@ def test_fitted_weight_is_zero_for_a_useless_scorer_and_large_for_a_perfect_one(
     backwards = -perfect
     assert fit_rerank_weight(stage1, backwards, 50.0) == 0.0
     assert fit_rerank_weight(stage1, perfect, 50.0) > 0.01
+
+
+def test_training_goes_on_while_the_validation_loss_falls_and_keeps_the_best_scored_weights():
+    scorer = torch.nn.Linear(2, 1)
+    stopping = EarlyStopping(patience=2)
+    # top-1 stays below the untrained scorer's (epoch 1) for four epochs while the loss falls
+    history = [(0.14, 3.0), (0.12, 2.9), (0.13, 2.8), (0.11, 2.7), (0.14, 2.6), (0.20, 2.5)]
+    for epoch, (top1, loss) in enumerate(history, 1):
+        with torch.no_grad():
+            scorer.bias.fill_(epoch)
+        assert not stopping.should_stop(epoch, top1, loss, scorer)
+    assert stopping.best_epoch == 6 and float(stopping.best_state["bias"]) == 6.0
+    assert not stopping.should_stop(7, 0.19, 2.55, scorer)  # neither better: waiting 1 of 2
+    assert stopping.should_stop(8, 0.19, 2.5, scorer)  # the loss only ties: the run stops
+    assert stopping.best_epoch == 6
 
 
 def test_train_save_and_keep_weights_as_the_index_grows(captioned, tmp_path):

@@ -33,13 +33,15 @@ if TYPE_CHECKING:
 @click.option("--region-layers", type=click.IntRange(0), default=1, show_default=True,
               help="Self-attention blocks among an image's regions before the text reads them "
                    "(0: the text reads the regions as they are stored).")
+@click.option("--dropout", type=click.FloatRange(0.0, 0.9), default=0.0, show_default=True,
+              help="Dropout in the scorer's attention and MLPs while it trains (for few captions).")
 @click.option("--patience", type=click.IntRange(1), default=5, show_default=True,
-              help="Stop after this many epochs without a better validation score.")
+              help="Stop after this many epochs in a row without a better validation top-1 or loss.")
 @device_option
 @json_option
 @fail_cleanly
 def train_reranker_command(pairs, images_root, split, index_dir, objective, epochs, negatives, text_negatives,
-                           batch_size, lr, width, layers, region_layers, patience, device, as_json):
+                           batch_size, lr, width, layers, region_layers, dropout, patience, device, as_json):
     """Train the fusion scorer on PAIRS, captioned images that are in the index.
 
     PAIRS is JSON Lines ({"image": path, "caption": text}), COCO captions JSON, or a
@@ -55,7 +57,7 @@ def train_reranker_command(pairs, images_root, split, index_dir, objective, epoc
     loaded = load_pairs(pairs, images_root, split)
     options = TrainOptions(objective=objective, epochs=epochs, negatives=negatives, text_negatives=text_negatives,
                            batch_size=batch_size, lr=lr, width=width, layers=layers,
-                           region_layers=region_layers, patience=patience, device=device)
+                           region_layers=region_layers, dropout=dropout, patience=patience, device=device)
     progress = TqdmProgress("training")
     with open_index(index_dir, device) as index:
         reranker, report = train_reranker(index, loaded, options, progress=progress,

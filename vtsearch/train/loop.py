@@ -57,13 +57,14 @@ class TrainOptions:
     lr: float = 1e-3
     weight_decay: float = 0.01
     val_fraction: float = 0.1
-    patience: int = 5  # epochs without a better validation score before stopping
+    patience: int = 5  # epochs in a row without a better validation score or loss before stopping
     val_shortlist: int = 50  # validation ranks each caption's image among this many
     text_negatives: int = 8  # image → text term: negative texts per image (0: off)
     width: int = 128
     layers: int = 2
     region_layers: int = 1  # self-attention blocks among an image's regions before the text reads them
     heads: int = 4
+    dropout: float = 0.0  # in the scorer's attention and MLPs, while training
     seed: int = 0
     device: str = "auto"
 
@@ -132,22 +133,27 @@ class TrainReport:
 
 
 class EarlyStopping:
-    """Keeps the weights of the best epoch so far; says when to stop: after ``patience``
-    epochs in a row without a better score."""
+    """Keeps the weights of the best epoch so far (by ``score``); says when to stop: after
+    ``patience`` epochs in a row in which neither the score nor the validation loss got
+    better. Top-1 over a few hundred captions is coarse and can sit below stage 1 for
+    several epochs while the scorer is still learning; the loss is smoother, and while it
+    falls the run goes on."""
 
     def __init__(self, patience: int):
         self.patience = patience
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_epoch = 0
-        self.best_score = -1.0
+        self.best_score = -math.inf
+        self.best_loss = math.inf
         self.waited = 0
 
-    def should_stop(self, epoch: int, score: float, scorer: torch.nn.Module) -> bool:
+    def should_stop(self, epoch: int, score: float, loss: float, scorer: torch.nn.Module) -> bool:
+        improved = loss < self.best_loss
+        self.best_loss = min(loss, self.best_loss)
         if score > self.best_score:
             self.best_state, self.best_epoch, self.best_score = copy.deepcopy(scorer.state_dict()), epoch, score
-            self.waited = 0
-            return False
-        self.waited += 1
+            improved = True
+        self.waited = 0 if improved else self.waited + 1
         return self.waited >= self.patience
 
 
@@ -241,7 +247,7 @@ def _fusion_config(index: "Index", layout: RegionLayout, options: TrainOptions, 
     return FusionConfig(text_dim=encoder.text_token_dim, region_dim=layout.dim, grid=layout.grid,
                         prefix=layout.prefix, max_tokens=encoder.context_length, width=options.width,
                         layers=options.layers, region_layers=options.region_layers,
-                        heads=options.heads, score=options.objective,
+                        heads=options.heads, dropout=options.dropout, score=options.objective,
                         vocab=_vocabulary(examples) if options.objective == "caption" else (),
                         word_dim=encoder.word_dim, causal_states=encoder.text_causal)
 
@@ -293,7 +299,8 @@ class _Trainer:
                 history.append(record)
                 if on_epoch is not None:
                     on_epoch(record)
-                if stopping.should_stop(epoch, record.val_reranked_top1 - 1e-3 * record.val_loss, self.scorer):
+                if stopping.should_stop(epoch, record.val_reranked_top1 - 1e-3 * record.val_loss, record.val_loss,
+                                        self.scorer):
                     break
         finally:
             progress.close()
