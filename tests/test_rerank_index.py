@@ -197,6 +197,7 @@ def test_train_reranker_command_reports_each_epoch(captioned, tmp_path):
                                        "--epochs", "2", "--negatives", "5", "--width", "16", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert result.output.count("epoch 1: train loss") == 2  # live on stderr, then the summary on stdout
+    assert "val caption loss" in result.output  # what early stopping watches beside top-1
     assert "trained on" in result.output and "kept epoch" in result.output
     assert (index.path / "reranker.pt").is_file()
 

@@ -66,7 +66,9 @@ def epoch_line(record: Any) -> str:
     """One training epoch (an ``EpochRecord`` of ``TrainReport.history``) on one line."""
     text_top1 = (f", image -> own caption top-1 {record.val_text_top1:.3f}"
                  if record.val_text_top1 is not None else "")
-    return (f"epoch {record.epoch}: train loss {record.train_loss:.3f}, "
+    caption_loss = (f", val caption loss {record.val_caption_loss:.3f}"
+                    if record.val_caption_loss is not None else "")
+    return (f"epoch {record.epoch}: train loss {record.train_loss:.3f}{caption_loss}, "
             f"val loss {record.val_loss:.3f}, val top-1 {record.val_stage1_top1:.3f} "
             f"-> {record.val_reranked_top1:.3f} (w {record.w:.3f}){text_top1}")
 

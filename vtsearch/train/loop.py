@@ -82,6 +82,13 @@ class EpochRecord:
     w: float  # the fitted weight of the match logit
     val_text_top1: float | None  # image → own caption top-1; None when the term is off
     seconds: float  # since training started
+    val_caption_loss: float | None = None  # the caption objective on the validation captions
+
+    @property
+    def stopping_loss(self) -> float:
+        """What early stopping watches beside top-1: the held-out caption loss, or for the
+        match objective the validation loss."""
+        return self.val_loss if self.val_caption_loss is None else self.val_caption_loss
 
     def validation(self) -> dict[str, float]:
         """The validation figures (``val_*``) and the fitted ``w``, as the manifest keeps
@@ -90,8 +97,9 @@ class EpochRecord:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        if self.val_text_top1 is None:
-            del data["val_text_top1"]
+        for name in ("val_text_top1", "val_caption_loss"):
+            if data[name] is None:
+                del data[name]
         return data
 
 
@@ -299,7 +307,7 @@ class _Trainer:
                 history.append(record)
                 if on_epoch is not None:
                     on_epoch(record)
-                if stopping.should_stop(epoch, record.val_reranked_top1 - 1e-3 * record.val_loss, record.val_loss,
+                if stopping.should_stop(epoch, record.val_reranked_top1 - 1e-3 * record.val_loss, record.stopping_loss,
                                         self.scorer):
                     break
         finally:
@@ -347,4 +355,17 @@ class _Trainer:
         texts = (validate_texts(self.scorer, data.examples, rows, data.text_negatives, data.regions, self.device)
                  if data.text_negatives is not None else None)
         return EpochRecord(epoch=epoch, train_loss=train_loss, **asdict(images), val_text_top1=texts,
+                           val_caption_loss=self.held_out_caption_loss(rows),
                            seconds=round(time.perf_counter() - started, 1))
+
+    @torch.no_grad()
+    def held_out_caption_loss(self, rows: list[int]) -> float | None:
+        """The caption objective's loss on the validation rows (None for the match
+        objective). Unlike ``val_loss`` it does not wait for ``w`` to leave 0."""
+        if self.options.objective != "caption":
+            return None
+        self.scorer.eval()
+        losses = [float(caption_loss(self.scorer, self.data.examples, rows[start:start + self.options.batch_size],
+                                     self.data.regions, self.device)) * len(rows[start:start + self.options.batch_size])
+                  for start in range(0, len(rows), self.options.batch_size)]
+        return sum(losses) / max(len(rows), 1)
