@@ -14,8 +14,8 @@ from vtsearch.progress import NoProgress
 from vtsearch.query.rerank import Reranker
 from vtsearch.records import ScannedFile
 from vtsearch.train import (
-    EarlyStopping, Pair, TrainOptions, evaluate, fit_rerank_weight, listwise_loss, match_logits, mine_examples, resolve_pairs,
-    sample_candidates,
+    EarlyStopping, Pair, TrainOptions, evaluate, fit_rerank_weight, listwise_loss, match_logits, mine_examples,
+    resolve_pairs, sample_candidates,
 )
 
 OPTIONS = IngestOptions(batch_size=8, workers=0)

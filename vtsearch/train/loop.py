@@ -365,7 +365,8 @@ class _Trainer:
         if self.options.objective != "caption":
             return None
         self.scorer.eval()
-        losses = [float(caption_loss(self.scorer, self.data.examples, rows[start:start + self.options.batch_size],
-                                     self.data.regions, self.device)) * len(rows[start:start + self.options.batch_size])
-                  for start in range(0, len(rows), self.options.batch_size)]
-        return sum(losses) / max(len(rows), 1)
+        size = self.options.batch_size
+        batches = [rows[start:start + size] for start in range(0, len(rows), size)]
+        total = sum(float(caption_loss(self.scorer, self.data.examples, batch, self.data.regions, self.device))
+                    * len(batch) for batch in batches)
+        return total / max(len(rows), 1)
