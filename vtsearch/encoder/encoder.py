@@ -134,8 +134,9 @@ class Encoder:
         """How a new index keeps this encoder's regions: its patch grid, average-pooled to
         ``grid`` cells a side (never finer than the native grid) or by default by a whole
         factor to about :data:`DEFAULT_REGION_GRID` (a 14 x 14 grid to 7 x 7; an 8 x 8 one
-        stays: pooling 8 cells into 7 would smear each object over its neighbours); for a tower with prefix tokens of its own (CoCa's, read by its
-        decoder as they are) all of its tokens; None when it has no region tokens."""
+        stays: pooling 8 cells into 7 would smear each object over its neighbours); for a
+        tower with prefix tokens of its own (CoCa's, read by its decoder as they are) all of
+        its tokens; None when it has no region tokens."""
         native = self.native_grid
         if native is None:
             return None
