@@ -215,3 +215,28 @@ def test_an_unknown_token_is_one_class_and_a_bidirectional_tower_reads_words_onl
     changed = TextBatch(torch.cat([torch.randn(1, 4, 24), states[..., 24:]], dim=-1), batch.ids, batch.lengths)
     regions = torch.randn(1, 4, 8)
     torch.testing.assert_close(scorer(batch, regions)[0], scorer(changed, regions)[0])
+
+
+def test_swap_contrast_is_a_listwise_loss_over_pmi_per_token_and_skips_rows_without_variants():
+    from vtsearch.train.objective import swap_contrast
+
+    torch.manual_seed(0)
+    scorer = FusionScorer(WORLD)
+    red, blue = COLOURS[0], COLOURS[2]
+    images = torch.stack([world_image(red, blue, (0, 1)), world_image(blue, red, (1, 1))])
+    captions = TextBatch.pad(*zip(world_text(red, LEFT, blue), world_text(blue, LEFT, red)))
+    swapped = world_text(blue, LEFT, red)  # row 0's colours traded; row 1 has no variant
+    read = scorer.read_image(images)
+    prior = scorer.text_log_likelihood(captions, None).detach()  # as caption_loss passes it
+    own = (scorer.log_likelihood(scorer.attend(captions, read)[0], captions) - prior) / 4  # 4 tokens predicted
+    loss = swap_contrast(scorer, own, read, [[swapped], []], torch.device("cpu"))
+    one = TextBatch.pad([swapped[0]], [swapped[1]])
+    with torch.no_grad():
+        variant = (scorer.text_log_likelihood(one, images[:1]) - scorer.text_log_likelihood(one, None)) / 4
+        pair = torch.stack([own[0].detach(), variant[0]])
+        expected = -torch.log_softmax(pair, dim=0)[0] / 2  # row 1 adds log 1 = 0
+    torch.testing.assert_close(loss.detach(), expected)
+    loss.backward()
+    grads = [p.grad for p in scorer.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert scorer.no_image.grad is None  # the term trains p(text | image), not the prior

@@ -184,6 +184,26 @@ def test_word_swapped_captions_keep_the_words_and_change_the_binding():
     assert swapped_variants("a cat", 3, rng) == []  # one content word: nothing to swap
 
 
+def test_word_kinds_come_from_the_captions_and_swaps_keep_the_sentence():
+    from vtsearch.train import WordKinds
+
+    rng = np.random.default_rng(0)
+    colours, shapes = ["red", "blue", "green", "orange"], ["square", "circle", "cross"]
+    captions = [f"{'an' if c1 == 'orange' else 'a'} {c1} {s1} {relation} a {c2} {s2}"
+                for c1 in colours for s1 in shapes for c2 in colours for s2 in shapes
+                for relation in ("left of", "above") if c1 != c2]
+    kinds = WordKinds(captions)
+    assert kinds.same_kind("red", "orange") and kinds.same_kind("Circle", "cross")  # "an orange": the same slot
+    assert not kinds.same_kind("red", "circle") and not kinds.same_kind("red", "red")
+    assert not kinds.same_kind("red", "unicorn")  # a word the captions never had
+    caption = "a red square left of a blue circle"
+    variants = kinds.swaps(caption, 10, rng)
+    # colours traded, shapes traded, or both (the two things trade places); nothing else
+    assert sorted(variants) == sorted(["a blue square left of a red circle", "a red circle left of a blue square",
+                                       "a blue circle left of a red square"])
+    assert kinds.swaps("a red square", 3, rng) == []  # one thing: nothing to swap
+
+
 def test_train_reranker_command_reports_each_epoch(captioned, tmp_path):
     from click.testing import CliRunner
 
@@ -269,3 +289,28 @@ def test_an_index_made_before_keeps_its_kind_of_regions(tmp_path, tiny_encoder):
                                           tiny_encoder.preprocess).pixels for path in added])
         final = tiny_encoder.encode_image_features(pixels, RegionLayout(grid=4, dim=64, source="final")).regions
         torch.testing.assert_close(stored, final, atol=2e-2, rtol=1e-2)  # fp16 on disk
+
+
+def test_swaps_contrast_each_caption_with_its_word_swapped_variants(captioned, monkeypatch):
+    """With ``swaps`` the caption objective also ranks each caption above its swaps (two
+    words of one kind traded) under its image; the loss stays finite."""
+    from vtsearch.train import objective, train_reranker
+
+    index, pairs = captioned
+    words = ["red", "green", "blue", "yellow", "black"]
+    pairs = [Pair(pair.image, f"a {words[i % 5]} cube left of a {words[(i + 2) % 5]} ball")
+             for i, pair in enumerate(pairs)]
+    seen: list[int] = []
+    contrast = objective.swap_contrast
+
+    def spy(scorer, own, image, swaps, device):
+        seen.append(sum(map(len, swaps)))
+        return contrast(scorer, own, image, swaps, device)
+
+    monkeypatch.setattr(objective, "swap_contrast", spy)
+    _, report = train_reranker(index, pairs, TrainOptions(epochs=1, swaps=1, batch_size=8, width=16, device="cpu"))
+    assert seen and sum(seen) == report.train_captions  # one swap each: colours, or cube <-> ball, or both
+    assert np.isfinite(report.history[0].train_loss)
+    seen.clear()
+    train_reranker(index, pairs, TrainOptions(epochs=1, batch_size=8, width=16, device="cpu"))
+    assert not seen  # off by default

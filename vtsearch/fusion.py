@@ -247,15 +247,21 @@ class FusionScorer(nn.Module):
                need_weights: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Token states (B, T, W) after the blocks, having read ``regions`` (B, P+R, Dr) or,
         with None, the learned "no image"; per-layer attention (B, T, P+R) when asked."""
-        batch, tokens, _ = texts.states.shape
-        states = texts.states[..., -self.config.text_in_dim:]  # the word part alone, when that is all it reads
-        text = self.text_in(self.text_norm(states)) + self.text_positions[:tokens]  # (B, T, W)
+        batch = len(texts)
         if regions is None:
             image = self.no_image[None].expand(batch, -1, -1)  # (B, 1, W)
         elif regions.stride(0) == 0:  # one image seen B times (a match against B texts): read it once
             image = self.read_image(regions[:1]).expand(batch, -1, -1)
         else:
             image = self.read_image(regions)  # (B, P+R, W)
+        return self.attend(texts, image, need_weights)
+
+    def attend(self, texts: TextBatch, image: torch.Tensor,
+               need_weights: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``hidden`` for images already read (``read_image``): (B, P+R, W) → token states (B, T, W)."""
+        tokens = texts.states.shape[1]
+        states = texts.states[..., -self.config.text_in_dim:]  # the word part alone, when that is all it reads
+        text = self.text_in(self.text_norm(states)) + self.text_positions[:tokens]  # (B, T, W)
         positions = torch.arange(tokens, device=text.device)  # (T,)
         text_padding = positions[None, :] >= texts.lengths[:, None]  # (B, T)
         causal_mask = positions[None, :] > positions[:, None] if self.config.causal else None  # (T, T)
@@ -288,15 +294,16 @@ class FusionScorer(nn.Module):
 
     def log_likelihood(self, hidden: torch.Tensor, texts: TextBatch) -> torch.Tensor:
         """(B,) the summed log-probability of each text's tokens after the first."""
-        log_probs, targets, real = self._next_tokens(hidden, texts)  # (B, T-1, V), (B, T-1), (B, T-1)
-        picked = log_probs.gather(-1, targets[..., None]).squeeze(-1)  # (B, T-1)
-        return (picked * real).sum(dim=1)
+        return self.token_log_probs(hidden, texts).sum(dim=1)
 
     def caption_loss(self, texts: TextBatch, regions: torch.Tensor | None) -> torch.Tensor:
         """Mean cross-entropy of predicting each next token (the captioning objective)."""
-        log_probs, targets, real = self._next_tokens(self.hidden(texts, regions)[0], texts)
-        losses = F.nll_loss(log_probs.transpose(1, 2), targets, reduction="none")  # (B, T-1)
-        return (losses * real).sum() / real.sum().clamp(min=1)
+        return mean_token_loss(self.token_log_probs(self.hidden(texts, regions)[0], texts), texts)
+
+    def token_log_probs(self, hidden: torch.Tensor, texts: TextBatch) -> torch.Tensor:
+        """(B, T-1) the log-probability of each text's token after the first; 0 past its end."""
+        log_probs, targets, real = self._next_tokens(hidden, texts)  # (B, T-1, V), (B, T-1), (B, T-1)
+        return log_probs.gather(-1, targets[..., None]).squeeze(-1) * real
 
     def _next_tokens(self, hidden: torch.Tensor,
                      texts: TextBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -317,3 +324,9 @@ class FusionScorer(nn.Module):
     def final_scores(self, stage1: torch.Tensor, match_logit: torch.Tensor) -> torch.Tensor:
         """``stage1 + w · match_logit``, elementwise."""
         return stage1 + self.rerank_weight * match_logit
+
+
+def mean_token_loss(token_log_probs: torch.Tensor, texts: TextBatch) -> torch.Tensor:
+    """The captioning loss, the mean cross-entropy per predicted token, from (B, T-1)
+    ``token_log_probs`` (0 past each text's end)."""
+    return -token_log_probs.sum() / (texts.lengths - 1).clamp(min=0).sum().clamp(min=1)

@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 @click.option("--text-negatives", type=click.IntRange(0), default=8, show_default=True,
               help="Wrong texts per image (word-swapped captions, nearest captions): the match objective's "
                    "image -> text term, and its validation; 0 turns them off.")
+@click.option("--swaps", type=click.IntRange(0), default=0, show_default=True,
+              help="Caption objective: word-swapped variants of each caption (red <-> blue, cube <-> ball, "
+                   "or both) that its image must score below the caption. Better at which thing has "
+                   "which colour, worse at telling unlike scenes apart (see README); 1 is the measured "
+                   "setting, 0 turns it off.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Captions per step.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate (after a short warm-up).")
 @click.option("--width", type=click.IntRange(8), default=128, show_default=True, help="Scorer width.")
@@ -41,7 +46,7 @@ if TYPE_CHECKING:
 @json_option
 @fail_cleanly
 def train_reranker_command(pairs, images_root, split, index_dir, objective, epochs, negatives, text_negatives,
-                           batch_size, lr, width, layers, region_layers, dropout, patience, device, as_json):
+                           swaps, batch_size, lr, width, layers, region_layers, dropout, patience, device, as_json):
     """Train the fusion scorer on PAIRS, captioned images that are in the index.
 
     PAIRS is JSON Lines ({"image": path, "caption": text}), COCO captions JSON, or a
@@ -56,7 +61,7 @@ def train_reranker_command(pairs, images_root, split, index_dir, objective, epoc
 
     loaded = load_pairs(pairs, images_root, split)
     options = TrainOptions(objective=objective, epochs=epochs, negatives=negatives, text_negatives=text_negatives,
-                           batch_size=batch_size, lr=lr, width=width, layers=layers,
+                           swaps=swaps, batch_size=batch_size, lr=lr, width=width, layers=layers,
                            region_layers=region_layers, dropout=dropout, patience=patience, device=device)
     progress = TqdmProgress("training")
     with open_index(index_dir, device) as index:

@@ -9,7 +9,7 @@ the index), ``objective`` (logits and loss), ``validate`` (the fitted ``w``), ``
 
 from .evaluate import EvalReport, ImageToTextReport, evaluate, recall_at
 from .loop import EarlyStopping, EpochRecord, TrainOptions, TrainPlan, TrainReport, train_reranker
-from .mining import STOPWORDS, Examples, mine_examples, sample_candidates, swapped_variants
+from .mining import STOPWORDS, Examples, WordKinds, mine_examples, sample_candidates, swapped_variants
 from .objective import listwise_loss, match_logits
 from .pairs import Pair, ResolvedPairs, load_pairs, resolve_pairs, split_by_image
 from .validate import fit_rerank_weight
@@ -18,6 +18,7 @@ __all__ = [
     "train_reranker", "TrainOptions", "TrainPlan", "TrainReport", "EpochRecord", "EarlyStopping",
     "evaluate", "EvalReport", "ImageToTextReport", "recall_at",
     "load_pairs", "Pair", "resolve_pairs", "ResolvedPairs", "split_by_image",
-    "mine_examples", "Examples", "sample_candidates", "swapped_variants", "STOPWORDS",
+    "mine_examples", "Examples", "sample_candidates", "swapped_variants", "WordKinds",
+    "STOPWORDS",
     "match_logits", "listwise_loss", "fit_rerank_weight",
 ]

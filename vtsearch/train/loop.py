@@ -35,7 +35,8 @@ from ..progress import NoProgress, Progress
 from ..query.rerank import Reranker
 from ..query.sources import RegionSource
 from .bank import RegionBank
-from .mining import Examples, TextTokens, mine_examples, mine_text_negatives, sample_candidates
+from .mining import (Examples, TextTokens, encode_swaps, mine_examples, mine_text_negatives, sample_candidates,
+                     swap_texts)
 from .objective import caption_loss, listwise_loss, match_logits, text_logits
 from .pairs import Pair, ResolvedPairs, resolve_pairs, split_by_image
 from .validate import validate_images, validate_texts
@@ -60,6 +61,7 @@ class TrainOptions:
     patience: int = 5  # epochs in a row without a better validation score or loss before stopping
     val_shortlist: int = 50  # validation ranks each caption's image among this many
     text_negatives: int = 8  # image → text term: negative texts per image (0: off)
+    swaps: int = 0  # caption objective: word-swapped variants each caption is contrasted with (0: off)
     width: int = 128
     layers: int = 2
     region_layers: int = 1  # self-attention blocks among an image's regions before the text reads them
@@ -171,6 +173,7 @@ class _TrainingData:
 
     examples: Examples
     text_negatives: list[list[TextTokens]] | None  # None: the image → text term is off
+    swaps: list[list[TextTokens]] | None  # per caption, its word-swapped variants; None: the contrast is off
     regions: RegionSource
     train_rows: list[int]  # shuffled in place each epoch
     val_rows: list[int]  # held out
@@ -239,15 +242,19 @@ def _mine(index: "Index", resolved: ResolvedPairs, regions: RegionSource, layout
     train_rows, val_rows = split_by_image(resolved.image_ids, options.val_fraction, options.seed)
     checked = _validation_rows(train_rows, val_rows)
     mined = sorted(set(checked) | set(train_rows)) if options.objective == "match" else checked
-    progress.start(len(resolved.captions) + len(index))
+    swapped = (swap_texts(resolved, options.swaps, options.seed, train_rows)
+               if options.objective == "caption" and options.swaps else None)
+    progress.start(len(resolved.captions) + len(index) + sum(map(len, (swapped or {}).values())))
     depth = max(100, 4 * options.negatives, options.val_shortlist + 8)
     examples = mine_examples(index, resolved, depth, progress, mined)
+    swaps = (encode_swaps(index.encoder, swapped, len(resolved.captions), progress)
+             if swapped is not None else None)
     # a caption scorer is told word salad by its prior, which no real text to match has
     text_negatives = (mine_text_negatives(index, resolved, examples, options.text_negatives, options.seed, mined,
                                           swaps=options.objective == "match") if options.text_negatives else None)
     bank = RegionBank.load(regions, examples.image_ids, layout.regions, layout.dim, progress, device)
     progress.close()
-    return _TrainingData(examples, text_negatives, bank, train_rows, val_rows, checked)
+    return _TrainingData(examples, text_negatives, swaps, bank, train_rows, val_rows, checked)
 
 
 def _fusion_config(index: "Index", layout: RegionLayout, options: TrainOptions, examples: Examples) -> FusionConfig:
@@ -339,7 +346,7 @@ class _Trainer:
     def batch_loss(self, rows: list[int]) -> torch.Tensor:
         data = self.data
         if self.options.objective == "caption":
-            return caption_loss(self.scorer, data.examples, rows, data.regions, self.device)
+            return caption_loss(self.scorer, data.examples, rows, data.regions, self.device, data.swaps)
         candidates = sample_candidates(data.examples, rows, self.options.negatives, self.candidate_rng)
         loss = listwise_loss(match_logits(self.scorer, data.examples, rows, candidates, data.regions, self.device))
         if data.text_negatives is not None:

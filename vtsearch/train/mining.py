@@ -5,13 +5,16 @@ its images are its hard negatives (``mine_examples``); each batch draws its cand
 from them (``sample_candidates``). Image → text: each caption's image gets wrong texts,
 half of them the caption with two content words swapped (``swapped_variants``: the same
 words in another binding, exactly what one vector per text cannot tell apart), half its
-image's stage-1 nearest captions that are not its own (``mine_text_negatives``).
+image's stage-1 nearest captions that are not its own (``mine_text_negatives``). The
+caption objective's swaps (``train-reranker --swaps``) trade only words of one kind, as
+the captions themselves tell them apart (``WordKinds``): "a red cube left of a blue ball"
+→ "a blue cube left of a red ball", never "a cube red ...".
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Sequence
 
@@ -162,11 +165,18 @@ def swapped_variants(caption: str, count: int, rng: np.random.Generator) -> list
     words = caption.split()
     slots = [i for i, word in enumerate(words) if word.lower().strip(".,") not in STOPWORDS]
     pairs = [(i, j) for n, i in enumerate(slots) for j in slots[n + 1:] if words[i].lower() != words[j].lower()]
+    return _swapped(caption, [[pair] for pair in pairs], count, rng)
+
+
+def _swapped(caption: str, choices: list[list[tuple[int, int]]], count: int, rng: np.random.Generator) -> list[str]:
+    """Up to ``count`` distinct captions, each ``caption`` with one of the ``choices`` of
+    word swaps (pairs of word positions) made, picked in random order."""
+    words = caption.split()
     variants: list[str] = []
-    for pick in rng.permutation(len(pairs)):
-        i, j = pairs[pick]
+    for pick in rng.permutation(len(choices)):
         swapped = list(words)
-        swapped[i], swapped[j] = swapped[j], swapped[i]
+        for i, j in choices[pick]:
+            swapped[i], swapped[j] = swapped[j], swapped[i]
         text = " ".join(swapped)
         if text != caption and text not in variants:
             variants.append(text)
@@ -176,6 +186,90 @@ def swapped_variants(caption: str, count: int, rng: np.random.Generator) -> list
 
 
 TextTokens = tuple[torch.Tensor, torch.Tensor]  # a text's token states (T, Dt) and ids (T,)
+
+
+class WordKinds:
+    """Which content words of a set of captions are of one kind (colour names, object
+    names, relation words): those found between the same neighbours, judged by the cosine
+    of their counts of the word just before, and that of the word just after, both at
+    least ``threshold`` (any stopword counts as one neighbour: "a red", "an orange"). No
+    word list and no tagger: the captions alone say that "red" and "blue" fill the same
+    slot, and so do "dog" and "couch"."""
+
+    def __init__(self, captions: Sequence[str], min_count: int = 5, threshold: float = 0.5):
+        self.threshold = threshold
+        sides: tuple[dict[str, Counter[str]], dict[str, Counter[str]]] = (defaultdict(Counter), defaultdict(Counter))
+        for caption in captions:
+            words = ["<start>", *(_word(word) for word in caption.split()), "<end>"]
+            slots = ["·" if word in STOPWORDS else word for word in words]
+            for before, word, after in zip(slots, words[1:], slots[2:]):
+                sides[0][word][before] += 1
+                sides[1][word][after] += 1
+        kept = [word for word, counts in sides[0].items()
+                if word and word not in STOPWORDS and sum(counts.values()) >= min_count]
+        self.contexts = {word: tuple(_unit(side[word]) for side in sides) for word in kept}
+        self._same: dict[tuple[str, str], bool] = {}
+
+    def same_kind(self, first: str, second: str) -> bool:
+        """Whether two (different) words fill the same slots often enough to be swapped."""
+        first, second = sorted((_word(first), _word(second)))
+        if first == second or first not in self.contexts or second not in self.contexts:
+            return False
+        key = (first, second)
+        if key not in self._same:
+            self._same[key] = all(_dot(one, other) >= self.threshold
+                                  for one, other in zip(self.contexts[first], self.contexts[second]))
+        return self._same[key]
+
+    def swaps(self, caption: str, count: int, rng: np.random.Generator) -> list[str]:
+        """Up to ``count`` captions made by swapping two words of one kind (red ↔ blue), or
+        two such pairs at once (red ↔ blue and cube ↔ ball: the two things trade places):
+        the same words in another binding."""
+        words = caption.split()
+        pairs = [(i, j) for i in range(len(words)) for j in range(i + 2, len(words))  # neighbours: word salad
+                 if self.same_kind(words[i], words[j])]
+        choices = [[pair] for pair in pairs]
+        choices += [[first, second] for n, first in enumerate(pairs) for second in pairs[n + 1:]
+                    if not set(first) & set(second)]
+        return _swapped(caption, choices, count, rng)
+
+
+def _word(word: str) -> str:
+    return word.lower().strip(".,;:!?\"'()")
+
+
+def _unit(counts: Counter[str]) -> dict[str, float]:
+    norm = math.sqrt(sum(n * n for n in counts.values()))
+    return {key: n / norm for key, n in counts.items()}
+
+
+def _dot(first: dict[str, float], second: dict[str, float]) -> float:
+    small, large = sorted((first, second), key=len)
+    return sum(value * large.get(key, 0.0) for key, value in small.items())
+
+
+def swap_texts(resolved: ResolvedPairs, count: int, seed: int, rows: Sequence[int]) -> dict[int, list[str]]:
+    """Per caption in ``rows``: up to ``count`` of its swaps (``WordKinds.swaps``) that are
+    not a caption of its own image."""
+    kinds = WordKinds(resolved.captions)
+    rng = np.random.default_rng(seed)
+    own: dict[int, set[str]] = defaultdict(set)  # image → its captions
+    for caption, image_id in zip(resolved.captions, resolved.image_ids):
+        own[image_id].add(caption)
+    return {row: [text for text in kinds.swaps(resolved.captions[row], count, rng)
+                  if text not in own[resolved.image_ids[row]]] for row in rows}
+
+
+def encode_swaps(encoder: "Encoder", swapped: dict[int, list[str]], captions: int,
+                 progress: Progress) -> list[list[TextTokens]]:
+    """The token states and ids of ``swap_texts``, per caption (``captions`` of them; those
+    not in ``swapped`` get none); each distinct text encoded once, advancing ``progress``."""
+    distinct = list(dict.fromkeys(text for variants in swapped.values() for text in variants))
+    states = _token_states(encoder, distinct, progress)
+    variants: list[list[TextTokens]] = [[] for _ in range(captions)]
+    for row, texts in swapped.items():
+        variants[row] = [states[text] for text in texts]
+    return variants
 
 
 def mine_text_negatives(index: "Index", resolved: ResolvedPairs, examples: Examples, count: int,
@@ -208,13 +302,15 @@ def mine_text_negatives(index: "Index", resolved: ResolvedPairs, examples: Examp
     return negatives
 
 
-def _token_states(encoder: "Encoder", texts: list[str]) -> dict[str, TextTokens]:
+def _token_states(encoder: "Encoder", texts: list[str], progress: Progress | None = None) -> dict[str, TextTokens]:
     """Each text's token states and ids."""
     states: dict[str, TextTokens] = {}
     for start in range(0, len(texts), ENCODE_BATCH):
         chunk = texts[start:start + ENCODE_BATCH]
         features = encoder.encode_text_features(chunk)
         states.update(zip(chunk, zip([row.half() for row in features.tokens], features.ids)))
+        if progress is not None:
+            progress.advance(len(chunk))
     return states
 
 

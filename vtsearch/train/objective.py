@@ -3,7 +3,10 @@
 The caption objective (the default): each caption's tokens predicted from its image's
 regions and the tokens before it, and again from "no image" (the scorer's prior; see
 ``fusion``). Only the right images are read, so a step costs one scorer pass per caption
-(two with the prior), against 1 + K for a listwise step over K negatives.
+(two with the prior), against 1 + K for a listwise step over K negatives. With swaps
+(``train-reranker --swaps``, off by default) each caption is also contrasted with its
+word-swapped variants under its image (``swap_contrast``): binding improves, recall
+across unlike scenes falls (docs/reranker-notes.md).
 
 The match objective: the scorer's match logits for a batch, and a listwise loss.
 Caption → image: each caption against its candidate images (positive first). Image →
@@ -19,9 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..fusion import FusionScorer, TextBatch
+from ..fusion import FusionScorer, TextBatch, mean_token_loss
 from ..query.sources import RegionSource
 from .mining import Examples, TextTokens
+
+SWAP_WEIGHT = 0.25  # of the swap contrast against the caption loss (at 1, with two swaps: lower recall, less binding)
 
 
 def caption_batch(examples: Examples, rows: Sequence[int]) -> TextBatch:
@@ -30,11 +35,45 @@ def caption_batch(examples: Examples, rows: Sequence[int]) -> TextBatch:
 
 
 def caption_loss(scorer: FusionScorer, examples: Examples, rows: Sequence[int], regions: RegionSource,
-                 device: torch.device) -> torch.Tensor:
-    """Next-token cross-entropy of each caption given its image, plus given no image."""
+                 device: torch.device, swaps: list[list[TextTokens]] | None = None) -> torch.Tensor:
+    """Next-token cross-entropy of each caption given its image, plus given no image;
+    with ``swaps``, plus the swap contrast (``swap_contrast``)."""
+    rows = list(rows)
     texts = caption_batch(examples, rows).to(device)
-    image_regions = regions.regions(examples.positives[list(rows)].tolist()).to(device)  # (B, R, Dr)
-    return scorer.caption_loss(texts, image_regions) + scorer.caption_loss(texts, None)
+    image = scorer.read_image(regions.regions(examples.positives[rows].tolist()).to(device))  # (B, R, W)
+    given_image = scorer.token_log_probs(scorer.attend(texts, image)[0], texts)  # (B, T-1)
+    given_nothing = scorer.token_log_probs(scorer.hidden(texts, None)[0], texts)
+    loss = mean_token_loss(given_image, texts) + mean_token_loss(given_nothing, texts)
+    if swaps is None:
+        return loss
+    own = (given_image.sum(dim=1) - given_nothing.sum(dim=1).detach()) / (texts.lengths - 1).clamp(min=1)
+    return loss + SWAP_WEIGHT * swap_contrast(scorer, own, image, [swaps[row] for row in rows], device)
+
+
+def swap_contrast(scorer: FusionScorer, own: torch.Tensor, image: torch.Tensor, swaps: list[list[TextTokens]],
+                  device: torch.device) -> torch.Tensor:
+    """Each caption against its word-swapped variants (same words, other binding), given
+    its image: a listwise loss over their PMI per predicted token, (log p(text | image) −
+    log p(text | no image)) / tokens, the caption first. The prior is a fixed offset here
+    (not trained by this term), so a variant can only be pushed down through the image.
+    Per token, not summed: summed, the term dwarfed the caption loss and the training
+    loss jumped from epoch to epoch. ``own`` (B,) the captions' PMI per token; ``image`` (B, R, W) their images
+    as read."""
+    widest = max(len(variants) for variants in swaps)
+    if widest == 0:
+        return own.new_zeros(())
+    scores = torch.full((len(own), 1 + widest), -torch.inf, device=device)  # a row's missing variants: -inf
+    scores[:, 0] = own
+    slots = [(row, column) for row, variants in enumerate(swaps) for column in range(len(variants))]
+    batch = TextBatch.pad([swaps[row][column][0] for row, column in slots],
+                          [swaps[row][column][1] for row, column in slots]).to(device)
+    owners = torch.tensor([row for row, _ in slots], device=device)
+    given_image = scorer.log_likelihood(scorer.attend(batch, image[owners])[0], batch)
+    with torch.no_grad():
+        prior = scorer.text_log_likelihood(batch, None)
+    scores[owners, torch.tensor([column for _, column in slots], device=device) + 1] = \
+        (given_image - prior) / (batch.lengths - 1).clamp(min=1)
+    return listwise_loss(scores)
 
 
 def match_logits(scorer: FusionScorer, examples: Examples, rows: Sequence[int], candidates: np.ndarray,
