@@ -292,8 +292,8 @@ def test_an_index_made_before_keeps_its_kind_of_regions(tmp_path, tiny_encoder):
 
 
 def test_swaps_contrast_each_caption_with_its_word_swapped_variants(captioned, monkeypatch):
-    """With ``swaps`` the caption objective also ranks each caption above its swaps (two
-    words of one kind traded) under its image; the loss stays finite."""
+    """In the second half of the epochs the caption objective also ranks each caption
+    above its swaps (two words of one kind traded) under its image; the loss stays finite."""
     from vtsearch.train import objective, train_reranker
 
     index, pairs = captioned
@@ -308,9 +308,12 @@ def test_swaps_contrast_each_caption_with_its_word_swapped_variants(captioned, m
         return contrast(scorer, own, image, swaps, device)
 
     monkeypatch.setattr(objective, "swap_contrast", spy)
-    _, report = train_reranker(index, pairs, TrainOptions(epochs=1, swaps=1, batch_size=8, width=16, device="cpu"))
-    assert seen and sum(seen) == report.train_captions  # one swap each: colours, or cube <-> ball, or both
-    assert np.isfinite(report.history[0].train_loss)
+    options = TrainOptions(epochs=2, patience=5, batch_size=8, width=16, device="cpu")
+    assert options.swaps == 1 and options.swaps_from == 0.5  # the defaults: one swap, from halfway
+    _, report = train_reranker(index, pairs, options)
+    assert report.epochs_run == 2
+    assert seen and sum(seen) == report.train_captions  # epoch 2 only; one swap each: colours, shapes or both
+    assert all(np.isfinite(record.train_loss) for record in report.history)
     seen.clear()
-    train_reranker(index, pairs, TrainOptions(epochs=1, batch_size=8, width=16, device="cpu"))
-    assert not seen  # off by default
+    train_reranker(index, pairs, TrainOptions(epochs=1, swaps=0, batch_size=8, width=16, device="cpu"))
+    assert not seen

@@ -26,11 +26,10 @@ if TYPE_CHECKING:
 @click.option("--text-negatives", type=click.IntRange(0), default=8, show_default=True,
               help="Wrong texts per image (word-swapped captions, nearest captions): the match objective's "
                    "image -> text term, and its validation; 0 turns them off.")
-@click.option("--swaps", type=click.IntRange(0), default=0, show_default=True,
-              help="Caption objective: word-swapped variants of each caption (red <-> blue, cube <-> ball, "
-                   "or both) that its image must score below the caption. Better at which thing has "
-                   "which colour, worse at telling unlike scenes apart (see README); 1 is the measured "
-                   "setting, 0 turns it off.")
+@click.option("--swaps", type=click.IntRange(0), default=1, show_default=True,
+              help="Caption objective, second half of the epochs: word-swapped variants of each caption "
+                   "(red <-> blue, cube <-> ball, or both) that its image must score below the caption; "
+                   "0 turns them off.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Captions per step.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate (after a short warm-up).")
 @click.option("--width", type=click.IntRange(8), default=128, show_default=True, help="Scorer width.")

@@ -1,7 +1,8 @@
 """Training the fusion scorer from captioned images already in the index.
 
 The caption objective (the default; see ``objective``): the scorer learns to say each
-caption's words from its image's regions. The match objective: for each caption the
+caption's words from its image's regions, and from halfway through the run also to score
+it above its word-swapped variants (``options.swaps``). The match objective: for each caption the
 positive is its image; the hard negatives are its stage-1 neighbours that are not its
 image (nor another image with the very same caption), mined from the index itself
 (``mining``), and the loss is listwise over positive + K negatives, with a second
@@ -61,7 +62,8 @@ class TrainOptions:
     patience: int = 5  # epochs in a row without a better validation score or loss before stopping
     val_shortlist: int = 50  # validation ranks each caption's image among this many
     text_negatives: int = 8  # image → text term: negative texts per image (0: off)
-    swaps: int = 0  # caption objective: word-swapped variants each caption is contrasted with (0: off)
+    swaps: int = 1  # caption objective: word-swapped variants each caption is contrasted with (0: off)
+    swaps_from: float = 0.5  # ... from the epoch after this fraction of the epochs (caption loss alone before)
     width: int = 128
     layers: int = 2
     region_layers: int = 1  # self-attention blocks among an image's regions before the text reads them
@@ -297,6 +299,7 @@ class _Trainer:
         self.order_rng = random.Random(options.seed)
         self.on_plan: Callable[[TrainPlan], None] | None = None
         self.validation_seconds = 0.0
+        self.epoch = 0
 
     def run(self, progress: Progress, on_epoch: Callable[[EpochRecord], None] | None,
             on_plan: Callable[[TrainPlan], None] | None, started: float) -> tuple[list[EpochRecord], EarlyStopping]:
@@ -309,6 +312,7 @@ class _Trainer:
         progress.start(self.steps)
         try:
             for epoch in range(1, self.options.epochs + 1):
+                self.epoch = epoch
                 train_loss = self.train_epoch(progress)
                 record = self.validate(epoch, train_loss, started)
                 history.append(record)
@@ -346,7 +350,9 @@ class _Trainer:
     def batch_loss(self, rows: list[int]) -> torch.Tensor:
         data = self.data
         if self.options.objective == "caption":
-            return caption_loss(self.scorer, data.examples, rows, data.regions, self.device, data.swaps)
+            swapping = self.epoch > self.options.swaps_from * self.options.epochs
+            return caption_loss(self.scorer, data.examples, rows, data.regions, self.device,
+                                data.swaps if swapping else None)
         candidates = sample_candidates(data.examples, rows, self.options.negatives, self.candidate_rng)
         loss = listwise_loss(match_logits(self.scorer, data.examples, rows, candidates, data.regions, self.device))
         if data.text_negatives is not None:

@@ -3,10 +3,11 @@
 The caption objective (the default): each caption's tokens predicted from its image's
 regions and the tokens before it, and again from "no image" (the scorer's prior; see
 ``fusion``). Only the right images are read, so a step costs one scorer pass per caption
-(two with the prior), against 1 + K for a listwise step over K negatives. With swaps
-(``train-reranker --swaps``, off by default) each caption is also contrasted with its
-word-swapped variants under its image (``swap_contrast``): binding improves, recall
-across unlike scenes falls (docs/reranker-notes.md).
+(two with the prior), against 1 + K for a listwise step over K negatives. In the second
+half of the epochs (``train-reranker --swaps``, one by default) each caption is also
+contrasted with its word-swapped variants under its image (``swap_contrast``): from the
+first epoch, binding improved and recall across unlike scenes fell; from halfway, binding
+improved more at little cost in recall (docs/reranker-notes.md).
 
 The match objective: the scorer's match logits for a batch, and a listwise loss.
 Caption → image: each caption against its candidate images (positive first). Image →
