@@ -2,9 +2,9 @@
 
 The caption objective (the default; see ``objective``): the scorer learns to say each
 caption's words from its image's regions, and from halfway through the run also to score
-it above its word-swapped variants (``options.swaps``). The match objective: for each caption the
-positive is its image; the hard negatives are its stage-1 neighbours that are not its
-image (nor another image with the very same caption), mined from the index itself
+it above its word-swapped variants (``options.swaps``). The match objective: for each
+caption the positive is its image; the hard negatives are its stage-1 neighbours that
+are not its image (nor another image with the very same caption), mined from the index itself
 (``mining``), and the loss is listwise over positive + K negatives, with a second
 listwise term for image → text (the caption against text negatives). Either way the
 encoder stays frozen: only the scorer learns. The index's regions are read into memory
