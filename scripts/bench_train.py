@@ -10,8 +10,10 @@ Two numbers from one run, on the same index and scorer configuration:
   step on a batch already in memory (random tensors of the same shapes: batch, caption
   length, regions), nothing else.
 
-The ratio says how much of a run is the scorer's own work. Run it on an index with
-captions, e.g. the demo's:
+The ratio says how much of a run is the scorer's own work. Word swaps (``--swaps``) are
+off in the run: a swap epoch does more of the scorer's own work per caption (each
+variant is scored too), which is the objective's cost, not the run's overhead. Run it
+on an index with captions, e.g. the demo's:
 
     python scripts/bench_train.py demo/data/train.jsonl --index demo/index [--epochs 3]
 """
@@ -63,7 +65,7 @@ def main() -> None:
     parser.add_argument("--bare-seconds", type=float, default=20.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    options = TrainOptions(epochs=args.epochs, patience=args.epochs)
+    options = TrainOptions(epochs=args.epochs, patience=args.epochs, swaps=0)  # the bare step has no swaps
     pairs = load_pairs(args.pairs)
     with tempfile.TemporaryDirectory() as scratch:  # the run saves nothing into the index
         copy = Path(scratch) / "index"

@@ -58,8 +58,8 @@ def swap_contrast(scorer: FusionScorer, own: torch.Tensor, image: torch.Tensor, 
     log p(text | no image)) / tokens, the caption first. The prior is a fixed offset here
     (not trained by this term), so a variant can only be pushed down through the image.
     Per token, not summed: summed, the term dwarfed the caption loss and the training
-    loss jumped from epoch to epoch. ``own`` (B,) the captions' PMI per token; ``image`` (B, R, W) their images
-    as read."""
+    loss jumped from epoch to epoch. ``own`` (B,) the captions' PMI per token; ``image``
+    (B, R, W) their images as read."""
     widest = max(len(variants) for variants in swaps)
     if widest == 0:
         return own.new_zeros(())
