@@ -224,16 +224,19 @@ def test_swap_contrast_is_a_listwise_loss_over_pmi_per_token_and_skips_rows_with
     scorer = FusionScorer(WORLD)
     red, blue = COLOURS[0], COLOURS[2]
     images = torch.stack([world_image(red, blue, (0, 1)), world_image(blue, red, (1, 1))])
-    captions = TextBatch.pad(*zip(world_text(red, LEFT, blue), world_text(blue, LEFT, red)))
+    captions = [world_text(red, LEFT, blue), world_text(blue, LEFT, red)]
     swapped = world_text(blue, LEFT, red)  # row 0's colours traded; row 1 has no variant
+    batch = TextBatch.pad(*zip(*captions, swapped))  # as caption_loss batches them: captions, then variants
     read = scorer.read_image(images)
-    prior = scorer.text_log_likelihood(captions, None).detach()  # as caption_loss passes it
-    own = (scorer.log_likelihood(scorer.attend(captions, read)[0], captions) - prior) / 4  # 4 tokens predicted
-    loss = swap_contrast(scorer, own, read, [[swapped], []], torch.device("cpu"))
+    given_image = scorer.token_log_probs(scorer.attend(batch, read[[0, 1, 0]])[0], batch)
+    given_nothing = scorer.token_log_probs(scorer.hidden(batch, None)[0], batch)
+    loss = swap_contrast(given_image, given_nothing, batch.lengths, 2, [(0, 0)])
+    own = TextBatch.pad([captions[0][0]], [captions[0][1]])
     one = TextBatch.pad([swapped[0]], [swapped[1]])
     with torch.no_grad():
-        variant = (scorer.text_log_likelihood(one, images[:1]) - scorer.text_log_likelihood(one, None)) / 4
-        pair = torch.stack([own[0].detach(), variant[0]])
+        pmi = [(scorer.text_log_likelihood(text, images[:1]) - scorer.text_log_likelihood(text, None)) / 4
+               for text in (own, one)]  # 4 tokens predicted
+        pair = torch.cat(pmi)
         expected = -torch.log_softmax(pair, dim=0)[0] / 2  # row 1 adds log 1 = 0
     torch.testing.assert_close(loss.detach(), expected)
     loss.backward()

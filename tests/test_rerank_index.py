@@ -303,9 +303,9 @@ def test_swaps_contrast_each_caption_with_its_word_swapped_variants(captioned, m
     seen: list[int] = []
     contrast = objective.swap_contrast
 
-    def spy(scorer, own, image, swaps, device):
-        seen.append(sum(map(len, swaps)))
-        return contrast(scorer, own, image, swaps, device)
+    def spy(given_image, given_nothing, lengths, captions, slots):
+        seen.append(len(slots))
+        return contrast(given_image, given_nothing, lengths, captions, slots)
 
     monkeypatch.setattr(objective, "swap_contrast", spy)
     options = TrainOptions(epochs=2, patience=5, batch_size=8, width=16, device="cpu")

@@ -191,12 +191,35 @@ class TextBatch:
         return TextBatch(self.states.repeat_interleave(count, dim=0), self.ids.repeat_interleave(count, dim=0),
                          self.lengths.repeat_interleave(count))
 
+    def head(self, count: int) -> "TextBatch":
+        """The first ``count`` texts (as padded as the whole batch)."""
+        return TextBatch(self.states[:count], self.ids[:count], self.lengths[:count])
+
     def expand(self, count: int) -> "TextBatch":
         """A one-text batch seen ``count`` times, without copying."""
         return TextBatch(self.states.expand(count, -1, -1), self.ids.expand(count, -1), self.lengths.expand(count))
 
     def to(self, device: torch.device) -> "TextBatch":
         return TextBatch(self.states.to(device), self.ids.to(device), self.lengths.to(device))
+
+
+@dataclass(frozen=True)
+class ReadImages:
+    """K images as the text blocks read them (``FusionScorer.read_image``'s output): what
+    an index keeps per image for its trained scorer, so that a query need not read them
+    again (:mod:`vtsearch.query.readcache`)."""
+
+    values: torch.Tensor  # (K, P+R, W)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.values.shape
+
+    def to(self, device: torch.device) -> "ReadImages":
+        return ReadImages(self.values.to(device))
 
 
 class FusionScorer(nn.Module):
@@ -243,12 +266,15 @@ class FusionScorer(nn.Module):
             image = block(image)
         return image
 
-    def hidden(self, texts: TextBatch, regions: torch.Tensor | None,
+    def hidden(self, texts: TextBatch, regions: torch.Tensor | ReadImages | None,
                need_weights: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Token states (B, T, W) after the blocks, having read ``regions`` (B, P+R, Dr) or,
-        with None, the learned "no image"; per-layer attention (B, T, P+R) when asked."""
+        with None, the learned "no image"; per-layer attention (B, T, P+R) when asked.
+        Images already read (``ReadImages``) go straight to the text blocks."""
         batch = len(texts)
-        if regions is None:
+        if isinstance(regions, ReadImages):
+            image = regions.values.float()
+        elif regions is None:
             image = self.no_image[None].expand(batch, -1, -1)  # (B, 1, W)
         elif regions.stride(0) == 0:  # one image seen B times (a match against B texts): read it once
             image = self.read_image(regions[:1]).expand(batch, -1, -1)
@@ -275,18 +301,22 @@ class FusionScorer(nn.Module):
     def forward(
         self,
         texts: TextBatch,
-        regions: torch.Tensor,  # (B, P+R, Dr)
+        regions: torch.Tensor | ReadImages,  # (B, P+R, Dr), or already read (B, P+R, W)
         need_weights: bool = False,
         prior: torch.Tensor | None = None,  # (B,) log p(text | no image), when already known
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Match logits (B,), and per-layer attention weights (B, T, P+R) when asked."""
         hidden, attention = self.hidden(texts, regions, need_weights)
+        return self.match_logit(hidden, texts, prior), attention
+
+    def match_logit(self, hidden: torch.Tensor, texts: TextBatch, prior: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) match logits from the token states (B, T, W) of ``hidden`` or ``attend``."""
         if self.config.score == "caption":
             if prior is None:
                 prior = self.text_log_likelihood(texts, None)
-            return self.log_likelihood(hidden, texts) - prior, attention
+            return self.log_likelihood(hidden, texts) - prior
         end_of_text = hidden[torch.arange(len(texts), device=hidden.device), texts.lengths - 1]  # (B, W)
-        return self.head(self.ln_out(end_of_text)).squeeze(-1), attention
+        return self.head(self.ln_out(end_of_text)).squeeze(-1)
 
     def text_log_likelihood(self, texts: TextBatch, regions: torch.Tensor | None) -> torch.Tensor:
         """(B,) log p(text | regions), or with None log p(text | no image)."""

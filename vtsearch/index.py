@@ -23,7 +23,7 @@ from .device import resolve_device
 from .encoder import Encoder
 from .encoder.coca import broken_contrastive_head, has_text_decoder
 from .encoder.weights import check_weights
-from .errors import ModelLoadError, ModelMismatchError
+from .errors import IndexLockedError, ModelLoadError, ModelMismatchError
 from .filters import SearchFilter
 from .fusion import FusionConfig
 from .progress import Progress
@@ -32,6 +32,7 @@ from .query.context import QueryContext
 from .query.decoder import SCORER as DECODER_SCORER
 from .query.decoder import DecoderConfig, DecoderReranker
 from .query.images import QueryImage
+from .query.readcache import ReadCache, remove_read_files
 from .query.rerank import Reranker, Stage2
 from .query.sources import ComputedRegions, RegionSource, StoredRegions
 from .query.texts import check_text_value, encode_texts
@@ -63,6 +64,7 @@ class Index:
         self.precision = precision  # how a loaded encoder computes (vtsearch.encoder.precision)
         self._encoder = encoder
         self._reranker: Stage2 | None = None
+        self._read_cache: ReadCache | None = None
         self._texts = match.TextIndex(store.catalog, store.manifest.embed_dim)
 
     # lifecycle
@@ -186,15 +188,44 @@ class Index:
                 self._reranker = Reranker.untrained(config, device=device, precision=self.encoder.precision)
         return self._reranker
 
-    def save_reranker(self, reranker: Reranker) -> None:
+    @property
+    def read_cache(self) -> ReadCache | None:
+        """The images as the trained fusion scorer reads them (:mod:`vtsearch.query.readcache`);
+        None without such a scorer, or without a region store."""
+        reranker = self.reranker
+        store = self.store.regions.store
+        if not isinstance(reranker, Reranker) or reranker.digest is None or not reranker.changes_order \
+                or store is None:
+            return None
+        if self._read_cache is None or self._read_cache.reranker is not reranker:
+            self._read_cache = ReadCache(self.path, self.catalog, reranker, StoredRegions(store, self.catalog))
+        return self._read_cache
+
+    def save_reranker(self, reranker: Reranker, progress: Progress | None = None) -> None:
         """Keep a trained fusion scorer in the index (it survives later ``add`` runs, and
-        takes the place of a CoCa index's decoder)."""
+        takes the place of a CoCa index's decoder), and every image as it reads them."""
         with self.store.writing():
             reranker.save(self.path / RERANKER_FILE)
             manifest = self.store.manifest_file.reload()  # another writer may have saved it
             summary = RerankerSummary.from_dict({"config": reranker.scorer.config.to_dict(), **reranker.trained})
             self.store.manifest_file.save(replace(manifest, reranker=summary))
-        self._reranker = reranker
+            self._reranker = reranker
+            self._keep_read_images(progress)
+
+    def _keep_read_images(self, progress: Progress | None = None) -> None:
+        """Top up the read-image file of the trained scorer, and delete any other (lock
+        held). The images are read in float32 whatever the precision, so the scorer is
+        loaded without the encoder when it is not loaded already."""
+        self.store.regions.sync()
+        store, path = self.store.regions.store, self.path / RERANKER_FILE
+        reranker = self._reranker
+        if not isinstance(reranker, Reranker) and path.is_file():
+            reranker = Reranker.load(path, resolve_device(self.device))
+        if not isinstance(reranker, Reranker) or reranker.digest is None or not reranker.changes_order \
+                or store is None:
+            remove_read_files(self.path)
+            return
+        ReadCache(self.path, self.catalog, reranker, StoredRegions(store, self.catalog)).top_up(progress)
 
     def refresh(self) -> bool:
         """Pick up what another process wrote since this one looked: a newer ``ann.faiss``
@@ -202,7 +233,7 @@ class Index:
         changed; every query calls it. Returns True when something was reloaded."""
         manifest_changed, reloaded = self.store.refresh()
         if manifest_changed:
-            self._reranker = None
+            self._reranker = self._read_cache = None
         return reloaded
 
     # writing
@@ -220,17 +251,35 @@ class Index:
             spec = replace(self.manifest.encoder, precision=self.precision)  # the workers compute as asked
             engine = RayEngine(self.path, spec, self.device, ray, self.manifest.encoder_probe)
         engine = engine or LocalEngine(lambda: self.encoder)
-        return pipeline.add(self.store, engine, paths, options or IngestOptions(), progress)
+        summary = pipeline.add(self.store, engine, paths, options or IngestOptions(), progress)
+        self._after_writing()
+        return summary
 
     def remove(self, paths: Iterable[str | bytes | os.PathLike]) -> RemoveSummary:
         """Remove files (or everything under folders) from the index, whether or not
         they still exist on disk."""
-        return pipeline.remove(self.store, paths)
+        summary = pipeline.remove(self.store, paths)
+        self._after_writing()
+        return summary
 
     def compact_regions(self) -> int:
         """Copy the live region rows to a new file and drop the old one; returns the rows
         dropped. Searches keep reading the old file until the catalog points at the new."""
-        return self.store.compact_regions()
+        dropped = self.store.compact_regions()
+        self._after_writing()
+        return dropped
+
+    def _after_writing(self) -> None:
+        """What the trained scorer keeps follows the region store (new rows, a compaction).
+        When another writer took the lock in between, it tops the file up when it ends;
+        queries read what the file lacks from the regions meanwhile."""
+        if (self.path / RERANKER_FILE).is_file() and self.store.regions.store is not None:
+            try:
+                with self.store.writing():
+                    self.refresh()
+                    self._keep_read_images()
+            except IndexLockedError:
+                log.info("another writer holds %s; it will top up the images kept for the scorer", self.path)
 
     def rebuild(self, on_disk: bool | None = None) -> AnnConfig:
         """Retrain the FAISS index from the catalog for the collection's current size and
@@ -251,7 +300,7 @@ class Index:
         self.refresh()
         return QueryContext(self.catalog, self.ann, self.embed_dim, self.regions,
                             self.store.ann.tuning.exact_filter_limit, lambda: self.encoder,
-                            lambda: self.reranker, lambda: self.region_source)
+                            lambda: self.reranker, lambda: self.region_source, lambda: self.read_cache)
 
     def query(self, text: str | None = None, *, image: QueryImage | None = None, k: int = 10,
               recall_k: int | None = None, rerank: bool = True, filters: SearchFilter | None = None,

@@ -67,7 +67,7 @@ def train_reranker_command(pairs, images_root, split, index_dir, objective, epoc
         reranker, report = train_reranker(index, loaded, options, progress=progress,
                                           on_epoch=None if as_json else progress.note_epoch,
                                           on_plan=None if as_json else progress.note_plan)
-        index.save_reranker(reranker)
+        index.save_reranker(reranker, progress=TqdmProgress("reading the images for the scorer"))
     _print_training(report, as_json)
 
 

@@ -13,6 +13,7 @@ from ..config import RegionLayout
 from ..encoder import Encoder
 from ..store.ann import AnnIndex
 from ..store.catalog import Catalog
+from .readcache import ReadCache
 from .rerank import DEFAULT_SHORTLIST, Stage2
 from .sources import RegionSource
 
@@ -27,6 +28,7 @@ class QueryContext:
     load_encoder: Callable[[], Encoder]
     load_reranker: Callable[[], Stage2 | None]
     load_region_source: Callable[[], RegionSource | None]
+    load_read_cache: Callable[[], ReadCache | None] = lambda: None  # a search's shortlist, as the scorer reads it
 
     @property
     def encoder(self) -> Encoder:

@@ -10,6 +10,7 @@ directions: one text against K images (search) and K texts against one image (ma
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import IndexFormatError, RerankerMismatchError
-from ..fusion import FusionConfig, FusionScorer, TextBatch
+from ..fusion import FusionConfig, FusionScorer, ReadImages, TextBatch
 from ..store.atomic import atomic_path
 
 CHECKPOINT_FORMAT = 3  # 3: causal blocks and the caption head; 2: word embeddings, input norms, positions
@@ -81,6 +82,7 @@ class Reranker:
         self.logit_scale = logit_scale
         self.trained = trained or {}
         self.precision = precision
+        self.digest: str | None = None  # of the checkpoint file it was loaded from or saved to
 
     @property
     def is_trained(self) -> bool:
@@ -119,8 +121,10 @@ class Reranker:
             raise
         except Exception as error:
             raise IndexFormatError(f"cannot read reranker weights {path}: {error}") from None
-        return cls(scorer, float(checkpoint.get("logit_scale", 100.0)), dict(checkpoint.get("trained", {})), device,
-                   precision)
+        reranker = cls(scorer, float(checkpoint.get("logit_scale", 100.0)), dict(checkpoint.get("trained", {})),
+                       device, precision)
+        reranker.digest = file_digest(path)
+        return reranker
 
     def save(self, path: Path) -> None:
         checkpoint = {
@@ -132,10 +136,24 @@ class Reranker:
         }
         with atomic_path(path) as temp:
             torch.save(checkpoint, temp)
+            self.digest = file_digest(temp)
 
-    def rerank(self, states: torch.Tensor, ids: torch.Tensor, stage1: np.ndarray, regions: torch.Tensor,
-               need_weights: bool = False) -> RerankOutput:
-        """One query text, (T, Dt) token states and (T,) ids, against K images' (K, P+R, Dr) regions."""
+    @property
+    def read_width(self) -> int:
+        """Width of an image as the text blocks read it (``read_images``)."""
+        return self.scorer.config.width
+
+    @torch.inference_mode()
+    def read_images(self, regions: torch.Tensor) -> ReadImages:
+        """(K, P+R, Dr) regions → K images as the text blocks read them, on the CPU, in
+        float32 whatever ``precision`` (what an index keeps beside a trained scorer)."""
+        self._check_regions(regions)
+        return ReadImages(self.scorer.read_image(regions.to(self.device)).float().cpu())
+
+    def rerank(self, states: torch.Tensor, ids: torch.Tensor, stage1: np.ndarray,
+               regions: torch.Tensor | ReadImages, need_weights: bool = False) -> RerankOutput:
+        """One query text, (T, Dt) token states and (T,) ids, against K images' (K, P+R, Dr)
+        regions (or the images as already read: ``read_images``)."""
         text = TextBatch.pad([states], [ids])
         return self.score(text.expand(len(stage1)), regions, stage1, need_weights, prior=self._prior(text))
 
@@ -155,6 +173,14 @@ class Reranker:
         with self._autocast():
             return self.scorer.text_log_likelihood(text.to(self.device), None).float()
 
+    def _check_regions(self, regions: torch.Tensor) -> None:
+        config = self.scorer.config
+        if regions.shape[-1] != config.region_dim:
+            raise RerankerMismatchError("the reranker was trained for another encoder")
+        if regions.shape[1] != config.prefix + config.grid ** 2:
+            raise RerankerMismatchError(f"the reranker reads {config.prefix} + {config.grid}x{config.grid} regions "
+                                        f"an image, not {regions.shape[1]}: it was trained on another index")
+
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
@@ -162,7 +188,7 @@ class Reranker:
     def score(
         self,
         texts: TextBatch | None,  # K padded texts
-        regions: torch.Tensor,  # (K, P+R, Dr) the paired regions
+        regions: torch.Tensor | ReadImages,  # (K, P+R, Dr) the paired regions, or the images already read
         stage1: np.ndarray,  # (K,) stage-1 similarities of the pairs
         need_weights: bool = False,
         prior: torch.Tensor | None = None,  # (1,) or (K,) log p(text | no image), when already known
@@ -172,11 +198,10 @@ class Reranker:
         if texts is None or len(stage1) == 0:
             return RerankOutput.empty()
         config = self.scorer.config
-        if texts.states.shape[-1] != config.text_dim or regions.shape[-1] != config.region_dim:
+        if texts.states.shape[-1] != config.text_dim:
             raise RerankerMismatchError("the reranker was trained for another encoder")
-        if regions.shape[1] != config.prefix + config.grid ** 2:
-            raise RerankerMismatchError(f"the reranker reads {config.prefix} + {config.grid}x{config.grid} regions "
-                                        f"an image, not {regions.shape[1]}: it was trained on another index")
+        if not isinstance(regions, ReadImages):
+            self._check_regions(regions)
         with self._autocast():
             match_logit, attention = self.scorer(texts.to(self.device), regions.to(self.device), need_weights, prior)
         match_logit, attention = match_logit.float(), [weights.float() for weights in attention]
@@ -185,3 +210,12 @@ class Reranker:
         order = np.argsort(-final, kind="stable")
         grid_attention = [weights[..., config.prefix:] for weights in attention]  # the prefix is no place
         return RerankOutput(order, final, match_logit.cpu().numpy(), grid_attention)
+
+
+def file_digest(path: Path) -> str:
+    """A short content hash of a file (what a read-image cache is keyed by)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]

@@ -129,7 +129,9 @@ def search(context: QueryContext, request: SearchRequest) -> SearchResponse:
     candidates = [Candidate(image_id, score, rank, score) for rank, (image_id, score) in enumerate(hits, 1)]
     if scorer and candidates:
         reranker, region_source = scorer
-        regions = region_source.regions([c.id for c in candidates])
+        cache = context.load_read_cache()  # the shortlist as the trained scorer reads it, kept by the index
+        ids = [c.id for c in candidates]
+        regions = cache.images(ids) if cache is not None else region_source.regions(ids)
         clock.lap("regions")
         output = reranker.rerank(query.tokens, query.ids, np.array([c.stage1_score for c in candidates]), regions)
         candidates = [replace(candidates[i], score=float(output.final[i])) for i in output.order]

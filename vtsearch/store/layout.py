@@ -9,6 +9,8 @@ Layout::
     DIR/ann-*.ivfdata     its inverted lists, when built on disk (vtsearch rebuild --on-disk)
     DIR/regions.f16       region features, fp16, memory-mapped (absent: --no-regions)
     DIR/reranker.pt       trained fusion scorer (absent: untrained, stage-1 order)
+    DIR/read-*.f32        each image as that scorer reads it, row for row beside the
+                          region store (derived; vtsearch.query.readcache)
     DIR/.writer.lock      the writer lock
 """
 

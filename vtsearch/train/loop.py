@@ -45,7 +45,8 @@ from .validate import validate_images, validate_texts
 if TYPE_CHECKING:
     from ..index import Index
 
-ESTIMATE_STEPS = 10  # the run's length is estimated from its first steps (and one validation)
+ESTIMATE_STEPS = 10  # the run's length is estimated from its first steps (and a validation of a sample)
+ESTIMATE_VALIDATION_SHARE = 8  # ... of this share of the validation captions
 VALIDATION_ROWS = 400  # validation scores at most this many held-out captions
 MAX_VOCAB = 4096  # the caption head names this many of the training captions' commonest tokens
 
@@ -305,10 +306,13 @@ class _Trainer:
             on_plan: Callable[[TrainPlan], None] | None, started: float) -> tuple[list[EpochRecord], EarlyStopping]:
         history: list[EpochRecord] = []
         stopping = EarlyStopping(self.options.patience)
-        if on_plan is not None:  # time one validation pass (of the untrained scorer) for the estimate
+        if on_plan is not None:  # time a validation of the untrained scorer on a sample, for the estimate
+            rows = self.data.checked_rows
+            sample = rows[:max(1, len(rows) // ESTIMATE_VALIDATION_SHARE)]
             clock = time.perf_counter()
-            self.validate(0, math.nan, started)
-            self.validation_seconds, self.on_plan = time.perf_counter() - clock, on_plan
+            self.validate(0, math.nan, started, sample)
+            self.validation_seconds = (time.perf_counter() - clock) * len(rows) / len(sample)
+            self.on_plan = on_plan
         progress.start(self.steps)
         try:
             for epoch in range(1, self.options.epochs + 1):
@@ -360,9 +364,9 @@ class _Trainer:
                                                     data.regions, self.device))
         return loss
 
-    def validate(self, epoch: int, train_loss: float, started: float) -> EpochRecord:
-        """Fit w and measure the epoch on the validation rows."""
-        data, rows = self.data, self.data.checked_rows
+    def validate(self, epoch: int, train_loss: float, started: float, rows: list[int] | None = None) -> EpochRecord:
+        """Fit w and measure the epoch on the validation rows (or ``rows`` of them)."""
+        data, rows = self.data, rows or self.data.checked_rows
         images = validate_images(self.scorer, data.examples, rows, self.options.val_shortlist - 1, data.regions,
                                  self.logit_scale, self.device)
         texts = (validate_texts(self.scorer, data.examples, rows, data.text_negatives, data.regions, self.device)

@@ -38,42 +38,46 @@ def caption_batch(examples: Examples, rows: Sequence[int]) -> TextBatch:
 def caption_loss(scorer: FusionScorer, examples: Examples, rows: Sequence[int], regions: RegionSource,
                  device: torch.device, swaps: list[list[TextTokens]] | None = None) -> torch.Tensor:
     """Next-token cross-entropy of each caption given its image, plus given no image;
-    with ``swaps``, plus the swap contrast (``swap_contrast``)."""
+    with ``swaps``, plus the swap contrast (``swap_contrast``). A caption and its variants
+    go through the scorer in one batch, each image read once."""
     rows = list(rows)
-    texts = caption_batch(examples, rows).to(device)
+    texts = [(examples.tokens[row], examples.ids[row]) for row in rows]
+    owners = list(range(len(rows)))  # which caption's image each text is read under
+    slots: list[tuple[int, int]] = []  # (caption, column) of each variant
+    if swaps is not None:
+        slots = [(owner, column) for owner, row in enumerate(rows) for column in range(len(swaps[row]))]
+        texts += [swaps[rows[owner]][column] for owner, column in slots]
+        owners += [owner for owner, _ in slots]
+    batch = TextBatch.pad([states for states, _ in texts], [ids for _, ids in texts]).to(device)
     image = scorer.read_image(regions.regions(examples.positives[rows].tolist()).to(device))  # (B, R, W)
-    given_image = scorer.token_log_probs(scorer.attend(texts, image)[0], texts)  # (B, T-1)
-    given_nothing = scorer.token_log_probs(scorer.hidden(texts, None)[0], texts)
-    loss = mean_token_loss(given_image, texts) + mean_token_loss(given_nothing, texts)
+    given_image = scorer.token_log_probs(scorer.attend(batch, image[owners])[0], batch)  # (B+S, T-1)
+    given_nothing = scorer.token_log_probs(scorer.hidden(batch, None)[0], batch)
+    captions = batch.head(len(rows))
+    loss = mean_token_loss(given_image[:len(rows)], captions) + mean_token_loss(given_nothing[:len(rows)], captions)
     if swaps is None:
         return loss
-    own = (given_image.sum(dim=1) - given_nothing.sum(dim=1).detach()) / (texts.lengths - 1).clamp(min=1)
-    return loss + SWAP_WEIGHT * swap_contrast(scorer, own, image, [swaps[row] for row in rows], device)
+    return loss + SWAP_WEIGHT * swap_contrast(given_image, given_nothing, batch.lengths, len(rows), slots)
 
 
-def swap_contrast(scorer: FusionScorer, own: torch.Tensor, image: torch.Tensor, swaps: list[list[TextTokens]],
-                  device: torch.device) -> torch.Tensor:
+def swap_contrast(given_image: torch.Tensor, given_nothing: torch.Tensor, lengths: torch.Tensor, captions: int,
+                  slots: list[tuple[int, int]]) -> torch.Tensor:
     """Each caption against its word-swapped variants (same words, other binding), given
     its image: a listwise loss over their PMI per predicted token, (log p(text | image) −
     log p(text | no image)) / tokens, the caption first. The prior is a fixed offset here
     (not trained by this term), so a variant can only be pushed down through the image.
     Per token, not summed: summed, the term dwarfed the caption loss and the training
-    loss jumped from epoch to epoch. ``own`` (B,) the captions' PMI per token; ``image``
-    (B, R, W) their images as read."""
-    widest = max(len(variants) for variants in swaps)
-    if widest == 0:
-        return own.new_zeros(())
-    scores = torch.full((len(own), 1 + widest), -torch.inf, device=device)  # a row's missing variants: -inf
-    scores[:, 0] = own
-    slots = [(row, column) for row, variants in enumerate(swaps) for column in range(len(variants))]
-    batch = TextBatch.pad([swaps[row][column][0] for row, column in slots],
-                          [swaps[row][column][1] for row, column in slots]).to(device)
-    owners = torch.tensor([row for row, _ in slots], device=device)
-    given_image = scorer.log_likelihood(scorer.attend(batch, image[owners])[0], batch)
-    with torch.no_grad():
-        prior = scorer.text_log_likelihood(batch, None)
-    scores[owners, torch.tensor([column for _, column in slots], device=device) + 1] = \
-        (given_image - prior) / (batch.lengths - 1).clamp(min=1)
+    loss jumped from epoch to epoch. ``given_image`` and ``given_nothing`` (N, T-1) are
+    token log-probabilities of the ``captions`` first rows, then of the variants, whose
+    (caption, column) ``slots`` says; ``lengths`` (N,) their tokens."""
+    if not slots:
+        return given_image.new_zeros(())
+    pmi = (given_image.sum(dim=1) - given_nothing.sum(dim=1).detach()) / (lengths - 1).clamp(min=1)  # (N,)
+    widest = 1 + max(column for _, column in slots)
+    scores = torch.full((captions, 1 + widest), -torch.inf, device=pmi.device)  # a row's missing variants: -inf
+    scores[:, 0] = pmi[:captions]
+    owners = torch.tensor([owner for owner, _ in slots], device=pmi.device)
+    columns = torch.tensor([column for _, column in slots], device=pmi.device)
+    scores[owners, columns + 1] = pmi[captions:]
     return listwise_loss(scores)
 
 
@@ -99,9 +103,10 @@ def text_logits(scorer: FusionScorer, examples: Examples, rows: Sequence[int],
     texts = [text for row in rows
              for text in [(examples.tokens[row], examples.ids[row]), *text_negatives[row][:count - 1]]]
     batch = TextBatch.pad([states for states, _ in texts], [ids for _, ids in texts])  # B*C texts
-    image_regions = regions.regions(examples.positives[rows].tolist())  # (B, R, Dr)
-    image_regions = image_regions.repeat_interleave(count, dim=0)  # (B*C, R, Dr)
-    return scorer(batch.to(device), image_regions.to(device))[0].view(len(rows), count)
+    batch = batch.to(device)
+    image = scorer.read_image(regions.regions(examples.positives[rows].tolist()).to(device))  # (B, R, W), read once
+    hidden = scorer.attend(batch, image.repeat_interleave(count, dim=0))[0]  # (B*C, T, W)
+    return scorer.match_logit(hidden, batch).view(len(rows), count)
 
 
 def listwise_loss(scores: torch.Tensor) -> torch.Tensor:
