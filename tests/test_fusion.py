@@ -229,8 +229,8 @@ def test_swap_contrast_is_a_listwise_loss_over_pmi_per_token_and_skips_rows_with
     batch = TextBatch.pad(*zip(*captions, swapped))  # as caption_loss batches them: captions, then variants
     read = scorer.read_image(images)
     given_image = scorer.token_log_probs(scorer.attend(batch, read[[0, 1, 0]])[0], batch)
-    given_nothing = scorer.token_log_probs(scorer.hidden(batch, None)[0], batch)
-    loss = swap_contrast(given_image, given_nothing, batch.lengths, 2, [(0, 0)])
+    prior = scorer.text_log_likelihood(batch, None)
+    loss = swap_contrast(given_image, prior, batch.lengths, 2, [(0, 0)])
     own = TextBatch.pad([captions[0][0]], [captions[0][1]])
     one = TextBatch.pad([swapped[0]], [swapped[1]])
     with torch.no_grad():

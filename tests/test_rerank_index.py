@@ -303,9 +303,9 @@ def test_swaps_contrast_each_caption_with_its_word_swapped_variants(captioned, m
     seen: list[int] = []
     contrast = objective.swap_contrast
 
-    def spy(given_image, given_nothing, lengths, captions, slots):
+    def spy(given_image, prior, lengths, captions, slots):
         seen.append(len(slots))
-        return contrast(given_image, given_nothing, lengths, captions, slots)
+        return contrast(given_image, prior, lengths, captions, slots)
 
     monkeypatch.setattr(objective, "swap_contrast", spy)
     options = TrainOptions(epochs=2, patience=5, batch_size=8, width=16, device="cpu")
@@ -317,3 +317,27 @@ def test_swaps_contrast_each_caption_with_its_word_swapped_variants(captioned, m
     seen.clear()
     train_reranker(index, pairs, TrainOptions(epochs=1, swaps=0, batch_size=8, width=16, device="cpu"))
     assert not seen
+
+
+def test_eval_ranks_texts_for_an_image_as_match_does(captioned):
+    """Image → text in eval encodes each candidate text once for all images; the ranks are
+    those of Index.rerank_texts, which encodes them per image."""
+    from vtsearch.train.evaluate import _candidate_texts, evaluate_image_to_text, recall_at
+
+    index, pairs = captioned
+    with torch.no_grad():
+        index.reranker.scorer.rerank_weight.fill_(5.0)  # an untrained scorer that changes the order
+    try:
+        captions, ids = [pair.caption for pair in pairs[:12]], resolve_pairs(index, pairs[:12]).image_ids
+        report = evaluate_image_to_text(index, captions, ids, recall_k=8)
+        texts, vectors, _ = _candidate_texts(index, captions)
+        ranks = []
+        for caption, image_id, vector in zip(captions, ids, index.vectors(ids)):
+            scores = vectors @ vector
+            shortlist = np.argsort(-scores, kind="stable")[:8]
+            order = index.rerank_texts(image_id, [texts[i] for i in shortlist], scores[shortlist])
+            ranks.append(next((rank for rank, i in enumerate(shortlist[order], 1) if texts[i] == caption), None))
+        assert report.reranked == recall_at(ranks) and report.reranked != report.stage1
+    finally:
+        with torch.no_grad():
+            index.reranker.scorer.rerank_weight.fill_(0.0)

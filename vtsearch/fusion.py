@@ -191,9 +191,9 @@ class TextBatch:
         return TextBatch(self.states.repeat_interleave(count, dim=0), self.ids.repeat_interleave(count, dim=0),
                          self.lengths.repeat_interleave(count))
 
-    def head(self, count: int) -> "TextBatch":
-        """The first ``count`` texts (as padded as the whole batch)."""
-        return TextBatch(self.states[:count], self.ids[:count], self.lengths[:count])
+    def rows(self, start: int, stop: int | None = None) -> "TextBatch":
+        """Texts ``start`` to ``stop`` (as padded as the whole batch)."""
+        return TextBatch(self.states[start:stop], self.ids[start:stop], self.lengths[start:stop])
 
     def expand(self, count: int) -> "TextBatch":
         """A one-text batch seen ``count`` times, without copying."""

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
+import torch
 
 from ..errors import VtsearchError
 from ..progress import NoProgress, Progress
@@ -138,12 +139,17 @@ def evaluate_image_to_text(index: "Index", captions: Sequence[str], image_ids: S
     stage1_ranks: list[int | None] = []
     reranked_ranks: list[int | None] = []
     images = sorted(right)
+    reranker = index.reranker
+    scorer = reranker if reranker is not None and reranker.changes_order else None
+    features = _TextFeatures(index)
     for image_id, image_vector in zip(images, index.vectors(images)):
         scores = vectors @ image_vector  # (T,)
         shortlist = np.argsort(-scores, kind="stable")[:recall_k]
-        order = index.rerank_texts(image_id, [texts[i] for i in shortlist], scores[shortlist])
-        if order is None:  # the scorer keeps stage-1 order
-            order = np.arange(len(shortlist))
+        order = np.arange(len(shortlist))  # the scorer keeps stage-1 order
+        if scorer is not None:  # what Index.match does, with each text encoded once for all images
+            tokens, ids = features.of([texts[i] for i in shortlist])
+            regions = index.region_source.regions([image_id])[0]
+            order = scorer.rerank_texts(tokens, ids, scores[shortlist], regions).order
         hits = right[image_id]
         stage1_ranks.append(next((rank for rank, i in enumerate(shortlist, 1) if i in hits), None))
         reranked_ranks.append(next((rank for rank, i in enumerate(shortlist[order], 1) if i in hits), None))
@@ -152,6 +158,27 @@ def evaluate_image_to_text(index: "Index", captions: Sequence[str], image_ids: S
         recall_ceiling=float(np.mean([rank is not None for rank in stage1_ranks])) if images else 0.0,
         n_images=len(images), candidates=len(texts), candidate_source=source,
     )
+
+
+class _TextFeatures:
+    """Token states and ids of candidate texts, each encoded once (up to ``MEMO_TEXTS`` kept)."""
+
+    MEMO_TEXTS = 20_000
+
+    def __init__(self, index: "Index"):
+        self.index = index
+        self.memo: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def of(self, texts: list[str]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        new = list(dict.fromkeys(text for text in texts if text not in self.memo))
+        if len(self.memo) + len(new) > self.MEMO_TEXTS:
+            self.memo.clear()
+            new = list(dict.fromkeys(texts))
+        for start in range(0, len(new), ENCODE_BATCH):
+            chunk = new[start:start + ENCODE_BATCH]
+            encoded = self.index.encoder.encode_text_features(chunk)
+            self.memo.update(zip(chunk, zip(encoded.tokens, encoded.ids)))
+        return [self.memo[text][0] for text in texts], [self.memo[text][1] for text in texts]
 
 
 def _candidate_texts(index: "Index", captions: Sequence[str]) -> tuple[list[str], np.ndarray, str]:

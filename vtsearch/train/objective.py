@@ -51,27 +51,30 @@ def caption_loss(scorer: FusionScorer, examples: Examples, rows: Sequence[int], 
     batch = TextBatch.pad([states for states, _ in texts], [ids for _, ids in texts]).to(device)
     image = scorer.read_image(regions.regions(examples.positives[rows].tolist()).to(device))  # (B, R, W)
     given_image = scorer.token_log_probs(scorer.attend(batch, image[owners])[0], batch)  # (B+S, T-1)
-    given_nothing = scorer.token_log_probs(scorer.hidden(batch, None)[0], batch)
-    captions = batch.head(len(rows))
-    loss = mean_token_loss(given_image[:len(rows)], captions) + mean_token_loss(given_nothing[:len(rows)], captions)
+    captions = batch.rows(0, len(rows))
+    given_nothing = scorer.token_log_probs(scorer.hidden(captions, None)[0], captions)  # (B, T-1)
+    loss = mean_token_loss(given_image[:len(rows)], captions) + mean_token_loss(given_nothing, captions)
     if swaps is None:
         return loss
-    return loss + SWAP_WEIGHT * swap_contrast(given_image, given_nothing, batch.lengths, len(rows), slots)
+    with torch.no_grad():  # the variants' prior is a fixed offset: no backward through it
+        variants = batch.rows(len(rows))
+        prior = torch.cat([given_nothing.sum(dim=1), scorer.text_log_likelihood(variants, None)])  # (B+S,)
+    return loss + SWAP_WEIGHT * swap_contrast(given_image, prior, batch.lengths, len(rows), slots)
 
 
-def swap_contrast(given_image: torch.Tensor, given_nothing: torch.Tensor, lengths: torch.Tensor, captions: int,
+def swap_contrast(given_image: torch.Tensor, prior: torch.Tensor, lengths: torch.Tensor, captions: int,
                   slots: list[tuple[int, int]]) -> torch.Tensor:
     """Each caption against its word-swapped variants (same words, other binding), given
     its image: a listwise loss over their PMI per predicted token, (log p(text | image) −
     log p(text | no image)) / tokens, the caption first. The prior is a fixed offset here
     (not trained by this term), so a variant can only be pushed down through the image.
     Per token, not summed: summed, the term dwarfed the caption loss and the training
-    loss jumped from epoch to epoch. ``given_image`` and ``given_nothing`` (N, T-1) are
-    token log-probabilities of the ``captions`` first rows, then of the variants, whose
-    (caption, column) ``slots`` says; ``lengths`` (N,) their tokens."""
+    loss jumped from epoch to epoch. ``given_image`` (N, T-1) are token log-probabilities
+    and ``prior`` (N,) log p(text | no image) of the ``captions`` first rows, then of the
+    variants, whose (caption, column) ``slots`` says; ``lengths`` (N,) their tokens."""
     if not slots:
         return given_image.new_zeros(())
-    pmi = (given_image.sum(dim=1) - given_nothing.sum(dim=1).detach()) / (lengths - 1).clamp(min=1)  # (N,)
+    pmi = (given_image.sum(dim=1) - prior.detach()) / (lengths - 1).clamp(min=1)  # (N,)
     widest = 1 + max(column for _, column in slots)
     scores = torch.full((captions, 1 + widest), -torch.inf, device=pmi.device)  # a row's missing variants: -inf
     scores[:, 0] = pmi[:captions]
