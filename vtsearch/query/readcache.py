@@ -1,16 +1,16 @@
 """What the trained fusion scorer reads of each image, kept beside the region store.
 
-A reranked search runs the fusion scorer over each candidate's regions. Most of that
+A reranked search runs the fusion scorer over each candidate's regions. Much of that
 work does not depend on the query: the regions' input projection and the region block's
-self-attention among them (``FusionScorer.read_image``), about 60 % of a rerank's
-multiply-adds with the default scorer. An index with a trained scorer therefore keeps
+self-attention among them (``FusionScorer.read_image``), about half of a rerank's
+multiply-adds with the default scorer over ViT-B-32's regions. An index with a trained scorer therefore keeps
 every image as the text blocks read it, row for row beside the region store, and a
 query reads those rows instead of the regions::
 
     read-<region file>-<scorer digest>.f32     row i: region row i as read, (P+R) x width float32
 
-(ViT-B-32's 1 + 7 x 7 tokens at the default width 128: 25.6 KB an image, a third of its
-regions.) They are read in float32 (``Reranker.read_images``) and kept so, so that a
+(ViT-B-32's 7 x 7 regions at the default width 128: 25,088 bytes an image, a third of
+its regions' 75,264.) They are read in float32 (``Reranker.read_images``) and kept so, so that a
 float32 search ranks as it does without them; where the index computes in bfloat16,
 they are a little more exact than what a query would compute itself. The name
 says which region file and which scorer the rows belong to: a retrained scorer or a
