@@ -238,6 +238,9 @@ def test_a_run_says_how_long_it_will_take_before_its_first_epoch_ends(captioned)
     plan = plans[0]
     assert plan.epochs == 2 and plan.steps_per_epoch == -(-report.train_captions // 2)
     assert plan.step_seconds > 0 and plan.validation_seconds > 0 and plan.seconds > plan.validation_seconds
+    assert plan.swap_epochs == 1 and plan.swap_step_seconds > 0  # epoch 2 of 2 swaps words (the default)
+    assert plan.seconds == pytest.approx(plan.steps_per_epoch * (plan.step_seconds + plan.swap_step_seconds)
+                                         + 2 * plan.validation_seconds)
     config = reranker.scorer.config
     caption_ids = {int(i) for pair in pairs for i in index.encoder.encode_text_features([pair.caption]).ids[0]}
     assert config.score == "caption" and set(config.vocab) == caption_ids

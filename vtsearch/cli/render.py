@@ -100,8 +100,10 @@ class TqdmProgress:
         """How long the run will take (a ``TrainPlan``), on stderr above the bar."""
         from tqdm import tqdm
 
+        swaps = (f", {plan.swap_step_seconds * 1000:.0f} ms with word swaps in the last {plan.swap_epochs}"
+                 if plan.swap_epochs else "")
         tqdm.write(f"training up to {plan.epochs} epochs of {plan.steps_per_epoch} steps: about "
-                   f"{format_duration(plan.seconds)} ({plan.step_seconds * 1000:.0f} ms a step, "
+                   f"{format_duration(plan.seconds)} ({plan.step_seconds * 1000:.0f} ms a step{swaps}, "
                    f"{plan.validation_seconds:.1f} s a validation)", file=sys.stderr)
 
     def note_epoch(self, record: Any) -> None:

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 ESTIMATE_STEPS = 10  # the run's length is estimated from its first steps (and a validation of a sample)
 ESTIMATE_VALIDATION_SHARE = 8  # ... of this share of the validation captions
+ESTIMATE_SWAP_STEPS = 3  # ... and of this many steps with word swaps, when later epochs have them
 VALIDATION_ROWS = 400  # validation scores at most this many held-out captions
 MAX_VOCAB = 4096  # the caption head names this many of the training captions' commonest tokens
 
@@ -111,16 +112,21 @@ class EpochRecord:
 @dataclass(frozen=True)
 class TrainPlan:
     """How long a run will take: measured on its first steps and a validation pass, and
-    reported before the run goes on (early stopping may end it sooner)."""
+    reported before the run goes on (early stopping may end it sooner). Epochs with word
+    swaps (``swap_epochs`` of them, the last) take ``swap_step_seconds`` a step."""
 
     epochs: int
     steps_per_epoch: int
     step_seconds: float
     validation_seconds: float
+    swap_epochs: int = 0
+    swap_step_seconds: float = 0.0
 
     @property
     def seconds(self) -> float:
-        return self.epochs * (self.steps_per_epoch * self.step_seconds + self.validation_seconds)
+        plain = self.epochs - self.swap_epochs
+        return (plain * self.steps_per_epoch * self.step_seconds + self.epochs * self.validation_seconds
+                + self.swap_epochs * self.steps_per_epoch * self.swap_step_seconds)
 
 
 @dataclass(frozen=True)
@@ -231,10 +237,15 @@ def train_reranker(index: "Index", pairs: Sequence[Pair], options: TrainOptions 
 def _seeded_torch(seed: int, device: torch.device) -> Iterator[None]:
     """torch's generators seeded for the run (the scorer's first weights), and put back as
     they were afterwards, so a run leaves the caller's random draws alone."""
-    forks = {"devices": [device], "device_type": device.type} if device.type != "cpu" else {"devices": []}
-    with torch.random.fork_rng(**forks):
+    with _forked_rng(device):
         torch.manual_seed(seed)
         yield
+
+
+def _forked_rng(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """torch's generators (of the CPU, and of ``device``) put back as they were after the block."""
+    forks = {"devices": [device], "device_type": device.type} if device.type != "cpu" else {"devices": []}
+    return torch.random.fork_rng(**forks)
 
 
 def _mine(index: "Index", resolved: ResolvedPairs, regions: RegionSource, layout: RegionLayout,
@@ -346,15 +357,38 @@ class _Trainer:
             losses.append(float(loss.detach()))
             progress.advance(1)
             if self.on_plan is not None and len(losses) == ESTIMATE_STEPS:
-                self.on_plan(TrainPlan(self.options.epochs, math.ceil(len(rows) / self.options.batch_size),
-                                       (time.perf_counter() - clock) / ESTIMATE_STEPS, self.validation_seconds))
+                self.on_plan(self.plan((time.perf_counter() - clock) / ESTIMATE_STEPS, rows))
                 self.on_plan = None
         return float(np.mean(losses))
 
-    def batch_loss(self, rows: list[int]) -> torch.Tensor:
+    def plan(self, step_seconds: float, rows: list[int]) -> TrainPlan:
+        """The run's estimate, from the plain steps timed so far and, when later epochs
+        swap words, a few swap steps timed now: their losses and gradients are thrown away
+        (the next step zeroes them), so the run goes on as it would have."""
+        steps = math.ceil(len(rows) / self.options.batch_size)
+        swap_epochs = sum(self._swapping(epoch) for epoch in range(1, self.options.epochs + 1))
+        swap_step_seconds = 0.0
+        if swap_epochs and self.data.swaps is not None:
+            batches = [rows[start:start + self.options.batch_size]
+                       for start in range(0, len(rows), self.options.batch_size)][-ESTIMATE_SWAP_STEPS:]
+            clock = time.perf_counter()
+            with _forked_rng(self.device):  # dropout draws nothing the run would have drawn
+                for batch in batches:
+                    self.batch_loss(batch, swapping=True).backward()
+            swap_step_seconds = (time.perf_counter() - clock) / len(batches)
+            self.optimizer.zero_grad(set_to_none=True)
+        return TrainPlan(self.options.epochs, steps, step_seconds, self.validation_seconds, swap_epochs,
+                         swap_step_seconds)
+
+    def _swapping(self, epoch: int) -> bool:
+        """Whether ``epoch`` contrasts captions with their word swaps (``options.swaps_from``)."""
+        options = self.options
+        return options.objective == "caption" and bool(options.swaps) and epoch > options.swaps_from * options.epochs
+
+    def batch_loss(self, rows: list[int], swapping: bool | None = None) -> torch.Tensor:
         data = self.data
         if self.options.objective == "caption":
-            swapping = self.epoch > self.options.swaps_from * self.options.epochs
+            swapping = self._swapping(self.epoch) if swapping is None else swapping
             return caption_loss(self.scorer, data.examples, rows, data.regions, self.device,
                                 data.swaps if swapping else None)
         candidates = sample_candidates(data.examples, rows, self.options.negatives, self.candidate_rng)
