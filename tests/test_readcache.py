@@ -8,7 +8,7 @@ import torch
 from conftest import make_images
 from vtsearch import Index, IngestOptions
 from vtsearch.fusion import FusionConfig
-from vtsearch.query.readcache import read_file_name
+from vtsearch.store.layout import read_file_name
 from vtsearch.query.rerank import Reranker
 from vtsearch.store.regions import RegionStore
 
@@ -67,11 +67,12 @@ def index(tmp_path, tiny_encoder):
 
 
 def test_a_saved_scorer_keeps_every_image_as_it_reads_them_and_ranks_the_same(index):
-    assert read_files(index) == []  # no trained scorer, nothing kept
+    assert read_files(index) == [] and index.info().kept_reads is None  # no trained scorer, nothing kept
     reranker = scorer_for(index, seed=1)
     index.save_reranker(reranker)
     assert read_files(index) == [read_file_name("regions.f16", reranker.digest)]
     assert kept_rows(index) == 40
+    assert index.info().kept_reads == {"file": read_files(index)[0], "bytes": 40 * 16 * 32 * 4, "rows": 40}
     kept = index.read_cache.images([3, 7])
     read = reranker.read_images(index.region_source.regions([3, 7]))
     assert kept.shape == (2, 16, 32)  # 4 x 4 regions at the scorer's width
@@ -92,15 +93,20 @@ def test_images_added_later_are_read_at_query_time_until_a_writer_tops_the_file_
     assert_ranks_as_without(index)
 
 
-def test_a_new_scorer_or_a_compacted_region_store_gets_a_file_of_its_own(index, tmp_path):
+def test_a_new_scorer_or_a_compacted_region_store_gets_a_file_of_its_own(index, tmp_path, monkeypatch):
     index.save_reranker(scorer_for(index, seed=3))
     first = read_files(index)
     second = scorer_for(index, seed=4)
     index.save_reranker(second)
     assert read_files(index) != first and len(read_files(index)) == 1  # the old scorer's file is gone
     assert_ranks_as_without(index)
+    read = []
+    original = Reranker.read_images
+    monkeypatch.setattr(Reranker, "read_images", lambda self, regions: read.append(len(regions)) or original(self, regions))
     index.remove(sorted((tmp_path / "photos").iterdir())[:20])
     index.compact_regions()
+    assert read == []  # the compaction carried the kept rows along: nothing was read again
+    monkeypatch.undo()
     assert read_files(index) == [read_file_name(index.catalog.regions_file("regions.f16"), second.digest)]
     assert read_files(index)[0] != first[0] and kept_rows(index) == 20
     assert_ranks_as_without(index, recall_k=20)
@@ -120,3 +126,22 @@ def test_a_scorer_that_keeps_stage1_order_keeps_nothing(index):
     assert read_files(index)
     index.save_reranker(scorer_for(index, seed=8, weight=0.0))
     assert read_files(index) == [] and index.read_cache is None
+
+
+def test_a_writer_keeps_the_reads_of_the_scorer_on_disk_not_the_one_it_loaded(index, tmp_path):
+    index.save_reranker(scorer_for(index, seed=9))
+    with Index.open(index.path, device="cpu", encoder=index.encoder, precision="fp32") as other:
+        assert other.query("a red thing", k=3).reranked  # loads scorer 9
+        newer = scorer_for(index, seed=10)
+        index.save_reranker(newer)
+        make_images(tmp_path / "more", 3, seed=11)
+        other.add([tmp_path / "more"], OPTIONS)  # tops up newer's file, not scorer 9's
+    assert read_files(index) == [read_file_name("regions.f16", newer.digest)] and kept_rows(index) == 43
+
+
+def test_reads_that_cannot_be_kept_do_not_fail_the_write(index, tmp_path, caplog):
+    index.save_reranker(scorer_for(index, seed=12))
+    (index.path / "reranker.pt").write_bytes(b"not a checkpoint")
+    make_images(tmp_path / "more", 2, seed=13)
+    summary = index.add([tmp_path / "more"], OPTIONS)
+    assert summary.indexed == 2 and "could not keep the images as the scorer reads them" in caplog.text

@@ -44,7 +44,7 @@ from .store import Store
 from .store.ann import Hits, gpu_count
 from .store.catalog import INDEXED, Catalog
 from .store.check import CheckReport
-from .store.layout import MANIFEST, RERANKER_FILE
+from .store.layout import MANIFEST, RERANKER_FILE, bytes_digest
 from .store.manifest import Manifest
 
 if TYPE_CHECKING:
@@ -194,8 +194,7 @@ class Index:
         None without such a scorer, or without a region store."""
         reranker = self.reranker
         store = self.store.regions.store
-        if not isinstance(reranker, Reranker) or reranker.digest is None or not reranker.changes_order \
-                or store is None:
+        if not _keeps_reads(reranker) or store is None:
             return None
         if self._read_cache is None or self._read_cache.reranker is not reranker:
             self._read_cache = ReadCache(self.path, self.catalog, reranker, StoredRegions(store, self.catalog))
@@ -213,16 +212,18 @@ class Index:
             self._keep_read_images(progress)
 
     def _keep_read_images(self, progress: Progress | None = None) -> None:
-        """Top up the read-image file of the trained scorer, and delete any other (lock
-        held). The images are read in float32 whatever the precision, so the scorer is
-        loaded without the encoder when it is not loaded already."""
+        """Top up the read-image file of the scorer in ``reranker.pt``, and delete any
+        other (lock held). The scorer is the file's, not what this object loaded before
+        (another process may have saved a new one since); the images are read in float32
+        whatever the precision, so it is loaded without the encoder."""
         self.store.regions.sync()
         store, path = self.store.regions.store, self.path / RERANKER_FILE
-        reranker = self._reranker
-        if not isinstance(reranker, Reranker) and path.is_file():
+        reranker = self._reranker if isinstance(self._reranker, Reranker) else None
+        if not path.is_file():
+            reranker = None
+        elif reranker is None or reranker.digest != bytes_digest(path.read_bytes()):
             reranker = Reranker.load(path, resolve_device(self.device))
-        if not isinstance(reranker, Reranker) or reranker.digest is None or not reranker.changes_order \
-                or store is None:
+        if not _keeps_reads(reranker) or store is None:
             remove_read_files(self.path)
             return
         ReadCache(self.path, self.catalog, reranker, StoredRegions(store, self.catalog)).top_up(progress)
@@ -271,15 +272,17 @@ class Index:
 
     def _after_writing(self) -> None:
         """What the trained scorer keeps follows the region store (new rows, a compaction).
-        When another writer took the lock in between, it tops the file up when it ends;
-        queries read what the file lacks from the regions meanwhile."""
+        It is derived data: when this fails (another writer took the lock in between, who
+        tops it up when it ends; a damaged ``reranker.pt``; a full disk) the write that
+        came before stands, and queries read what the file lacks from the regions."""
         if (self.path / RERANKER_FILE).is_file() and self.store.regions.store is not None:
             try:
                 with self.store.writing():
-                    self.refresh()
                     self._keep_read_images()
             except IndexLockedError:
                 log.info("another writer holds %s; it will top up the images kept for the scorer", self.path)
+            except Exception as error:  # noqa: BLE001 - derived data must not fail the write
+                log.warning("could not keep the images as the scorer reads them in %s: %s", self.path, error)
 
     def rebuild(self, on_disk: bool | None = None) -> AnnConfig:
         """Retrain the FAISS index from the catalog for the collection's current size and
@@ -292,7 +295,10 @@ class Index:
 
     def check(self, repair: bool = False) -> CheckReport:
         """Check that catalog, FAISS index and region store agree; ``repair`` fixes drift."""
-        return self.store.check(repair)
+        report = self.store.check(repair)
+        if repair:
+            self._after_writing()  # a repair may compact the region store
+        return report
 
     # reading
 
@@ -432,6 +438,12 @@ def _stage2_layout(encoder: Encoder, store_regions: bool,
     if not has_text_decoder(encoder.model):
         return layout, None
     return layout, RerankerSummary(config=DecoderConfig().to_dict(), scorer=DECODER_SCORER)
+
+
+def _keeps_reads(reranker: Stage2 | None) -> bool:
+    """Whether the index keeps its images as ``reranker`` reads them: a fusion scorer saved
+    in a file (the reads are keyed by its digest) whose ``w`` lets it change the order."""
+    return isinstance(reranker, Reranker) and reranker.digest is not None and reranker.changes_order
 
 
 def _use_gpu(device: str) -> bool:

@@ -294,6 +294,7 @@ class IndexInfo:
     encoder_probe: list[float] | None = None
     texts: int = 0  # the text collection (vtsearch match)
     catalog: str = ""  # the SQLite file, or the server's URL without its password
+    kept_reads: dict[str, Any] | None = None  # the images as the trained scorer reads them: file, bytes, rows
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -308,6 +309,7 @@ class IndexInfo:
             "ann": self.ann.to_dict(),
             "regions": self.regions.to_dict() if self.regions else None,
             "reranker": self.reranker.to_dict() if self.reranker else {},
+            "kept_reads": self.kept_reads,
             "schema_version": self.schema_version,
             "vtsearch_version": self.vtsearch_version,
             "created": self.created,

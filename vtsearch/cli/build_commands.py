@@ -273,8 +273,14 @@ def info_command(index_dir, as_json):
         ("ann", _describe_ann(info.ann, info.ann_vectors)),
         ("regions", _describe_regions(info.regions)),
         ("reranker", _describe_reranker(info.reranker)),
+        *([("kept reads", _describe_kept_reads(info.kept_reads))] if info.kept_reads else []),
         ("vtsearch", info.vtsearch_version),
     ])
+
+
+def _describe_kept_reads(kept: dict) -> str:
+    return (f"{kept['rows']} region rows as the scorer reads them (one per region row, so searches need not "
+            f"read them again), {kept['bytes'] / 1e6:.1f} MB in {kept['file']}")
 
 
 def _describe_ann(ann: AnnConfig, vectors: int) -> str:

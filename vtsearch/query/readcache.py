@@ -3,23 +3,25 @@
 A reranked search runs the fusion scorer over each candidate's regions. Much of that
 work does not depend on the query: the regions' input projection and the region block's
 self-attention among them (``FusionScorer.read_image``), about half of a rerank's
-multiply-adds with the default scorer over ViT-B-32's regions. An index with a trained scorer therefore keeps
-every image as the text blocks read it, row for row beside the region store, and a
-query reads those rows instead of the regions::
+multiply-adds with the default scorer over ViT-B-32's regions. An index with a trained
+scorer therefore keeps every image as the text blocks read it, row for row beside the
+region store, and a query reads those rows instead of the regions::
 
-    read-<region file>-<scorer digest>.f32     row i: region row i as read, (P+R) x width float32
+    read-<region file>-<scorer digest>-<format>.f32     row i: region row i as read, (P+R) x width float32
 
 (ViT-B-32's 7 x 7 regions at the default width 128: 25,088 bytes an image, a third of
-its regions' 75,264.) They are read in float32 (``Reranker.read_images``) and kept so, so that a
-float32 search ranks as it does without them; where the index computes in bfloat16,
-they are a little more exact than what a query would compute itself. The name
-says which region file and which scorer the rows belong to: a retrained scorer or a
-compacted region store finds no file of its own, and its queries read the regions as
+its regions' 75,264.) They are read in float32 (``Reranker.read_images``) and kept so,
+so that a float32 search ranks as it does without them; where the index computes in
+bfloat16, they are a little more exact than what a query would compute itself. The
+name says which region file and which scorer the rows belong to: a retrained scorer or
+a compacted region store finds no file of its own, and its queries read the regions as
 before (the same results, slower) until a writer tops the file up. The file grows by
 appending, like the region store; a shortlist's images past its end (added since) are
 read from their regions at query time. Writers top it up under the writer lock at the
-end of ``index``/``add``/``remove``, after ``train-reranker`` and after a compaction,
-and delete the files of other names.
+end of ``index``/``add``/``remove``/``check --repair`` and after ``train-reranker``, and
+delete the files of other names; a compaction of the region store copies the rows it
+keeps to a file of the new region file's name (``RegionFiles``). The writer decides
+from ``reranker.pt`` as it is on disk, not from a scorer it loaded earlier.
 """
 
 from __future__ import annotations
@@ -35,17 +37,12 @@ from ..errors import NeedsRepairError
 from ..fusion import ReadImages
 from ..progress import NoProgress, Progress
 from ..store.catalog import Catalog
+from ..store.layout import READ_PREFIX, READ_SUFFIX, read_file_name
 from ..store.regions import REGIONS_FILE, RegionStore
 from .rerank import Reranker
 from .sources import StoredRegions
 
-READ_PREFIX = "read-"
-READ_SUFFIX = ".f32"
 TOP_UP_BATCH = 256  # images read per scorer call when topping up
-
-
-def read_file_name(region_file: str, digest: str) -> str:
-    return f"{READ_PREFIX}{region_file}-{digest}{READ_SUFFIX}"
 
 
 def remove_read_files(folder: Path, keep: Path | None = None) -> list[str]:
@@ -107,6 +104,8 @@ class ReadCache:
         source = RegionStore(self.folder / name, self.regions.store.layout)
         kept = self.file(name)
         kept.cut_torn_tail()  # a top-up killed mid-append
+        if len(kept) > len(source):  # rows the region file no longer has (restored from a backup?): start again
+            kept.path.unlink()
         start, end = len(kept), len(source)
         progress.start(max(0, end - start))
         try:

@@ -10,7 +10,7 @@ directions: one text against K images (search) and K texts against one image (ma
 
 from __future__ import annotations
 
-import hashlib
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,6 +21,7 @@ import torch
 from ..errors import IndexFormatError, RerankerMismatchError
 from ..fusion import FusionConfig, FusionScorer, ReadImages, TextBatch
 from ..store.atomic import atomic_path
+from ..store.layout import bytes_digest
 
 CHECKPOINT_FORMAT = 3  # 3: causal blocks and the caption head; 2: word embeddings, input norms, positions
 OLDEST_FORMAT = 2  # a format-2 scorer (match head, two-way self-attention) still runs
@@ -105,7 +106,8 @@ class Reranker:
     @classmethod
     def load(cls, path: Path, device: torch.device | None = None, precision: str = "fp32") -> "Reranker":
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            data = path.read_bytes()  # hashed and loaded from the same bytes: a writer may replace the file
+            checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
             version = int(checkpoint.get("format", 0))
             if version > CHECKPOINT_FORMAT:
                 raise IndexFormatError(f"{path} is from a newer vtsearch; upgrade vtsearch")
@@ -123,7 +125,7 @@ class Reranker:
             raise IndexFormatError(f"cannot read reranker weights {path}: {error}") from None
         reranker = cls(scorer, float(checkpoint.get("logit_scale", 100.0)), dict(checkpoint.get("trained", {})),
                        device, precision)
-        reranker.digest = file_digest(path)
+        reranker.digest = bytes_digest(data)
         return reranker
 
     def save(self, path: Path) -> None:
@@ -136,7 +138,7 @@ class Reranker:
         }
         with atomic_path(path) as temp:
             torch.save(checkpoint, temp)
-            self.digest = file_digest(temp)
+            self.digest = bytes_digest(temp.read_bytes())
 
     @property
     def read_width(self) -> int:
@@ -210,12 +212,3 @@ class Reranker:
         order = np.argsort(-final, kind="stable")
         grid_attention = [weights[..., config.prefix:] for weights in attention]  # the prefix is no place
         return RerankOutput(order, final, match_logit.cpu().numpy(), grid_attention)
-
-
-def file_digest(path: Path) -> str:
-    """A short content hash of a file (what a read-image cache is keyed by)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]

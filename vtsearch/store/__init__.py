@@ -10,7 +10,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from ..config import AnnConfig, Tuning
 from ..errors import CatalogMismatchError, IndexExistsError, IndexNotFoundError
@@ -20,7 +20,7 @@ from .annsync import AnnSync, placeholder_ann
 from .atomic import remove_stale_temps
 from .catalog import ERROR, INDEXED, Catalog, public_url
 from .check import LOST, CheckReport, Findings, inspect
-from .layout import ANN, CATALOG, MANIFEST
+from .layout import ANN, CATALOG, MANIFEST, RERANKER_FILE, bytes_digest, read_file_name
 from .lock import WriterLock
 from .manifest import Manifest, ManifestFile
 from .regionfiles import RegionFiles
@@ -38,7 +38,7 @@ class Store:
         self.lock = WriterLock(path, catalog.writer_lock())
         self.manifest_file = ManifestFile(path / MANIFEST, manifest)
         self.ann = AnnSync(path, catalog, self.lock, self.manifest_file, use_gpu, tuning or Tuning.from_env())
-        self.regions = RegionFiles(path, catalog, manifest.regions)
+        self.regions = RegionFiles(path, catalog, manifest.regions, self._read_width)
 
     @property
     def manifest(self) -> Manifest:
@@ -154,8 +154,28 @@ class Store:
             preprocess=manifest.preprocess, ann=manifest.ann, regions=manifest.regions, reranker=manifest.reranker,
             schema_version=manifest.schema_version, vtsearch_version=manifest.vtsearch_version,
             created=manifest.created, updated=manifest.updated, encoder_probe=manifest.encoder_probe,
-            texts=catalog.text_count(), catalog=catalog.location,
+            texts=catalog.text_count(), catalog=catalog.location, kept_reads=self.kept_reads(),
         )
+
+    def _read_width(self) -> int | None:
+        """The width of a trained fusion scorer's read images (None without one)."""
+        reranker = self.manifest.reranker
+        return int(reranker.config["width"]) if reranker is not None and "width" in reranker.config else None
+
+    def kept_reads(self) -> dict[str, Any] | None:
+        """The read-image file of the current region file and scorer, when there is one:
+        its name, bytes and whole rows (one per region row, unused ones included)."""
+        self.regions.sync()
+        store, width, checkpoint = self.regions.store, self._read_width(), self.path / RERANKER_FILE
+        if store is None or width is None:
+            return None
+        try:
+            path = self.path / read_file_name(store.path.name, bytes_digest(checkpoint.read_bytes()))
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return None
+        row_bytes = store.layout.regions * width * 4
+        return {"file": path.name, "bytes": size, "rows": size // row_bytes}
 
     def compact_regions(self) -> int:
         with self.writing():

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable
 
 from ..config import RegionLayout
 from .annsync import AnnSync
 from .catalog import Catalog
+from .layout import READ_PREFIX, READ_SUFFIX
 from .regions import REGIONS_FILE, RegionStore, compacted_name
 
 log = logging.getLogger(__name__)
@@ -17,11 +19,15 @@ COMPACT_WHEN_UNUSED = 0.25  # compact the region store when more of it than this
 
 
 class RegionFiles:
-    """The region store of one index folder (``store`` is None when regions are not kept)."""
+    """The region store of one index folder (``store`` is None when regions are not kept).
+    ``read_width`` says how wide a row of the trained scorer's read-image files is (None
+    without one), so a compaction can carry those rows along."""
 
-    def __init__(self, folder: Path, catalog: Catalog, layout: RegionLayout | None):
+    def __init__(self, folder: Path, catalog: Catalog, layout: RegionLayout | None,
+                 read_width: Callable[[], int | None] = lambda: None):
         self.folder = folder
         self.catalog = catalog
+        self.read_width = read_width
         stored = layout is not None and layout.stored
         self.store = RegionStore(folder / catalog.regions_file(REGIONS_FILE), layout) if stored else None
 
@@ -53,6 +59,7 @@ class RegionFiles:
         new.path.unlink(missing_ok=True)  # a compaction killed before its commit left it
         placed = old.copy_rows([row for _id, row in live], new)
         new.path.touch()  # exists even when nothing is live
+        self._carry_reads(old, new, [row for _id, row in live])
         ann_was_current = ann.is_current()
         self.catalog.relocate_regions({row_id: row for (row_id, _old), row in zip(live, placed)}, new.path.name)
         if ann_was_current:  # FAISS holds the same vectors: it stays current
@@ -62,6 +69,23 @@ class RegionFiles:
         self.remove_stale()
         log.info("compacted the region store: %d unused rows dropped", dropped)
         return dropped
+
+    def _carry_reads(self, old: RegionStore, new: RegionStore, rows: list[int]) -> None:
+        """Copy the rows of ``old``'s read-image files that ``rows`` (live, ascending) keep
+        to files named after ``new``, so that the scorer need not read every image again
+        (:mod:`vtsearch.query.readcache`). The rows a file has are a prefix of ``rows``, so
+        the copies are a prefix of ``new``'s rows; the old files go at the next top-up."""
+        width = self.read_width()
+        if not width:
+            return
+        layout = RegionLayout(grid=old.layout.grid, dim=width, prefix=old.layout.prefix, dtype="float32")
+        for path in self.folder.glob(f"{READ_PREFIX}{old.path.name}-*{READ_SUFFIX}"):
+            source = RegionStore(path, layout)
+            covered = len(source)
+            target = RegionStore(path.with_name(path.name.replace(f"{READ_PREFIX}{old.path.name}-",
+                                                                  f"{READ_PREFIX}{new.path.name}-", 1)), layout)
+            target.path.unlink(missing_ok=True)  # a compaction killed before its commit left it
+            source.copy_rows([row for row in rows if row < covered], target)
 
     def remove_stale(self) -> list[str]:
         """Delete region files the catalog does not name (lock held)."""

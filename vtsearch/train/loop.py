@@ -369,12 +369,14 @@ class _Trainer:
         swap_epochs = sum(self._swapping(epoch) for epoch in range(1, self.options.epochs + 1))
         swap_step_seconds = 0.0
         if swap_epochs and self.data.swaps is not None:
-            batches = [rows[start:start + self.options.batch_size]
-                       for start in range(0, len(rows), self.options.batch_size)][-ESTIMATE_SWAP_STEPS:]
+            size = self.options.batch_size
+            batches = [rows[start:start + size] for start in range(0, len(rows), size)][:ESTIMATE_SWAP_STEPS]
             clock = time.perf_counter()
             with _forked_rng(self.device):  # dropout draws nothing the run would have drawn
                 for batch in batches:
                     self.batch_loss(batch, swapping=True).backward()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
             swap_step_seconds = (time.perf_counter() - clock) / len(batches)
             self.optimizer.zero_grad(set_to_none=True)
         return TrainPlan(self.options.epochs, steps, step_seconds, self.validation_seconds, swap_epochs,
