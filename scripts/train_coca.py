@@ -10,9 +10,12 @@ The point is the offline proof of the pretrained stage 2: the same data and the 
 kind of small model as ``scripts/train_clip.py`` (64 px, 4 x 4 patches, width 128), plus a
 decoder that learns to caption. Its contrastive half has the dual-encoder weakness (which
 colour belongs to which shape, which is on the left); its captioning half has to say
-"red … left of … blue" token by token while looking at the image.
+"red … left of … blue" token by token while looking at the image. ``--swap-weight``
+adds, from halfway, what ``train-reranker --swaps`` adds for the fusion scorer: each
+caption must be likelier under its image, per token, than a variant of itself with two
+words of one kind traded (the decoder's swap epochs cost about twice a plain one).
 
-    python scripts/train_coca.py DATA/train.jsonl OUT_DIR [--epochs 12] [--family-batches]
+    python scripts/train_coca.py DATA/train.jsonl OUT_DIR [--epochs 12] [--family-batches] [--swap-weight 0.5]
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import random
 import time
 from pathlib import Path
 
+import numpy as np
 import open_clip
 import torch
 from safetensors.torch import load_file
@@ -53,9 +57,51 @@ def build(config: dict, device: str) -> open_clip.CoCa:
     return model
 
 
+def swap_loss(model: open_clip.CoCa, image_embs: torch.Tensor, logits: torch.Tensor, tokens: torch.Tensor,
+              variants: torch.Tensor, has_variant: torch.Tensor) -> torch.Tensor:
+    """Each caption against its word-swapped variant under its image (``train-reranker
+    --swaps`` for the decoder): a softmax over their mean log-probability per token, the
+    caption first. ``logits`` (B, T-1, V) are the decoder's for the captions ``tokens``
+    (B, T); ``variants`` (B, T) the swapped captions, used where ``has_variant``."""
+    rows = has_variant.nonzero().squeeze(1)
+    if len(rows) == 0:
+        return logits.new_zeros(())
+    _, states = model._encode_text(variants[rows])
+    variant_logits = model.text_decoder(image_embs[rows], states[:, :-1])
+    scores = torch.stack([mean_log_prob(logits[rows], tokens[rows]), mean_log_prob(variant_logits, variants[rows])], 1)
+    return torch.nn.functional.cross_entropy(scores, torch.zeros(len(rows), dtype=torch.long, device=scores.device))
+
+
+def mean_log_prob(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """(B,) mean log-probability of each text's tokens after the first (padding is id 0)."""
+    following = tokens[:, 1:]
+    picked = logits.float().log_softmax(-1).gather(-1, following[..., None]).squeeze(-1)
+    real = (following != 0).float()
+    return (picked * real).sum(1) / real.sum(1).clamp(min=1)
+
+
+def swap_tokens(image_captions: list[list[str]], tokens: torch.Tensor, context_length: int,
+                seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(choices, N, ctx) token ids of one word-swapped variant of each caption (the word
+    kinds read off the captions, as ``train-reranker`` does), and which captions have one."""
+    from vtsearch.train.mining import WordKinds
+
+    kinds = WordKinds([text for texts in image_captions for text in texts])
+    rng = np.random.default_rng(seed)
+    tokenizer = open_clip.SimpleTokenizer(context_length=context_length)
+    variants = torch.zeros_like(tokens)
+    has = torch.zeros(tokens.shape[:2], dtype=torch.bool)
+    for choice in range(tokens.shape[0]):
+        texts = [captions[choice % len(captions)] for captions in image_captions]
+        swapped = [(kinds.swaps(text, 1, rng) or [""])[0] for text in texts]
+        variants[choice] = tokenizer([text or "." for text in swapped])
+        has[choice] = torch.tensor([bool(text) for text in swapped])
+    return variants, has
+
+
 def train(pairs_path: Path, out: Path, epochs: int, batch_size: int, lr: float, seed: int, image_size: int,
           family_batches: bool = False, device: str = "cpu", patch_size: int = 16, context_length: int = 16,
-          caption_weight: float = 2.0, init: Path | None = None) -> None:
+          caption_weight: float = 2.0, init: Path | None = None, swap_weight: float = 0.0) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
     config = model_config(image_size, patch_size, context_length)
@@ -64,6 +110,9 @@ def train(pairs_path: Path, out: Path, epochs: int, batch_size: int, lr: float, 
         model.load_state_dict(load_file(str(init / "open_clip_model.safetensors")))
     pixels, image_captions = load_pairs(pairs_path, image_size)
     tokens = caption_tokens(image_captions, context_length)
+    if swap_weight:
+        variants, has_variant = swap_tokens(image_captions, tokens, context_length, seed)
+        print(f"word swaps from epoch {epochs // 2 + 1}: {int(has_variant.sum())} of {has_variant.numel()} captions")
     loss_fn = open_clip.CoCaLoss(caption_loss_weight=caption_weight, clip_loss_weight=1.0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     steps_per_epoch = len(image_captions) // batch_size
@@ -80,11 +129,18 @@ def train(pairs_path: Path, out: Path, epochs: int, batch_size: int, lr: float, 
             order = family_order(captions) if family_batches else torch.randperm(len(captions))
             for step in range(steps_per_epoch):
                 batch = order[step * batch_size:(step + 1) * batch_size]
-                output = model(pixels[batch].to(device), tokens[picks[batch], batch].to(device))
+                text = tokens[picks[batch], batch].to(device)
+                image_latent, image_embs = model._encode_image(pixels[batch].to(device))
+                output = model(None, text, image_latent=image_latent, image_embs=image_embs)
                 contrastive, caption = loss_fn(output["image_features"], output["text_features"], output["logits"],
                                                output["labels"], output["logit_scale"])
+                loss = contrastive + caption
+                if swap_weight and epoch >= epochs // 2:
+                    loss = loss + swap_weight * swap_loss(model, image_embs, output["logits"], text,
+                                                          variants[picks[batch], batch].to(device),
+                                                          has_variant[picks[batch], batch].to(device))
                 optimizer.zero_grad(set_to_none=True)
-                (contrastive + caption).backward()
+                loss.backward()
                 optimizer.step()
                 scheduler.step()
                 with torch.no_grad():
@@ -100,13 +156,16 @@ def main() -> None:
     parser = training_arguments(__doc__)
     parser.add_argument("--caption-weight", type=float, default=2.0, help="CoCaLoss caption_loss_weight")
     parser.add_argument("--init", type=Path, help="start from the weights this script saved in this folder")
+    parser.add_argument("--swap-weight", type=float, default=0.0,
+                        help="from halfway, also rank each caption above a word-swapped variant (0: off)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (0: torch's choice; 1 is ~10x faster on a CPU another job shares)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     train(args.pairs, args.out, args.epochs, args.batch_size, args.lr, args.seed, args.image_size,
-          args.family_batches, args.device, args.patch_size, args.context_length, args.caption_weight, args.init)
+          args.family_batches, args.device, args.patch_size, args.context_length, args.caption_weight, args.init,
+          args.swap_weight)
 
 
 if __name__ == "__main__":
