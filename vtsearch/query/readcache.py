@@ -32,12 +32,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..config import RegionLayout
-from ..errors import NeedsRepairError
 from ..fusion import ReadImages
 from ..progress import NoProgress, Progress
 from ..store.catalog import Catalog
-from ..store.layout import READ_PREFIX, READ_SUFFIX, read_file_name
+from ..store.layout import READ_PREFIX, READ_SUFFIX, read_file_name, read_layout
 from ..store.regions import REGIONS_FILE, RegionStore
 from .rerank import Reranker
 from .sources import StoredRegions
@@ -63,8 +61,7 @@ class ReadCache:
         self.catalog = catalog
         self.reranker = reranker
         self.regions = regions
-        config = reranker.scorer.config
-        self.layout = RegionLayout(grid=config.grid, dim=reranker.read_width, prefix=config.prefix, dtype="float32")
+        self.layout = read_layout(regions.store.layout, reranker.read_width)
         self._file: RegionStore | None = None
 
     def file(self, region_file: str) -> RegionStore:
@@ -77,13 +74,9 @@ class ReadCache:
     def images(self, ids: Sequence[int]) -> ReadImages:
         """The images of catalog ids, in order, as the scorer reads them: from the file
         where it has them, else read from their regions now."""
-        name, rows = self.catalog.region_locations(ids, default=REGIONS_FILE)
-        missing = [image_id for image_id in ids if rows.get(image_id) is None]
-        if missing:
-            raise NeedsRepairError(f"{len(missing)} images have no stored regions (e.g. id {missing[0]})")
+        name, wanted = self.regions.locate(ids)
         kept = self.file(name)
         covered = len(kept)
-        wanted = [rows[image_id] for image_id in ids]
         found = [slot for slot, row in enumerate(wanted) if row < covered]
         values = torch.empty(len(ids), self.layout.regions, self.layout.dim)
         if found:

@@ -29,15 +29,20 @@ class StoredRegions:
         self.store = store
         self.catalog = catalog
 
-    def regions(self, ids: Sequence[int]) -> torch.Tensor:
+    def locate(self, ids: Sequence[int]) -> tuple[str, list[int]]:
+        """The region file's name and the row of each id in it, as of one moment."""
         name, rows = self.catalog.region_locations(ids, default=REGIONS_FILE)
         missing = [image_id for image_id in ids if rows.get(image_id) is None]
         if missing:
             raise NeedsRepairError(f"{len(missing)} images have no stored regions (e.g. id {missing[0]})")
+        return name, [rows[image_id] for image_id in ids]
+
+    def regions(self, ids: Sequence[int]) -> torch.Tensor:
+        name, rows = self.locate(ids)
         if name != self.store.path.name:  # compacted since this reader looked
             self.store = RegionStore(self.store.path.with_name(name), self.store.layout)
         try:
-            values = self.store.read([rows[i] for i in ids])
+            values = self.store.read(rows)
         except FileNotFoundError:  # compacted between the lookup and the read: look again
             return self.regions(ids)
         return torch.from_numpy(values.astype(np.float32))

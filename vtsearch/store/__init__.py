@@ -20,7 +20,7 @@ from .annsync import AnnSync, placeholder_ann
 from .atomic import remove_stale_temps
 from .catalog import ERROR, INDEXED, Catalog, public_url
 from .check import LOST, CheckReport, Findings, inspect
-from .layout import ANN, CATALOG, MANIFEST, RERANKER_FILE, bytes_digest, read_file_name
+from .layout import ANN, CATALOG, MANIFEST, RERANKER_FILE, bytes_digest, read_file_name, read_layout
 from .lock import WriterLock
 from .manifest import Manifest, ManifestFile
 from .regionfiles import RegionFiles
@@ -174,8 +174,7 @@ class Store:
             size = path.stat().st_size
         except FileNotFoundError:
             return None
-        row_bytes = store.layout.regions * width * 4
-        return {"file": path.name, "bytes": size, "rows": size // row_bytes}
+        return {"file": path.name, "bytes": size, "rows": size // read_layout(store.layout, width).row_bytes}
 
     def compact_regions(self) -> int:
         with self.writing():

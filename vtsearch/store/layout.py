@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from ..config import RegionLayout
+
 MANIFEST = "manifest.json"
 CATALOG = "catalog.sqlite"
 ANN = "ann.faiss"
@@ -31,6 +33,11 @@ READ_FORMAT = 1  # of what a read-image row holds; a change makes every earlier 
 def bytes_digest(data: bytes) -> str:
     """A short content hash of a scorer's checkpoint (what its read-image file is keyed by)."""
     return hashlib.sha256(data).hexdigest()[:16]
+
+
+def read_layout(regions: RegionLayout, width: int) -> RegionLayout:
+    """How a read-image file keeps a row: the region store's tokens at the scorer's width, float32."""
+    return RegionLayout(grid=regions.grid, dim=width, prefix=regions.prefix, dtype="float32")
 
 
 def read_file_name(region_file: str, digest: str) -> str:

@@ -10,7 +10,7 @@ from typing import Callable
 from ..config import RegionLayout
 from .annsync import AnnSync
 from .catalog import Catalog
-from .layout import READ_PREFIX, READ_SUFFIX
+from .layout import READ_PREFIX, READ_SUFFIX, read_layout
 from .regions import REGIONS_FILE, RegionStore, compacted_name
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class RegionFiles:
         width = self.read_width()
         if not width:
             return
-        layout = RegionLayout(grid=old.layout.grid, dim=width, prefix=old.layout.prefix, dtype="float32")
+        layout = read_layout(old.layout, width)
         for path in self.folder.glob(f"{READ_PREFIX}{old.path.name}-*{READ_SUFFIX}"):
             source = RegionStore(path, layout)
             covered = len(source)
