@@ -9,7 +9,9 @@ rows (~1.5 ms for 100 ids) is not included. The model is ViT-B-32 with random we
 index of it keeps (7 × 7 × 768, its last block's tokens) and the default scorer (width
 128, 2 layers, ``--region-layers`` blocks among the regions): the caption scorer that
 ``train-reranker`` trains, with the largest vocabulary it keeps (``MAX_VOCAB`` token
-classes, as a captioned photo collection gives), or with ``--score match`` the match head.
+classes, as a captioned photo collection gives: ``bench_vocabulary``) and the adaptive
+head it then builds (``--head full``: one softmax over them, as scorers trained before
+had), or with ``--score match`` the match head.
 The gallery is synthetic. Stage 2 is measured both ways a query can run it: from the
 regions, and from the images as the trained scorer reads them, which an index keeps
 beside the scorer (``vtsearch.query.readcache``: the query then runs only the text blocks
@@ -40,7 +42,7 @@ import torch
 
 from benchkit import random_encoder
 from vtsearch.config import AnnConfig, EncoderSpec
-from vtsearch.fusion import FusionConfig, ReadImages
+from vtsearch.fusion import FusionConfig, ReadImages, head_cutoffs
 from vtsearch.encoder import Encoder
 from vtsearch.query.decoder import DecoderReranker
 from vtsearch.query.rerank import Reranker
@@ -50,6 +52,16 @@ from vtsearch.store.regions import RegionLayout, RegionStore
 
 QUERIES = ["a red car parked left of a blue house", "two dogs playing in the snow",
            "a plate of pasta with basil on a wooden table", "a man riding a bicycle"]
+
+
+def bench_vocabulary(encoder: Encoder) -> tuple[int, ...]:
+    """``MAX_VOCAB`` token ids as a caption head's vocabulary, commonest first: the
+    queries' own tokens among the tokenizer's lowest ids, in id order (a BPE tokenizer
+    numbers its merges from the commonest, so the order stands in for frequency): the
+    queries' words then fall in every band of an adaptive head, as a real one's do."""
+    wanted = {int(i) for query in QUERIES for i in encoder.tokenizer([query])[0] if int(i)}
+    filler = [i for i in range(1, 50_000) if i not in wanted][:MAX_VOCAB - len(wanted)]
+    return tuple(sorted(wanted.union(filler)))
 
 
 def median_ms(function, repeats: int) -> float:
@@ -71,6 +83,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     parser.add_argument("--score", choices=("caption", "match"), default="caption", help="the scorer's head")
+    parser.add_argument("--head", choices=("adaptive", "full"), default="adaptive",
+                        help="the caption head over its vocabulary: adaptive (what train-reranker builds for a "
+                             "large one) or one full softmax (scorers trained before)")
     parser.add_argument("--region-layers", type=int, default=TrainOptions.region_layers,
                         help="the scorer's self-attention blocks over regions (train-reranker's default)")
     parser.add_argument("--json", action="store_true", help="one JSON line per configuration")
@@ -102,9 +117,11 @@ def main() -> None:
         store = RegionStore(Path(folder) / "regions.f16", layout)
         for start in range(0, args.store_rows, 500):
             store.append(rng.normal(size=(min(500, args.store_rows - start), layout.regions, dim)).astype(np.float16))
-        vocab = tuple(range(1000, 1000 + MAX_VOCAB)) if args.score == "caption" else ()
+        vocab = bench_vocabulary(encoder) if args.score == "caption" else ()
+        cutoffs = head_cutoffs(len(vocab) + 1) if vocab and args.head == "adaptive" else ()
         reranker = Reranker.untrained(FusionConfig(text_dim=encoder.text_token_dim, region_dim=dim, grid=grid,
                                                    max_tokens=encoder.context_length, score=args.score, vocab=vocab,
+                                                   head_cutoffs=cutoffs,
                                                    word_dim=encoder.word_dim, causal_states=encoder.text_causal,
                                                    region_layers=args.region_layers),
                                       device=device, precision=encoder.precision)
@@ -146,7 +163,7 @@ def main() -> None:
             from_kept_ms = median_ms(lambda: reranker.rerank(features.tokens[0], features.ids[0], stage1, images),
                                      args.repeats)
             stage1_ms, stage2_ms = encode_ms + ann_ms, regions_ms + rerank_ms
-            rows.append({"model": args.model, "device": args.device, "score": args.score,
+            rows.append({"model": args.model, "device": args.device, "score": args.score, "head": args.head,
                          "precision": encoder.precision, "region_layers": args.region_layers, "k": k,
                          "gallery": args.gallery, "regions": f"{grid}x{grid}x{dim}", "encode_ms": round(encode_ms, 2),
                          "ann_ms": round(ann_ms, 2), "stage1_ms": round(stage1_ms, 2),
@@ -164,7 +181,9 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
             print(json.dumps(row))
         return
     print(f"{rows[0]['model']} on {args.device}, {torch.get_num_threads()} threads; regions {rows[0]['regions']}; "
-          f"gallery {args.gallery}; {rows[0]['score']} scorer; {rows[0].get('precision', 'fp32')}; "
+          f"gallery {args.gallery}; {rows[0]['score']} scorer"
+          + (f" ({rows[0]['head']} head)" if rows[0]["score"] == "caption" and "head" in rows[0] else "")
+          + f"; {rows[0].get('precision', 'fp32')}; "
           f"{rows[0].get('region_layers', 0)} region blocks")
     kept = "kept_ms" in rows[0]
     print(f"{'k':>5} {'stage 1 ms':>11} {'(encode':>8} {'+ ann)':>7} {'stage 2 ms':>11} {'(regions':>9} "

@@ -1,8 +1,10 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
-from vtsearch.fusion import FusionConfig, FusionScorer, TextBatch
+from vtsearch.fusion import AdaptiveHead, FusionConfig, FusionScorer, TextBatch, head_cutoffs
 from vtsearch.query.rerank import Reranker
 
 CONFIG = FusionConfig(text_dim=24, region_dim=40, grid=3, width=32, layers=2, heads=4)
@@ -158,13 +160,19 @@ def world_batch(generator: torch.Generator, size: int) -> tuple[TextBatch, torch
     return TextBatch.pad(states, ids), torch.stack(images)
 
 
-def test_caption_training_lowers_the_loss_and_learns_which_side():
+# the same world's scorer with an adaptive head: "left"/"right" and two colours in the
+# common band, the other two colours and the end in rarer ones
+ADAPTIVE_WORLD = replace(WORLD, vocab=(LEFT, RIGHT, *COLOURS, END), head_cutoffs=(3, 5))
+
+
+@pytest.mark.parametrize("config", [WORLD, ADAPTIVE_WORLD], ids=["softmax", "adaptive"])
+def test_caption_training_lowers_the_loss_and_learns_which_side(config):
     """A step of the caption objective lowers it, and a briefly trained scorer ranks the
     image where red is on the left first for "red left of blue", and the other way for
     "red right of blue" (the same words in another order)."""
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    scorer = FusionScorer(WORLD)
+    scorer = FusionScorer(config)
     optimizer = torch.optim.AdamW(scorer.parameters(), lr=3e-3)
     losses = []
     for _ in range(150):
@@ -204,13 +212,13 @@ def test_caption_score_is_pointwise_mutual_information():
 
 def test_an_unknown_token_is_one_class_and_a_bidirectional_tower_reads_words_only():
     config = FusionConfig(text_dim=40, region_dim=8, grid=2, width=16, layers=1, heads=2, score="caption",
-                          vocab=(5, 9), word_dim=16, causal_states=False)
+                          vocab=(9, 5), word_dim=16, causal_states=False)  # commonest first: 9 is class 1
     scorer = FusionScorer(config)
     assert scorer.text_in.in_features == 16
     states = torch.randn(1, 4, 40)
     batch = TextBatch(states, torch.tensor([[1, 9, 777, 5]]), torch.tensor([4]))
-    _, targets, real = scorer._next_tokens(torch.zeros(1, 4, 16), batch)
-    assert targets.tolist() == [[2, 0, 1]] and real.tolist() == [[1.0, 1.0, 1.0]]
+    targets, real = scorer._next_tokens(batch)
+    assert targets.tolist() == [[1, 0, 2]] and real.tolist() == [[1.0, 1.0, 1.0]]
     # the contextual part of a token is not read: changing it changes nothing
     changed = TextBatch(torch.cat([torch.randn(1, 4, 24), states[..., 24:]], dim=-1), batch.ids, batch.lengths)
     regions = torch.randn(1, 4, 8)
@@ -243,3 +251,32 @@ def test_swap_contrast_is_a_listwise_loss_over_pmi_per_token_and_skips_rows_with
     grads = [p.grad for p in scorer.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert scorer.no_image.grad is None  # the term trains p(text | image), not the prior
+
+
+def test_an_adaptive_head_is_a_distribution_over_every_class():
+    """Common classes from one softmax, rarer ones through their band's: over all classes
+    the probabilities of a state sum to 1, and every class is reachable."""
+    torch.manual_seed(0)
+    head = AdaptiveHead(16, 11, (4, 7))
+    states = torch.randn(3, 16)
+    with torch.no_grad():
+        every = torch.stack([head(states, torch.full((3,), label)) for label in range(11)], dim=1)  # (3, 11)
+    torch.testing.assert_close(every.exp().sum(dim=1), torch.ones(3))
+    assert head_cutoffs(1024) == () and head_cutoffs(1500) == (512,) and head_cutoffs(4097) == (512, 2048)
+    with pytest.raises(ValueError):
+        AdaptiveHead(16, 11, (4, 12))
+
+
+@pytest.mark.parametrize("config", [CONFIG, CAPTION_CONFIG, ADAPTIVE_WORLD], ids=["match", "caption", "adaptive"])
+def test_one_query_against_many_images_scores_as_its_copies(config):
+    """A search's batch is one text seen K times (a view): the scorer runs that text's
+    steps before it first reads an image once, with the scores of K real copies."""
+    scorer = FusionScorer(config).eval()
+    dims = config.text_dim, config.prefix + config.grid ** 2, config.region_dim
+    batch = TextBatch.pad([torch.randn(5, dims[0])], [torch.tensor([1, 10, 20, 12, 2])])
+    regions = torch.randn(4, *dims[1:])
+    with torch.no_grad():
+        viewed, viewed_attention = scorer(batch.expand(4), regions, need_weights=True)
+        copied, copied_attention = scorer(batch.repeat_each(4), regions, need_weights=True)
+    torch.testing.assert_close(viewed, copied, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(viewed_attention[0], copied_attention[0], atol=1e-6, rtol=1e-5)

@@ -28,6 +28,14 @@ each text's own likelihood (short, common texts would otherwise win). Self-atten
 causal so that no token sees the one it predicts; for a text tower that is not causal
 (Hugging Face towers) only the words' own embeddings are read, not the tower's states.
 
+The caption head names the training captions' commonest tokens (``MAX_VOCAB`` at most;
+any other token is one class). Past ``ADAPTIVE_ABOVE`` classes it is an adaptive softmax
+(:class:`AdaptiveHead`): a query's tokens are mostly common words, and normalising over a
+few hundred classes instead of thousands is most of what a rerank from kept reads costs.
+
+A search scores one query against K images: the query's steps before it first reads an
+image (its projection and the first self-attention) are the same for all K and run once.
+
 **The match head** (``score="match"``, scorers trained before the caption score): a
 logit from the end-of-text token, trained listwise against hard negatives.
 
@@ -59,6 +67,15 @@ import torch.nn.functional as F
 from torch import nn
 
 SCORES = ("caption", "match")
+ADAPTIVE_DIV = 2.0  # an adaptive caption head's rarer bands read the state at width / 2, / 4, ...
+ADAPTIVE_BANDS = (512, 2048)  # ... and start at these classes (commonest first), past ADAPTIVE_ABOVE classes
+ADAPTIVE_ABOVE = 1024
+
+
+def head_cutoffs(classes: int) -> tuple[int, ...]:
+    """The bands of a caption head over ``classes`` classes: none (one softmax) up to
+    ``ADAPTIVE_ABOVE``, then an adaptive head (:class:`AdaptiveHead`)."""
+    return () if classes <= ADAPTIVE_ABOVE else tuple(cut for cut in ADAPTIVE_BANDS if cut < classes)
 
 
 @dataclass(frozen=True)
@@ -76,7 +93,8 @@ class FusionConfig:
     dropout: float = 0.0
     position_scale: float = 1.0  # initial std of the learned token and region positions
     score: str = "match"  # "caption": PMI of the caption head; "match": the match head
-    vocab: tuple[int, ...] = ()  # token ids the caption head names (sorted); any other id is one class
+    vocab: tuple[int, ...] = ()  # token ids the caption head names, commonest first; any other id is one class
+    head_cutoffs: tuple[int, ...] = ()  # an adaptive caption head's cluster bounds (none: one softmax)
     word_dim: int = 0  # trailing width of a text token that is the word's own input embedding
     causal_states: bool = True  # the tower's contextual state of a token saw no later token
     causal: bool = False  # causal self-attention (always, with a caption head)
@@ -85,6 +103,7 @@ class FusionConfig:
         if self.score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, not {self.score!r}")
         object.__setattr__(self, "vocab", tuple(int(i) for i in self.vocab))
+        object.__setattr__(self, "head_cutoffs", tuple(int(i) for i in self.head_cutoffs))
         if self.score == "caption" and not self.causal:
             object.__setattr__(self, "causal", True)
 
@@ -96,7 +115,7 @@ class FusionConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["vocab"] = list(self.vocab)
+        data["vocab"], data["head_cutoffs"] = list(self.vocab), list(self.head_cutoffs)
         return data
 
     @classmethod
@@ -134,20 +153,58 @@ class FusionBlock(nn.Module):
         need_weights: bool = False,
         causal_mask: torch.Tensor | None = None,  # (T, T) True where a token may not look
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.read(self.attend_text(text, text_padding, causal_mask), regions, need_weights)
+
+    def attend_text(self, text: torch.Tensor, text_padding: torch.Tensor,
+                    causal_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The self-attention step: (B, T, W) → (B, T, W), the image not yet read."""
         normed = self.ln_self(text)
         if causal_mask is not None:  # padding comes after the real tokens: causality hides it
             attended, _ = self.self_attn(normed, normed, normed, attn_mask=causal_mask, need_weights=False)
         else:
             attended, _ = self.self_attn(normed, normed, normed, key_padding_mask=text_padding,
                                          need_weights=False)
-        text = text + attended  # (B, T, W)
-        normed, keys = self.ln_cross(text), self.ln_regions(regions)
-        attended, weights = self.cross_attn(
-            normed, keys, keys, need_weights=need_weights, average_attn_weights=True
-        )  # (B, T, W), weights (B, T, R) when asked
+        return text + attended  # (B, T, W)
+
+    def read(self, text: torch.Tensor, regions: torch.Tensor,
+             need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The cross-attention step and the MLP: (B, T, W) text, (B, R, W) regions."""
+        attended, weights = self.attend_regions(self.ln_cross(text), regions, need_weights)
         text = text + attended
         text = text + self.mlp(self.ln_mlp(text))  # (B, T, W)
         return text, weights
+
+    def attend_regions(self, normed: torch.Tensor, regions: torch.Tensor,
+                       need_weights: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``cross_attn`` (its weights, as ``nn.MultiheadAttention`` keeps them) from (B, T, W)
+        normed text to (B, R, W) regions → (B, T, W), and (B, T, R) weights averaged over
+        heads when asked. Written out rather than called: the module projects keys and values
+        through a batched product of transposed copies, the largest cost of a rerank from
+        kept reads; here they are one product, and an image seen by every text once."""
+        attention = self.cross_attn
+        width, heads = attention.embed_dim, attention.num_heads
+        one_image = len(regions) > 1 and regions.stride(0) == 0  # a match: K texts, one image
+        keys = self.ln_regions(regions[:1] if one_image else regions)
+        pairs = F.linear(keys, attention.in_proj_weight[width:], attention.in_proj_bias[width:])  # (B|1, R, 2W)
+        if one_image:
+            pairs = pairs.expand(len(normed), -1, -1)
+        query = F.linear(normed, attention.in_proj_weight[:width], attention.in_proj_bias[:width])  # (B, T, W)
+
+        def split(values: torch.Tensor) -> torch.Tensor:  # (B, n, W) → (B, heads, n, W / heads)
+            return values.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+        query, key, value = split(query), split(pairs[..., :width]), split(pairs[..., width:])
+        dropout = attention.dropout if self.training else 0.0
+        weights = None
+        # written out when the weights are wanted, and under bf16 on a CPU, where it is ~3x
+        # faster than SDPA's kernel for a rerank's shapes (softmax in float32 either way)
+        if need_weights or (query.device.type == "cpu" and query.dtype == torch.bfloat16):
+            weights = ((query @ key.transpose(-1, -2)).float() * query.shape[-1] ** -0.5).softmax(dim=-1)
+            attended = F.dropout(weights, dropout).to(value.dtype) @ value  # (B, heads, T, W / heads)
+        else:
+            attended = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout)
+        attended = attention.out_proj(attended.transpose(1, 2).flatten(2))  # (B, T, W)
+        return attended, weights.mean(dim=1) if need_weights else None  # weights (B, T, R)
 
 
 class RegionBlock(nn.Module):
@@ -166,6 +223,41 @@ class RegionBlock(nn.Module):
         normed = self.ln_self(regions)
         regions = regions + self.self_attn(normed, normed, normed, need_weights=False)[0]
         return regions + self.mlp(self.ln_mlp(regions))
+
+
+class AdaptiveHead(nn.Module):
+    """An adaptive softmax (Grave et al., 2017) for a large caption vocabulary: one softmax
+    over the ``cutoffs[0]`` commonest classes and one class per rarer band; a token of a
+    band adds its log-probability within the band, from the state narrowed by
+    ``ADAPTIVE_DIV`` per band. A query's tokens are mostly common, so most positions
+    normalise over a few hundred classes instead of thousands (the exact log-probability
+    of this model, not an approximation of a full softmax)."""
+
+    def __init__(self, width: int, classes: int, cutoffs: Sequence[int]):
+        super().__init__()
+        self.bounds = [*cutoffs, classes]  # band b holds classes bounds[b] .. bounds[b+1] - 1
+        if any(low >= high for low, high in zip(self.bounds, self.bounds[1:])) or self.bounds[0] < 1:
+            raise ValueError(f"head cutoffs must rise from 1 to below {classes}, not {tuple(cutoffs)}")
+        self.head = nn.Linear(width, self.bounds[0] + len(cutoffs))
+        self.bands = nn.ModuleList(
+            nn.Sequential(nn.Linear(width, max(1, int(width / ADAPTIVE_DIV ** (band + 1))), bias=False),
+                          nn.Linear(max(1, int(width / ADAPTIVE_DIV ** (band + 1))), high - low, bias=False))
+            for band, (low, high) in enumerate(zip(self.bounds, self.bounds[1:])))
+
+    def forward(self, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(..., W) states and (...) target classes → (...) float32 log-probabilities."""
+        shape, states, targets = targets.shape, states.reshape(-1, states.shape[-1]), targets.reshape(-1)
+        shortlist = self.bounds[0]
+        band = torch.bucketize(targets, torch.tensor(self.bounds, device=targets.device), right=True) - 1  # -1: head
+        head = F.log_softmax(self.head(states).float(), dim=-1)  # (N, shortlist + bands)
+        picked = head.gather(1, torch.where(band < 0, targets, shortlist + band)[:, None]).squeeze(1)  # (N,)
+        for number, layer in enumerate(self.bands):
+            rows = (band == number).nonzero().squeeze(1)
+            if len(rows):
+                within = F.log_softmax(layer(states[rows]).float(), dim=-1)  # (n, band size)
+                picked = picked.index_add(0, rows, within.gather(1, (targets[rows] - self.bounds[number])[:, None])
+                                          .squeeze(1))
+        return picked.view(shape)
 
 
 @dataclass(frozen=True)
@@ -246,8 +338,13 @@ class FusionScorer(nn.Module):
             self.head = nn.Linear(width, 1)
         else:
             self.no_image = nn.Parameter(torch.randn(1, width) * config.position_scale)  # what "no image" reads
-            self.caption_head = nn.Linear(width, len(config.vocab) + 1)  # class 0: any other token
-            self.register_buffer("vocab", torch.tensor(config.vocab, dtype=torch.long), persistent=False)
+            classes = len(config.vocab) + 1  # class 0: any other token; then the vocabulary in its order
+            self.caption_head = (AdaptiveHead(width, classes, config.head_cutoffs) if config.head_cutoffs
+                                 else nn.Linear(width, classes))
+            vocab = torch.tensor(config.vocab, dtype=torch.long)
+            order = torch.argsort(vocab)
+            self.register_buffer("vocab", vocab[order], persistent=False)  # the ids sorted, to look up
+            self.register_buffer("vocab_class", order + 1, persistent=False)  # ... and each one's class
         self.rerank_weight = nn.Parameter(torch.zeros(()))  # w: starts at 0 = stage-1 order
 
     def region_positions(self) -> torch.Tensor:
@@ -285,15 +382,22 @@ class FusionScorer(nn.Module):
     def attend(self, texts: TextBatch, image: torch.Tensor,
                need_weights: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``hidden`` for images already read (``read_image``): (B, P+R, W) → token states (B, T, W)."""
-        tokens = texts.states.shape[1]
+        batch, tokens = texts.states.shape[:2]
         states = texts.states[..., -self.config.text_in_dim:]  # the word part alone, when that is all it reads
-        text = self.text_in(self.text_norm(states)) + self.text_positions[:tokens]  # (B, T, W)
+        one_text = batch > 1 and texts.states.stride(0) == 0  # a search: one query against every image
+        if one_text:
+            states = states[:1]
+        text = self.text_in(self.text_norm(states)) + self.text_positions[:tokens]  # (B, T, W), or (1, T, W)
         positions = torch.arange(tokens, device=text.device)  # (T,)
         text_padding = positions[None, :] >= texts.lengths[:, None]  # (B, T)
         causal_mask = positions[None, :] > positions[:, None] if self.config.causal else None  # (T, T)
         attention = []
-        for block in self.blocks:
-            text, weights = block(text, text_padding, image, need_weights, causal_mask)
+        for number, block in enumerate(self.blocks):
+            if number == 0 and one_text:  # until it first reads the image, the query is the same for all: once
+                text = block.attend_text(text, text_padding[:1], causal_mask).expand(batch, -1, -1)
+                text, weights = block.read(text, image, need_weights)
+            else:
+                text, weights = block(text, text_padding, image, need_weights, causal_mask)
             if weights is not None:
                 attention.append(weights)
         return text, attention
@@ -332,24 +436,23 @@ class FusionScorer(nn.Module):
 
     def token_log_probs(self, hidden: torch.Tensor, texts: TextBatch) -> torch.Tensor:
         """(B, T-1) the log-probability of each text's token after the first; 0 past its end."""
-        log_probs, targets, real = self._next_tokens(hidden, texts)  # (B, T-1, V), (B, T-1), (B, T-1)
+        targets, real = self._next_tokens(texts)  # (B, T-1) classes, and which of them are real tokens
+        normed = self.ln_out(hidden[:, :-1]).float()  # (B, T-1, W)
+        if isinstance(self.caption_head, AdaptiveHead):
+            return self.caption_head(normed, targets) * real
+        log_probs = F.log_softmax(self.caption_head(normed).float(), dim=-1)  # (B, T-1, V), float32 under autocast
         return log_probs.gather(-1, targets[..., None]).squeeze(-1) * real
 
-    def _next_tokens(self, hidden: torch.Tensor,
-                     texts: TextBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Log-probabilities of the next token at each position, the classes of the tokens
-        that do come next, and which of those are real (not padding)."""
-        logits = self.caption_head(self.ln_out(hidden[:, :-1])).float()  # (B, T-1, V); in float32 under autocast
-        log_probs = F.log_softmax(logits, dim=-1)
+    def _next_tokens(self, texts: TextBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The class of each token that comes next (B, T-1), and which are real (not padding)."""
         following = texts.ids[:, 1:].contiguous()  # (B, T-1)
         if len(self.vocab):
             slot = torch.searchsorted(self.vocab, following).clamp(max=len(self.vocab) - 1)
-            targets = torch.where(self.vocab[slot] == following, slot + 1, 0)
+            targets = torch.where(self.vocab[slot] == following, self.vocab_class[slot], 0)
         else:
             targets = torch.zeros_like(following)
-        positions = torch.arange(1, hidden.shape[1], device=hidden.device)  # (T-1,)
-        real = (positions[None, :] < texts.lengths[:, None]).to(log_probs.dtype)  # (B, T-1)
-        return log_probs, targets, real
+        positions = torch.arange(1, following.shape[1] + 1, device=following.device)  # (T-1,)
+        return targets, (positions[None, :] < texts.lengths[:, None]).float()
 
     def final_scores(self, stage1: torch.Tensor, match_logit: torch.Tensor) -> torch.Tensor:
         """``stage1 + w · match_logit``, elementwise."""

@@ -31,7 +31,7 @@ import torch
 from ..config import RegionLayout
 from ..device import resolve_device
 from ..errors import VtsearchError
-from ..fusion import FusionConfig, FusionScorer
+from ..fusion import FusionConfig, FusionScorer, head_cutoffs
 from ..progress import NoProgress, Progress
 from ..query.rerank import Reranker
 from ..query.sources import RegionSource
@@ -273,19 +273,19 @@ def _mine(index: "Index", resolved: ResolvedPairs, regions: RegionSource, layout
 
 def _fusion_config(index: "Index", layout: RegionLayout, options: TrainOptions, examples: Examples) -> FusionConfig:
     encoder = index.encoder
+    vocab = _vocabulary(examples) if options.objective == "caption" else ()
     return FusionConfig(text_dim=encoder.text_token_dim, region_dim=layout.dim, grid=layout.grid,
                         prefix=layout.prefix, max_tokens=encoder.context_length, width=options.width,
                         layers=options.layers, region_layers=options.region_layers,
                         heads=options.heads, dropout=options.dropout, score=options.objective,
-                        vocab=_vocabulary(examples) if options.objective == "caption" else (),
+                        vocab=vocab, head_cutoffs=head_cutoffs(len(vocab) + 1) if vocab else (),
                         word_dim=encoder.word_dim, causal_states=encoder.text_causal)
 
 
 def _vocabulary(examples: Examples) -> tuple[int, ...]:
-    """The token ids the caption head names: the training captions' commonest, sorted."""
+    """The token ids the caption head names: the training captions' commonest, commonest first."""
     ids, counts = np.unique(torch.cat(examples.ids).numpy(), return_counts=True)
-    keep = ids[np.argsort(-counts, kind="stable")[:MAX_VOCAB]]
-    return tuple(int(i) for i in np.sort(keep))
+    return tuple(int(i) for i in ids[np.argsort(-counts, kind="stable")[:MAX_VOCAB]])
 
 
 def _logit_scale(index: "Index") -> float:
