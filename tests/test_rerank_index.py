@@ -242,8 +242,10 @@ def test_a_run_says_how_long_it_will_take_before_its_first_epoch_ends(captioned)
     assert plan.seconds == pytest.approx(plan.steps_per_epoch * (plan.step_seconds + plan.swap_step_seconds)
                                          + 2 * plan.validation_seconds)
     config = reranker.scorer.config
-    caption_ids = {int(i) for pair in pairs for i in index.encoder.encode_text_features([pair.caption]).ids[0]}
-    assert config.score == "caption" and set(config.vocab) == caption_ids
+    caption_ids = [int(i) for pair in pairs for i in index.encoder.encode_text_features([pair.caption]).ids[0]]
+    assert config.score == "caption" and set(config.vocab) == set(caption_ids)
+    counts = [caption_ids.count(i) for i in config.vocab]
+    assert counts == sorted(counts, reverse=True) and config.head_cutoffs == ()  # commonest first; a few: one softmax
 
 
 def test_the_match_objective_still_trains_a_match_head(captioned):

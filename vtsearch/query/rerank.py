@@ -23,8 +23,8 @@ from ..fusion import FusionConfig, FusionScorer, ReadImages, TextBatch
 from ..store.atomic import atomic_path
 from ..store.layout import bytes_digest
 
-CHECKPOINT_FORMAT = 4  # 4: an adaptive caption head for large vocabularies; 3: causal blocks and the caption
-#                        head; 2: word embeddings, input norms, positions
+CHECKPOINT_FORMAT = 4  # 4: the vocabulary commonest first, an adaptive caption head for a large one;
+#                        3: causal blocks and the caption head; 2: word embeddings, input norms, positions
 OLDEST_FORMAT = 2  # a format-2 scorer (match head, two-way self-attention) still runs
 
 
