@@ -36,15 +36,13 @@ from train_clip import caption_tokens, family_order, load_pairs, save, training_
 
 def model_config(image_size: int, patch_size: int = 16, context_length: int = 16, decoder_layers: int = 3,
                  image_tokens: int = 32) -> dict:
-    """A CoCa as small as the demo's CLIP; the pooler gives the decoder ``image_tokens``
-    (0: no pooler, the decoder reads the patch tokens and the class token is the embedding)."""
+    """A CoCa as small as the demo's CLIP; the pooler gives the decoder ``image_tokens``."""
     text = {"context_length": context_length, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4}
-    pool = ({"attentional_pool": True, "attn_pooler_queries": image_tokens + 1, "attn_pooler_heads": 4}
-            if image_tokens else {"attentional_pool": False})
     return {
         "embed_dim": 128, "custom_text": True,
         "vision_cfg": {"image_size": image_size, "layers": 4, "width": 128, "head_width": 32,
-                       "patch_size": patch_size, **pool, "output_tokens": True},
+                       "patch_size": patch_size, "attentional_pool": True, "attn_pooler_queries": image_tokens + 1,
+                       "attn_pooler_heads": 4, "output_tokens": True},
         "text_cfg": {**text, "embed_cls": True, "output_tokens": True},
         "multimodal_cfg": {**text, "layers": decoder_layers},
     }
@@ -103,11 +101,10 @@ def swap_tokens(image_captions: list[list[str]], tokens: torch.Tensor, context_l
 
 def train(pairs_path: Path, out: Path, epochs: int, batch_size: int, lr: float, seed: int, image_size: int,
           family_batches: bool = False, device: str = "cpu", patch_size: int = 16, context_length: int = 16,
-          caption_weight: float = 2.0, init: Path | None = None, swap_weight: float = 0.0,
-          image_tokens: int = 32) -> None:
+          caption_weight: float = 2.0, init: Path | None = None, swap_weight: float = 0.0) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
-    config = model_config(image_size, patch_size, context_length, image_tokens=image_tokens)
+    config = model_config(image_size, patch_size, context_length)
     model = build(config, device)
     if init is not None:  # go on from a model this script saved (a new learning-rate schedule)
         model.load_state_dict(load_file(str(init / "open_clip_model.safetensors")))
@@ -161,8 +158,6 @@ def main() -> None:
     parser.add_argument("--init", type=Path, help="start from the weights this script saved in this folder")
     parser.add_argument("--swap-weight", type=float, default=0.0,
                         help="from halfway, also rank each caption above a word-swapped variant (0: off)")
-    parser.add_argument("--image-tokens", type=int, default=32,
-                        help="the pooler's tokens for the decoder (0: no pooler; the decoder reads the patches)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (0: torch's choice; 1 is ~10x faster on a CPU another job shares)")
     args = parser.parse_args()
@@ -170,7 +165,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     train(args.pairs, args.out, args.epochs, args.batch_size, args.lr, args.seed, args.image_size,
           args.family_batches, args.device, args.patch_size, args.context_length, args.caption_weight, args.init,
-          args.swap_weight, args.image_tokens)
+          args.swap_weight)
 
 
 if __name__ == "__main__":
