@@ -160,8 +160,8 @@ def world_batch(generator: torch.Generator, size: int) -> tuple[TextBatch, torch
     return TextBatch.pad(states, ids), torch.stack(images)
 
 
-# the same world's scorer with an adaptive head: "left"/"right" and two colours in the
-# common band, the other two colours and the end in rarer ones
+# the same world's scorer with an adaptive head: "left" and "right" in its common part,
+# two colours in one rarer band, the other two and the end in another
 ADAPTIVE_WORLD = replace(WORLD, vocab=(LEFT, RIGHT, *COLOURS, END), head_cutoffs=(3, 5))
 
 

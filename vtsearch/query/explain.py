@@ -25,8 +25,11 @@ def explain(context: QueryContext, image_id: int, text: str) -> AttentionMap:
     features = encoder.encode_text_features([text])
     tokens = features.tokens[0]  # (T, D)
     stage1 = float(context.catalog.vectors([image_id], context.embed_dim)[0] @ features.vectors[0])
-    output = reranker.rerank(tokens, features.ids[0], np.array([stage1], dtype=np.float32),
-                             context.load_region_source().regions([image_id]), need_weights=True)
+    cache = context.load_read_cache()  # the image as a search's shortlist read it: the same score
+    image = (cache.images([image_id]) if cache is not None and cache.reranker is reranker
+             else context.load_region_source().regions([image_id]))
+    output = reranker.rerank(tokens, features.ids[0], np.array([stage1], dtype=np.float32), image,
+                             need_weights=True)
     weights = torch.stack(output.attention).mean(dim=0)[0]  # layers × (1, T, R) → (T, R)
     return AttentionMap(
         image_id=image_id, text=text, tokens=encoder.token_strings(text, len(tokens)),
