@@ -70,6 +70,17 @@ def test_untrained_rerank_equals_stage1(captioned):
             index.reranker.scorer.rerank_weight.fill_(0.0)
 
 
+def test_images_sharing_a_caption_are_right_answers_of_each_others_captions():
+    """Image 1 is "a red cube" and "a cube in red"; image 2 is "a cube in red" and "red cube
+    on grey" (the same scene, other phrasings); image 3 shares nothing. A caption of either
+    scene has both images as right answers, so neither is the other's negative."""
+    from vtsearch.train.mining import right_answers
+
+    right = right_answers(["a red cube", "a cube in red", "a cube in red", "red cube on grey", "a blue ball"],
+                          [1, 1, 2, 2, 3])
+    assert right == {"a red cube": {1, 2}, "a cube in red": {1, 2}, "red cube on grey": {1, 2}, "a blue ball": {3}}
+
+
 def test_a_training_step_lowers_the_loss(captioned):
     index, pairs = captioned
     from vtsearch.fusion import FusionConfig, FusionScorer

@@ -63,9 +63,7 @@ def mine_examples(index: "Index", resolved: ResolvedPairs, depth: int, progress:
                   rows: Sequence[int] | None = None) -> Examples:
     """Each caption's token states, and the stage-1 neighbours (top ``depth``) that are
     not a right answer of the captions in ``rows`` (all when None; the others get none)."""
-    right: dict[str, set[int]] = defaultdict(set)  # caption → every image it describes
-    for caption, image_id in zip(resolved.captions, resolved.image_ids):
-        right[caption].add(image_id)
+    right = right_answers(resolved.captions, resolved.image_ids)
     chunks = list(index.embeddings())
     image_ids = np.concatenate([ids for ids, _ in chunks])
     image_vectors = np.concatenate([vectors for _, vectors in chunks])
@@ -79,6 +77,22 @@ def mine_examples(index: "Index", resolved: ResolvedPairs, depth: int, progress:
         neighbours[row] = found
     return Examples(tokens, ids, np.asarray(resolved.image_ids, dtype=np.int64), neighbours, wrong,
                     caption_vectors, image_ids[order], image_vectors[order])
+
+
+def right_answers(captions: Sequence[str], image_ids: Sequence[int]) -> dict[str, set[int]]:
+    """Caption → the images it is a right answer for, which are never its negatives: the
+    images it describes, and those that share another caption with one of them. Two images
+    one caption describes show one scene, so the other phrasings of either describe both
+    (a generator's repeated scenes, a photo set's duplicates): ranking them below the
+    caption's own image would teach the scorer, and its fitted w, to tell apart what
+    cannot be told apart."""
+    described: dict[str, set[int]] = defaultdict(set)  # caption → the images it is written for
+    phrasings: dict[int, set[str]] = defaultdict(set)  # image → its captions
+    for caption, image_id in zip(captions, image_ids):
+        described[caption].add(image_id)
+        phrasings[image_id].add(caption)
+    return {caption: set().union(*(described[other] for image in images for other in phrasings[image]))
+            for caption, images in described.items()}
 
 
 def _encode_captions(encoder: "Encoder", captions: list[str],
