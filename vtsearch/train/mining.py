@@ -44,7 +44,7 @@ class Examples:
     ids: list[torch.Tensor]  # N × (T,) their token ids
     positives: np.ndarray  # (N,) the caption's image
     neighbours: list[np.ndarray]  # N × stage-1 ranked wrong answers
-    right: list[set[int]]  # N × every image the caption describes
+    right: list[set[int]]  # N × the caption's right answers (``right_answers``)
     caption_vectors: np.ndarray  # (N, D)
     image_ids: np.ndarray  # (M,) sorted ids of every indexed image
     image_vectors: np.ndarray  # (M, D) their stage-1 vectors
@@ -80,8 +80,8 @@ def mine_examples(index: "Index", resolved: ResolvedPairs, depth: int, progress:
 
 
 def right_answers(captions: Sequence[str], image_ids: Sequence[int]) -> dict[str, set[int]]:
-    """Caption → the images it is a right answer for, which are never its negatives: the
-    images it describes, and those that share another caption with one of them. Two images
+    """Caption → its right answers, which are never its negatives: the images it
+    describes, and those that share another caption with one of them. Two images
     one caption describes show one scene, so the other phrasings of either describe both
     (a generator's repeated scenes, a photo set's duplicates): ranking them below the
     caption's own image would teach the scorer, and its fitted w, to tell apart what
