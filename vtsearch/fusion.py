@@ -240,10 +240,10 @@ class AdaptiveHead(nn.Module):
         if any(low >= high for low, high in zip(self.bounds, self.bounds[1:])) or self.bounds[0] < 1:
             raise ValueError(f"head cutoffs must rise from 1 to below {classes}, not {tuple(cutoffs)}")
         self.head = nn.Linear(width, self.bounds[0] + len(cutoffs))
+        narrow = [max(1, int(width / ADAPTIVE_DIV ** (band + 1))) for band in range(len(cutoffs))]
         self.bands = nn.ModuleList(
-            nn.Sequential(nn.Linear(width, max(1, int(width / ADAPTIVE_DIV ** (band + 1))), bias=False),
-                          nn.Linear(max(1, int(width / ADAPTIVE_DIV ** (band + 1))), high - low, bias=False))
-            for band, (low, high) in enumerate(zip(self.bounds, self.bounds[1:])))
+            nn.Sequential(nn.Linear(width, dim, bias=False), nn.Linear(dim, high - low, bias=False))
+            for dim, low, high in zip(narrow, self.bounds, self.bounds[1:]))
 
     def forward(self, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """(..., W) states and (...) target classes → (...) float32 log-probabilities."""

@@ -221,8 +221,10 @@ class Index:
         reranker = self._reranker if isinstance(self._reranker, Reranker) else None
         if not path.is_file():
             reranker = None
-        elif reranker is None or reranker.digest != bytes_digest(path.read_bytes()):
-            reranker = Reranker.load(path, resolve_device(self.device))
+        else:
+            data = path.read_bytes()  # read once: hashed, and loaded when it is not the scorer held
+            if reranker is None or reranker.digest != bytes_digest(data):
+                reranker = Reranker.load(path, resolve_device(self.device), data=data)
         if not _keeps_reads(reranker) or store is None:
             remove_read_files(self.path)
             return

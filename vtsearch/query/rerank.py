@@ -105,9 +105,12 @@ class Reranker:
         return cls(scorer, logit_scale, None, device, precision)
 
     @classmethod
-    def load(cls, path: Path, device: torch.device | None = None, precision: str = "fp32") -> "Reranker":
+    def load(cls, path: Path, device: torch.device | None = None, precision: str = "fp32",
+             data: bytes | None = None) -> "Reranker":
+        """The scorer in ``path`` (or in ``data``, its bytes when already read)."""
         try:
-            data = path.read_bytes()  # hashed and loaded from the same bytes: a writer may replace the file
+            if data is None:
+                data = path.read_bytes()  # hashed and loaded from the same bytes: a writer may replace the file
             checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
             version = int(checkpoint.get("format", 0))
             if version > CHECKPOINT_FORMAT:
