@@ -2,7 +2,9 @@
 ``local-dir:`` (its decoder's output projection initialised here: open_clip leaves it
 empty for a model created without weights)."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -30,6 +32,7 @@ TINY_COCA = {
                  "embed_cls": True, "output_tokens": True},
     "multimodal_cfg": {"context_length": 76, "vocab_size": 49408, "width": WIDTH, "heads": 2, "layers": 2},
 }
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 TEXTS = ["a red square", "a blue circle left of a green square on a white ground", "dog"]
 
 
@@ -101,6 +104,24 @@ def test_scores_are_the_caption_likelihood_and_ignore_padding(encoder):
     reranker = DecoderReranker(model, DecoderConfig(weight=1.0))
     output = reranker.rerank(None, ids_of(encoder, TEXTS[1]), np.zeros(2, dtype=np.float32), regions)
     np.testing.assert_allclose(output.match_logit, expected.numpy(), rtol=1e-4, atol=1e-3)
+
+
+def test_probe_decoder_splits_the_search_score_by_token(encoder):
+    """``scripts/probe_decoder.py``'s per-token losses are the search's decoder score, split:
+    over texts of different lengths batched together, they add up to it."""
+    spec = importlib.util.spec_from_file_location("probe_decoder", SCRIPTS / "probe_decoder.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    reranker = DecoderReranker(encoder.model)
+    with torch.no_grad():
+        _, regions = encoder.image(pixels(3, seed=3), regions=True)
+    ids = [ids_of(encoder, text) for text in TEXTS]
+    losses = probe.word_losses(reranker, regions, ids, lambda token: encoder.tokenizer.decode([token]).strip())
+    expected = [reranker.rerank(None, row, np.zeros(1, dtype=np.float32), region[None]).match_logit[0]
+                for row, region in zip(ids, regions)]
+    assert sum(len(values) for values in losses.values()) == sum(len(row) - 1 for row in ids)
+    assert sum(sum(values) for values in losses.values()) == pytest.approx(-sum(expected), rel=1e-4)
+    assert "square" in losses and len(losses["square"]) == 2
 
 
 def test_the_decoder_reads_the_image(encoder):
