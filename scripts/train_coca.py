@@ -14,8 +14,12 @@ colour belongs to which shape, which is on the left); its captioning half has to
 adds, from halfway, what ``train-reranker --swaps`` adds for the fusion scorer: each
 caption must be likelier under its image, per token, than a variant of itself with two
 words of one kind traded (the decoder's swap epochs cost about twice a plain one).
+``--position-weight`` adds a loss that keeps a loud code of each image token's place in the
+token before the pooler (``PositionCodes``; measured in docs/reranker-notes.md: shapes
+bound better, places not).
 
     python scripts/train_coca.py DATA/train.jsonl OUT_DIR [--epochs 12] [--family-batches] [--swap-weight 0.5]
+                                 [--position-weight 1]
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from train_clip import caption_tokens, family_order, load_pairs, save, training_arguments, warmup_cosine
+
+POSITION_DIMS = 32  # the subspace of each image token that holds its position code
+POSITION_SCALE = 2.0  # the code's std per dimension: a norm of ~11, as loud as a token's content
 
 
 def model_config(image_size: int, patch_size: int = 16, context_length: int = 16, decoder_layers: int = 3,
@@ -72,6 +79,25 @@ def swap_loss(model: open_clip.CoCa, image_embs: torch.Tensor, logits: torch.Ten
     return torch.nn.functional.cross_entropy(scores, torch.zeros(len(rows), dtype=torch.long, device=scores.device))
 
 
+class PositionCodes:
+    """A fixed random code per token of the image tower before its pooler, to be held in a
+    fixed random subspace of that token (``loss``): each token then says where it is as
+    loudly as what it shows. CoCa's decoder attends to the pooled tokens as a set, and
+    learns places only when they are loud there (docs/reranker-notes.md); open_clip puts
+    positions in at the tower's input only, where they fade. The model stays open_clip's
+    CoCa: the codes are a training loss, not a layer."""
+
+    def __init__(self, tokens: int, width: int, dims: int, scale: float, seed: int):
+        generator = torch.Generator().manual_seed(seed)
+        self.basis = torch.linalg.qr(torch.randn(width, dims, generator=generator))[0]  # (width, dims), orthonormal
+        self.codes = scale * torch.randn(tokens, dims, generator=generator)  # (tokens, dims)
+
+    def loss(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Mean squared distance of (B, tokens, width) tokens' projections from their codes."""
+        basis, codes = self.basis.to(tokens), self.codes.to(tokens)
+        return (tokens @ basis - codes).pow(2).mean()
+
+
 def mean_log_prob(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """(B,) mean log-probability of each text's tokens after the first (padding is id 0)."""
     following = tokens[:, 1:]
@@ -101,7 +127,8 @@ def swap_tokens(image_captions: list[list[str]], tokens: torch.Tensor, context_l
 
 def train(pairs_path: Path, out: Path, epochs: int, batch_size: int, lr: float, seed: int, image_size: int,
           family_batches: bool = False, device: str = "cpu", patch_size: int = 16, context_length: int = 16,
-          caption_weight: float = 2.0, init: Path | None = None, swap_weight: float = 0.0) -> None:
+          caption_weight: float = 2.0, init: Path | None = None, swap_weight: float = 0.0,
+          position_weight: float = 0.0) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
     config = model_config(image_size, patch_size, context_length)
@@ -113,6 +140,11 @@ def train(pairs_path: Path, out: Path, epochs: int, batch_size: int, lr: float, 
     if swap_weight:
         variants, has_variant = swap_tokens(image_captions, tokens, context_length, seed)
         print(f"word swaps from epoch {epochs // 2 + 1}: {int(has_variant.sum())} of {has_variant.numel()} captions")
+    codes, seen = None, {}
+    if position_weight:
+        grid = image_size // patch_size
+        codes = PositionCodes(1 + grid * grid, config["vision_cfg"]["width"], POSITION_DIMS, POSITION_SCALE, seed)
+        model.visual.attn_pool.register_forward_hook(lambda _module, args, _output: seen.update(tokens=args[0]))
     loss_fn = open_clip.CoCaLoss(caption_loss_weight=caption_weight, clip_loss_weight=1.0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     steps_per_epoch = len(image_captions) // batch_size
@@ -135,6 +167,8 @@ def train(pairs_path: Path, out: Path, epochs: int, batch_size: int, lr: float, 
                 contrastive, caption = loss_fn(output["image_features"], output["text_features"], output["logits"],
                                                output["labels"], output["logit_scale"])
                 loss = contrastive + caption
+                if codes is not None:
+                    loss = loss + position_weight * codes.loss(seen["tokens"])
                 if swap_weight and epoch >= epochs // 2:
                     loss = loss + swap_weight * swap_loss(model, image_embs, output["logits"], text,
                                                           variants[picks[batch], batch].to(device),
@@ -160,12 +194,14 @@ def main() -> None:
                         help="from halfway, also rank each caption above a word-swapped variant (0: off)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (0: torch's choice; 1 is ~10x faster on a CPU another job shares)")
+    parser.add_argument("--position-weight", type=float, default=0.0,
+                        help="keep a loud position code in each image token before the pooler (0: off)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     train(args.pairs, args.out, args.epochs, args.batch_size, args.lr, args.seed, args.image_size,
           args.family_batches, args.device, args.patch_size, args.context_length, args.caption_weight, args.init,
-          args.swap_weight)
+          args.swap_weight, args.position_weight)
 
 
 if __name__ == "__main__":

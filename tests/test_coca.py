@@ -124,6 +124,23 @@ def test_probe_decoder_splits_the_search_score_by_token(encoder):
     assert "square" in losses and len(losses["square"]) == 2
 
 
+def test_position_codes_are_met_by_tokens_that_hold_them_whatever_else_they_hold(monkeypatch):
+    """``train_coca.py --position-weight``: the loss asks for each token's code in a fixed
+    subspace and leaves the rest of the token (its content) free."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    spec = importlib.util.spec_from_file_location("train_coca", SCRIPTS / "train_coca.py")
+    train_coca = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_coca)
+    codes = train_coca.PositionCodes(tokens=17, width=48, dims=8, scale=2.0, seed=0)
+    torch.testing.assert_close(codes.basis.T @ codes.basis, torch.eye(8), atol=1e-5, rtol=0)
+    content = torch.randn(3, 17, 48)
+    content = content - content @ codes.basis @ codes.basis.T  # nothing in the code's subspace
+    holding = content + codes.codes @ codes.basis.T
+    assert float(codes.loss(holding)) < 1e-8
+    assert float(codes.loss(content)) == pytest.approx(float(codes.codes.pow(2).mean()), rel=1e-4)
+    assert float(codes.loss(holding.roll(1, dims=1))) > 1.0  # each code one place off
+
+
 def test_the_decoder_reads_the_image(encoder):
     with torch.no_grad():
         _, regions = encoder.image(pixels(4, seed=2), regions=True)
