@@ -29,10 +29,12 @@ step() { printf '\n== %s\n' "$*" >&2; }
 if [ "$SHAPES_STYLE" = varied ]; then
     SHAPES_OPTIONS=(--style varied --twin-families 150 --plain 400)
     CLIP_OPTIONS=(--patch-size 8 --context-length 20)
+    COCA_OPTIONS=(--patch-size 8 --context-length 20 --family-batches)
     CLIP_EPOCHS=${CLIP_EPOCHS:-30}  # with 12 its stage 1 was weak (twins text -> image R@1 0.015)
 else
     SHAPES_OPTIONS=(--layout cells)
     CLIP_OPTIONS=(--family-batches)
+    COCA_OPTIONS=(--family-batches)
     CLIP_EPOCHS=${CLIP_EPOCHS:-12}
 fi
 if [ ! -f "$DATA/meta.json" ]; then
@@ -41,7 +43,7 @@ if [ ! -f "$DATA/meta.json" ]; then
 fi
 if [ "$DEMO_MODEL" = coca ] && [ ! -f "$MODEL/open_clip_model.safetensors" ]; then
     step "training a small CoCa from scratch (${COCA_EPOCHS:-14} epochs; its decoder will rerank untrained)"
-    "$PYTHON" scripts/train_coca.py "$DATA/train.jsonl" "$MODEL" --epochs "${COCA_EPOCHS:-14}" --family-batches
+    "$PYTHON" scripts/train_coca.py "$DATA/train.jsonl" "$MODEL" --epochs "${COCA_EPOCHS:-14}" "${COCA_OPTIONS[@]}"
 fi
 if [ ! -f "$MODEL/open_clip_model.safetensors" ]; then
     step "training a small CLIP from scratch ($CLIP_EPOCHS epochs)"
