@@ -34,10 +34,10 @@ def word_losses(reranker: DecoderReranker, regions: torch.Tensor, ids: list[torc
     for start in range(0, len(ids), BATCH):
         rows = ids[start:start + BATCH]
         padded = torch.nn.utils.rnn.pad_sequence([row.long() for row in rows], batch_first=True)  # (b, T)
+        lengths = torch.tensor([len(row) for row in rows])
         with torch.inference_mode():
             image = decoder.image_tokens(regions[start:start + BATCH])  # (b, N, D)
-            logits = decoder.model.text_decoder(image, decoder.text_states(padded)[:, :-1]).float()
-            picked = logits.log_softmax(-1).gather(-1, padded[:, 1:, None].to(logits.device)).squeeze(-1)
+            picked = decoder.token_log_probs(image, decoder.text_states(padded), padded, lengths)  # (b, T-1)
         for row, scores in zip(rows, picked.cpu()):
             for token, score in zip(row[1:].tolist(), scores[:len(row) - 1].tolist()):
                 losses[decode(token)].append(-score)

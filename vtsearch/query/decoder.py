@@ -123,13 +123,19 @@ class CocaDecoder:
         (B, N, D) image tokens and (B, T, W) token states (padding after a text's end is
         never read: both masks are causal). The last token predicts nothing, so it is not
         read unless ``read_last`` (to see where it looks)."""
+        return self.token_log_probs(image, states, ids, lengths, read_last).sum(dim=1)
+
+    def token_log_probs(self, image: torch.Tensor, states: torch.Tensor, ids: torch.Tensor,
+                        lengths: torch.Tensor, read_last: bool = False) -> torch.Tensor:
+        """(B, T-1) log p(token t+1 | tokens ≤ t, image) of each text's tokens after the
+        first, 0 past a text's end: the terms :meth:`log_likelihood` adds up."""
         read = states if read_last else states[:, :-1]  # (B, T-1, W)
         logits = self.model.text_decoder(image, read)[:, :ids.shape[1] - 1].float()  # (B, T-1, V)
         following = ids[:, 1:].to(logits.device)  # (B, T-1) what each position predicts
         picked = logits.gather(-1, following[..., None]).squeeze(-1) - logits.logsumexp(dim=-1)  # (B, T-1)
         positions = torch.arange(1, ids.shape[1], device=logits.device)  # (T-1,)
         real = positions[None, :] < lengths.to(logits.device)[:, None]  # (B, T-1)
-        return (picked * real).sum(dim=1)
+        return picked * real
 
 
 class DecoderReranker:
