@@ -74,11 +74,23 @@ def caption_tokens(image_captions: list[list[str]], context_length: int) -> torc
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
     """A linear warm-up over a tenth of ``total`` steps, then a cosine decay to 0."""
+    total = max(1, total)
     warmup = max(1, total // 10)
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)),
     )
+
+
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler, loss: torch.Tensor) -> None:
+    """One step on ``loss``, with the contrastive temperature held within CLIP's bound (100)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))
 
 
 def family_order(captions: list[str]) -> torch.Tensor:
@@ -130,12 +142,7 @@ def train(pairs_path: Path, out: Path, epochs: int, batch_size: int, lr: float, 
                 batch_tokens = tokens[picks[batch], batch].to(device)  # (B, ctx)
                 image_features, text_features, logit_scale = model(pixels[batch].to(device), batch_tokens)
                 loss = loss_fn(image_features, text_features, logit_scale)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                with torch.no_grad():
-                    model.logit_scale.clamp_(0, math.log(100))
+                optimizer_step(model, optimizer, scheduler, loss)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", refresh=False)
                 bar.update()
     print(f"trained in {time.perf_counter() - started:.0f} s")

@@ -16,15 +16,15 @@ caption must be likelier under its image, per token, than a variant of itself wi
 words of one kind traded (the decoder's swap epochs cost about twice a plain one).
 ``--position-weight`` adds a loss that keeps a loud code of each image token's place in the
 token before the pooler (``PositionCodes``; measured in docs/reranker-notes.md: shapes
-bound better, places not).
+bound better, places not). ``--decoder-epochs`` then trains a fresh pooler and decoder on
+the frozen towers (``train_decoder``; measured there too: places still not learnt).
 
     python scripts/train_coca.py DATA/train.jsonl OUT_DIR [--epochs 12] [--family-batches] [--swap-weight 0.5]
-                                 [--position-weight 1]
+                                 [--position-weight 1] [--decoder-epochs 12] [--init DIR]
 """
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from pathlib import Path
@@ -35,8 +35,11 @@ import torch
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from train_clip import caption_tokens, family_order, load_pairs, save, training_arguments, warmup_cosine
+from train_clip import (caption_tokens, family_order, load_pairs, optimizer_step, save, training_arguments,
+                        warmup_cosine)
 
+DECODER_BATCH = 32  # the decoder phase's batch and peak learning rate (measured on the demo set)
+DECODER_LR = 1e-3
 POSITION_DIMS = 32  # the subspace of each image token that holds its position code
 POSITION_SCALE = 2.0  # the code's std per dimension: a norm of ~11, as loud as a token's content
 
@@ -98,6 +101,68 @@ class PositionCodes:
         return (tokens @ basis - codes).pow(2).mean()
 
 
+def train_decoder(model: open_clip.CoCa, config: dict, pixels: torch.Tensor, image_captions: list[list[str]],
+                  tokens: torch.Tensor, epochs: int, caption_weight: float, device: str, seed: int) -> list[float]:
+    """The decoder phase: the image tower's trunk and the text tower frozen, the pooler
+    (and its projection) and the text decoder trained afresh with ``CoCaLoss``.
+
+    Trained jointly from the start, the pooler passes what tells things apart (colours,
+    shapes) and drops where they are, and the decoder never learns the relation words. A
+    fresh pooler and decoder on a finished trunk whose tokens carry loud position codes
+    (``--position-weight``) learn them with a small output layer, but in 12 epochs not
+    with the full vocabulary this phase keeps (docs/reranker-notes.md). The trunk's tokens are computed once; the pooler's first query stays the contrastive
+    embedding, so stage 1 is retrained with it against the frozen text tower. Batches
+    are drawn at random even where the joint phase batched families together: with
+    whole families in a batch the contrastive term, which shares the pooler, kept the
+    decoder from learning places (docs/reranker-notes.md). Returns each epoch's mean loss."""
+    torch.manual_seed(seed + 1)
+    fresh = build(config, device)
+    visual = model.visual
+    visual.attn_pool, visual.ln_post, visual.proj = fresh.visual.attn_pool, fresh.visual.ln_post, fresh.visual.proj
+    model.text_decoder = fresh.text_decoder
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    trained = [*visual.attn_pool.parameters(), *visual.ln_post.parameters(), visual.proj,
+               *model.text_decoder.parameters(), model.logit_scale]
+    for parameter in trained:
+        parameter.requires_grad_(True)
+    model.eval()
+    with torch.no_grad():
+        trunk = torch.cat([visual.transformer(visual._embeds(pixels[start:start + 256].to(device)))
+                           for start in range(0, len(pixels), 256)])  # (N, 1 + h*w, width): pooler input
+    visual.attn_pool.train()
+    model.text_decoder.train()
+    loss_fn = open_clip.CoCaLoss(caption_loss_weight=caption_weight, clip_loss_weight=1.0)
+    optimizer = torch.optim.AdamW(trained, lr=DECODER_LR, weight_decay=0.1)
+    steps_per_epoch = len(image_captions) // DECODER_BATCH
+    scheduler = warmup_cosine(optimizer, epochs * steps_per_epoch)
+    print(f"decoder phase: a fresh pooler and decoder on the frozen towers, {epochs} epochs of {steps_per_epoch} steps")
+    started, losses = time.perf_counter(), []
+    with tqdm(total=epochs * steps_per_epoch, unit="step", mininterval=5) as bar:
+        for epoch in range(epochs):
+            total = 0.0
+            picks = torch.randint(len(tokens), (len(image_captions),))
+            order = torch.randperm(len(image_captions))
+            for step in range(steps_per_epoch):
+                batch = order[step * DECODER_BATCH:(step + 1) * DECODER_BATCH]
+                text = tokens[picks[batch], batch].to(device)
+                pooled, image_embs = visual._pool(trunk[batch])
+                image_latent = torch.nn.functional.normalize(pooled @ visual.proj, dim=-1)
+                with torch.no_grad():
+                    text_latent, states = model._encode_text(text)
+                logits = model.text_decoder(image_embs, states[:, :-1])
+                contrastive, caption = loss_fn(image_latent, text_latent, logits, text[:, 1:], model.logit_scale.exp())
+                loss = contrastive + caption
+                optimizer_step(model, optimizer, scheduler, loss)
+                bar.set_postfix(epoch=epoch + 1, clip=f"{contrastive.item():.3f}", caption=f"{caption.item():.3f}",
+                                refresh=False)
+                bar.update()
+                total += loss.item()
+            losses.append(total / steps_per_epoch)
+    print(f"decoder phase in {time.perf_counter() - started:.0f} s")
+    return losses
+
+
 def mean_log_prob(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """(B,) mean log-probability of each text's tokens after the first (padding is id 0)."""
     following = tokens[:, 1:]
@@ -128,7 +193,7 @@ def swap_tokens(image_captions: list[list[str]], tokens: torch.Tensor, context_l
 def train(pairs_path: Path, out: Path, epochs: int, batch_size: int, lr: float, seed: int, image_size: int,
           family_batches: bool = False, device: str = "cpu", patch_size: int = 16, context_length: int = 16,
           caption_weight: float = 2.0, init: Path | None = None, swap_weight: float = 0.0,
-          position_weight: float = 0.0) -> None:
+          position_weight: float = 0.0, decoder_epochs: int = 0) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
     config = model_config(image_size, patch_size, context_length)
@@ -173,16 +238,13 @@ def train(pairs_path: Path, out: Path, epochs: int, batch_size: int, lr: float, 
                     loss = loss + swap_weight * swap_loss(model, image_embs, output["logits"], text,
                                                           variants[picks[batch], batch].to(device),
                                                           has_variant[picks[batch], batch].to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                with torch.no_grad():
-                    model.logit_scale.clamp_(0, math.log(100))
+                optimizer_step(model, optimizer, scheduler, loss)
                 bar.set_postfix(epoch=epoch + 1, clip=f"{contrastive.item():.3f}", caption=f"{caption.item():.3f}",
                                 refresh=False)
                 bar.update()
     print(f"trained in {time.perf_counter() - started:.0f} s")
+    if decoder_epochs:
+        train_decoder(model, config, pixels, image_captions, tokens, decoder_epochs, caption_weight, device, seed)
     save(model, config, image_size, out)
 
 
@@ -196,12 +258,14 @@ def main() -> None:
                         help="torch threads (0: torch's choice; 1 is ~10x faster on a CPU another job shares)")
     parser.add_argument("--position-weight", type=float, default=0.0,
                         help="keep a loud position code in each image token before the pooler (0: off)")
+    parser.add_argument("--decoder-epochs", type=int, default=0,
+                        help="then train a fresh pooler and decoder this many epochs on the frozen towers (0: off)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     train(args.pairs, args.out, args.epochs, args.batch_size, args.lr, args.seed, args.image_size,
           args.family_batches, args.device, args.patch_size, args.context_length, args.caption_weight, args.init,
-          args.swap_weight, args.position_weight)
+          args.swap_weight, args.position_weight, args.decoder_epochs)
 
 
 if __name__ == "__main__":

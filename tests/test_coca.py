@@ -48,6 +48,15 @@ def write_coca(folder, seed=0):
     return folder
 
 
+def load_train_coca(monkeypatch):
+    """``scripts/train_coca.py`` as a module (it imports ``train_clip`` beside it)."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    spec = importlib.util.spec_from_file_location("train_coca", SCRIPTS / "train_coca.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def coca_dir(tmp_path_factory):
     return write_coca(tmp_path_factory.mktemp("coca") / "model")
@@ -127,10 +136,7 @@ def test_probe_decoder_splits_the_search_score_by_token(encoder):
 def test_position_codes_are_met_by_tokens_that_hold_them_whatever_else_they_hold(monkeypatch):
     """``train_coca.py --position-weight``: the loss asks for each token's code in a fixed
     subspace and leaves the rest of the token (its content) free."""
-    monkeypatch.syspath_prepend(str(SCRIPTS))
-    spec = importlib.util.spec_from_file_location("train_coca", SCRIPTS / "train_coca.py")
-    train_coca = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_coca)
+    train_coca = load_train_coca(monkeypatch)
     codes = train_coca.PositionCodes(tokens=17, width=48, dims=8, scale=2.0, seed=0)
     torch.testing.assert_close(codes.basis.T @ codes.basis, torch.eye(8), atol=1e-5, rtol=0)
     content = torch.randn(3, 17, 48)
@@ -277,3 +283,26 @@ def test_train_reranker_fits_a_fusion_scorer_over_the_cocas_tokens(tmp_path, enc
         assert isinstance(index.reranker, Reranker) and index.manifest.reranker.scorer == "fusion"
         assert np.array(index.explain(1, TEXTS[0]).weights).shape[1] == 16  # the grid's share
         assert len(index.query(TEXTS[0], k=3).results) == 3
+
+
+def test_the_decoder_phase_trains_a_fresh_pooler_and_decoder_on_frozen_towers(monkeypatch):
+    """``train_coca.py --decoder-epochs``: the image trunk and the text tower keep their
+    weights, the pooler and the decoder start afresh and learn (the loss falls)."""
+    train_coca = load_train_coca(monkeypatch)
+    monkeypatch.setattr(train_coca, "DECODER_BATCH", 16)
+    config = train_coca.model_config(image_size=32, patch_size=16, context_length=8)
+    torch.manual_seed(0)
+    model = train_coca.build(config, "cpu")
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    captions = [[f"a {colour} square"] for colour in ("red", "blue", "green", "white")] * 8
+    pixels = torch.randn(len(captions), 3, 32, 32)
+    tokens = torch.from_numpy(np.asarray(open_clip.SimpleTokenizer(context_length=8)([c[0] for c in captions])))[None]
+    losses = train_coca.train_decoder(model, config, pixels, captions, tokens, epochs=4,
+                                      caption_weight=2.0, device="cpu", seed=0)
+    after = model.state_dict()
+    kept = [name for name in before if name.startswith(("visual.transformer", "visual.conv1", "text."))]
+    renewed = [name for name in before if name.startswith(("visual.attn_pool", "text_decoder."))]
+    assert kept and renewed
+    assert all(torch.equal(before[name], after[name]) for name in kept)
+    assert all(not torch.equal(before[name], after[name]) for name in renewed)
+    assert losses[-1] < losses[0]
