@@ -17,7 +17,8 @@ words of one kind traded (the decoder's swap epochs cost about twice a plain one
 ``--position-weight`` adds a loss that keeps a loud code of each image token's place in the
 token before the pooler (``PositionCodes``; measured in docs/reranker-notes.md: shapes
 bound better, places not). ``--decoder-epochs`` then trains a fresh pooler and decoder on
-the frozen towers (``train_decoder``; measured there too: places still not learnt).
+the frozen towers (``train_decoder``; measured there too: places learnt late, after
+about 15 epochs).
 
     python scripts/train_coca.py DATA/train.jsonl OUT_DIR [--epochs 12] [--family-batches] [--swap-weight 0.5]
                                  [--position-weight 1] [--decoder-epochs 12] [--init DIR]
@@ -109,12 +110,16 @@ def train_decoder(model: open_clip.CoCa, config: dict, pixels: torch.Tensor, ima
     Trained jointly from the start, the pooler passes what tells things apart (colours,
     shapes) and drops where they are, and the decoder never learns the relation words. A
     fresh pooler and decoder on a finished trunk whose tokens carry loud position codes
-    (``--position-weight``) learn them with a small output layer, but in 12 epochs not
-    with the full vocabulary this phase keeps (docs/reranker-notes.md). The trunk's tokens are computed once; the pooler's first query stays the contrastive
-    embedding, so stage 1 is retrained with it against the frozen text tower. Batches
-    are drawn at random even where the joint phase batched families together: with
-    whole families in a batch the contrastive term, which shares the pooler, kept the
-    decoder from learning places (docs/reranker-notes.md). Returns each epoch's mean loss."""
+    (``--position-weight``) learn them: with a small output layer from about the seventh
+    epoch, with the full vocabulary this phase keeps only from the fifteenth (12 epochs
+    are too few; 24 reached 0.905 which twin first in a scratch run;
+    docs/reranker-notes.md).
+
+    The trunk's tokens are computed once. The pooler's first query stays the contrastive
+    embedding, so stage 1 is retrained with it against the frozen text tower. Batches are
+    drawn at random even where the joint phase batched families together: with whole
+    families in a batch the contrastive term, which shares the pooler, kept the decoder
+    from learning places. Returns each epoch's mean loss."""
     torch.manual_seed(seed + 1)
     fresh = build(config, device)
     visual = model.visual
