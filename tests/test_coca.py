@@ -102,16 +102,17 @@ def test_regions_are_the_tokens_before_the_pooler(encoder):
 
 def test_scores_are_the_caption_likelihood_and_ignore_padding(encoder):
     """The decoder reads the real tokens only; open_clip's own forward on the 76 padded
-    tokens gives the same log-likelihood."""
-    model, images = encoder.model, pixels(2, seed=1)
-    padded = encoder.tokenizer([TEXTS[1]] * 2)  # (2, 76)
+    tokens gives the same log-likelihood (three images: the normalisers are taken two
+    texts at a time)."""
+    model, images = encoder.model, pixels(3, seed=1)
+    padded = encoder.tokenizer([TEXTS[1]] * 3)  # (3, 76)
     with torch.no_grad():
-        out = model(images, padded)  # logits (2, 75, V), aligned with labels = padded[:, 1:]
+        out = model(images, padded)  # logits (3, 75, V), aligned with labels = padded[:, 1:]
         log_probs = out["logits"].log_softmax(-1).gather(-1, out["labels"][..., None]).squeeze(-1)
         expected = (log_probs * (out["labels"] != 0)).sum(dim=1)
         _, regions = encoder.image(images, regions=True)
     reranker = DecoderReranker(model, DecoderConfig(weight=1.0))
-    output = reranker.rerank(None, ids_of(encoder, TEXTS[1]), np.zeros(2, dtype=np.float32), regions)
+    output = reranker.rerank(None, ids_of(encoder, TEXTS[1]), np.zeros(3, dtype=np.float32), regions)
     np.testing.assert_allclose(output.match_logit, expected.numpy(), rtol=1e-4, atol=1e-3)
 
 
