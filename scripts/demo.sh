@@ -11,7 +11,9 @@
 # SHAPES_STYLE=varied makes the second data set instead (scripts/make_shapes.py --style
 # varied: free placement, six shapes, several phrasings, a patch-8 CLIP with 8 x 8 regions).
 # DEMO_MODEL=coca trains a small CoCa instead (scripts/train_coca.py: contrastive +
-# captioning); its own text decoder reranks, with no train-reranker (COCA_EPOCHS, default 14).
+# captioning, COCA_EPOCHS, default 14, with position codes held in the image tokens; then a
+# fresh pooler and decoder on the frozen towers, COCA_DECODER_EPOCHS, default 24: about 50
+# minutes on 2 cores); its own text decoder reranks, with no train-reranker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO_DIR=${DEMO_DIR:-demo}
@@ -42,8 +44,9 @@ if [ ! -f "$DATA/meta.json" ]; then
     "$PYTHON" scripts/make_shapes.py "$DATA" "${SHAPES_OPTIONS[@]}"
 fi
 if [ "$DEMO_MODEL" = coca ] && [ ! -f "$MODEL/open_clip_model.safetensors" ]; then
-    step "training a small CoCa from scratch (${COCA_EPOCHS:-14} epochs; its decoder will rerank untrained)"
-    "$PYTHON" scripts/train_coca.py "$DATA/train.jsonl" "$MODEL" --epochs "${COCA_EPOCHS:-14}" "${COCA_OPTIONS[@]}"
+    step "training a small CoCa from scratch (${COCA_EPOCHS:-14} + ${COCA_DECODER_EPOCHS:-24} epochs; its decoder will rerank untrained)"
+    "$PYTHON" scripts/train_coca.py "$DATA/train.jsonl" "$MODEL" --epochs "${COCA_EPOCHS:-14}" "${COCA_OPTIONS[@]}" \
+        --position-weight 1 --decoder-epochs "${COCA_DECODER_EPOCHS:-24}"
 fi
 if [ ! -f "$MODEL/open_clip_model.safetensors" ]; then
     step "training a small CLIP from scratch ($CLIP_EPOCHS epochs)"

@@ -15,13 +15,15 @@ adds, from halfway, what ``train-reranker --swaps`` adds for the fusion scorer: 
 caption must be likelier under its image, per token, than a variant of itself with two
 words of one kind traded (the decoder's swap epochs cost about twice a plain one).
 ``--position-weight`` adds a loss that keeps a loud code of each image token's place in the
-token before the pooler (``PositionCodes``; measured in docs/reranker-notes.md: shapes
-bound better, places not). ``--decoder-epochs`` then trains a fresh pooler and decoder on
-the frozen towers (``train_decoder``; measured there too: places learnt late, after
-about 15 epochs).
+token before the pooler (``PositionCodes``). ``--decoder-epochs`` then trains a fresh
+pooler and decoder on the frozen towers (``train_decoder``). The two together are what
+made the decoder bind on the demo set (``scripts/demo.sh`` with ``DEMO_MODEL=coca``:
+``--epochs 14 --family-batches --position-weight 1 --decoder-epochs 24``; which twin
+ranks first 0.463 -> 0.990 by the decoder; README, docs/reranker-notes.md); on the varied
+set the same recipe left the decoder unable to read shapes.
 
-    python scripts/train_coca.py DATA/train.jsonl OUT_DIR [--epochs 12] [--family-batches] [--swap-weight 0.5]
-                                 [--position-weight 1] [--decoder-epochs 12] [--init DIR]
+    python scripts/train_coca.py DATA/train.jsonl OUT_DIR [--epochs 14] [--family-batches] [--swap-weight 0.5]
+                                 [--position-weight 1] [--decoder-epochs 24] [--init DIR]
 """
 
 from __future__ import annotations
@@ -112,8 +114,7 @@ def train_decoder(model: open_clip.CoCa, config: dict, pixels: torch.Tensor, ima
     fresh pooler and decoder on a finished trunk whose tokens carry loud position codes
     (``--position-weight``) learn them: with a small output layer from about the seventh
     epoch, with the full vocabulary this phase keeps only from the fifteenth (12 epochs
-    are too few; 24 reached 0.905 which twin first in a scratch run;
-    docs/reranker-notes.md).
+    are too few; 24 bind: which twin first 0.990 on the demo set; docs/reranker-notes.md).
 
     The trunk's tokens are computed once. The pooler's first query stays the contrastive
     embedding, so stage 1 is retrained with it against the frozen text tower. Batches are
