@@ -54,6 +54,10 @@ def main() -> None:
     args = parser.parse_args()
     with Index.open(args.index, device="cpu") as index:
         resolved = resolve_pairs(index, load_pairs(args.pairs))
+        if len(set(resolved.image_ids)) < 10:
+            example = f" (not indexed: {resolved.missing[0]}, ...)" if resolved.missing else ""
+            raise SystemExit(f"{len(set(resolved.image_ids))} of the images in {args.pairs} are in "
+                             f"{args.index}; a probe needs at least 10{example}")
         order = np.random.default_rng(0).permutation(len(resolved.image_ids))
         ids = [resolved.image_ids[i] for i in order]
         captions = [set(resolved.captions[i].lower().split()) for i in order]
