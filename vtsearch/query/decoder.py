@@ -61,7 +61,7 @@ class DecoderConfig:
     weight: float = 1.0  # the decoder's score against stage 1's
     fusion: str = "logit"  # how the two are added (see the module docstring)
     prior: str = "null-image"  # match: what is subtracted from each text's log-likelihood
-    shortlist_cpu: int = 20  # default recall_k on a CPU (ViT-B-32: ~0.13 s per candidate there)
+    shortlist_cpu: int = 20  # default recall_k on a CPU (ViT-B-32: ~0.11 s per candidate there)
     shortlist_gpu: int = 100  # ... and on a GPU
     batch: int = 32  # candidates per decoder call (bounds the (batch, T, vocab) logits)
 
