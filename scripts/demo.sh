@@ -12,8 +12,9 @@
 # varied: free placement, six shapes, several phrasings, a patch-8 CLIP with 8 x 8 regions).
 # DEMO_MODEL=coca trains a small CoCa instead (scripts/train_coca.py: contrastive +
 # captioning, COCA_EPOCHS, default 14, with position codes held in the image tokens; then a
-# fresh pooler and decoder on the frozen towers, COCA_DECODER_EPOCHS, default 24: about 50
-# minutes on 2 cores); its own text decoder reranks, with no train-reranker.
+# fresh pooler and decoder on the frozen towers, COCA_DECODER_EPOCHS, default 24: 51
+# minutes of training on 2 cores, measured as two runs); its own text decoder reranks, with no
+# train-reranker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO_DIR=${DEMO_DIR:-demo}

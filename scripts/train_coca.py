@@ -140,7 +140,7 @@ def train_decoder(model: open_clip.CoCa, config: dict, pixels: torch.Tensor, ima
     model.text_decoder.train()
     loss_fn = open_clip.CoCaLoss(caption_loss_weight=caption_weight, clip_loss_weight=1.0)
     optimizer = torch.optim.AdamW(trained, lr=DECODER_LR, weight_decay=0.1)
-    steps_per_epoch = len(image_captions) // DECODER_BATCH
+    steps_per_epoch = max(1, len(image_captions) // DECODER_BATCH)  # one smaller batch for a tiny set
     scheduler = warmup_cosine(optimizer, epochs * steps_per_epoch)
     print(f"decoder phase: a fresh pooler and decoder on the frozen towers, {epochs} epochs of {steps_per_epoch} steps")
     started, losses = time.perf_counter(), []
