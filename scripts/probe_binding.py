@@ -167,7 +167,7 @@ def main() -> None:
             chosen.append([examples.positives[row], *picks, *rng.choice(examples.image_ids, extra).tolist()])
         return np.asarray(chosen, dtype=np.int64)
 
-    train_rows, val_rows = split_by_image(resolved.image_ids, 0.1, 0)
+    train_rows, val_rows = split_by_image(resolved.images, 0.1, 0)
     val_rows = [row for row in val_rows if any(images_of.get(t) for t in twin_scenes(scenes[row]))]
     val_candidates = candidates(val_rows)
     layout, device = index.regions, torch.device(args.device)

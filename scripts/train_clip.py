@@ -17,6 +17,11 @@ at random.
 
 ``--family-batches`` keeps captions with the same words (twins) in the same batch, so the
 contrastive loss has to tell them apart by shapes and places, not by colours alone.
+
+The images ``vtsearch train-reranker`` will validate on (with its defaults; the split is
+a hash of each file's name: ``vtsearch.train.pairs.validation_images``) are left out, so that its
+validation sees this model as a user's photos would, new to it, and fits the fused
+weight for that; ``--train-on-all`` keeps them.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ from PIL import Image
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from vtsearch.train.loop import TrainOptions
+from vtsearch.train.pairs import validation_images
+
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
 
@@ -49,14 +57,19 @@ def model_config(image_size: int, patch_size: int = 16, context_length: int = 16
     }
 
 
-def load_pairs(pairs_path: Path, image_size: int) -> tuple[torch.Tensor, list[list[str]]]:
-    """Normalised pixels (N, 3, S, S) of each distinct image, and each image's captions."""
+def load_pairs(pairs_path: Path, image_size: int,
+               leave_out: TrainOptions | None = None) -> tuple[torch.Tensor, list[list[str]]]:
+    """Normalised pixels (N, 3, S, S) of each distinct image, and each image's captions;
+    without the images ``train-reranker`` with ``leave_out``'s split validates on."""
     root = pairs_path.parent
     captions: dict[str, list[str]] = {}
     with open(pairs_path, encoding="utf-8") as handle:
         for line in handle:
             record = json.loads(line)
             captions.setdefault(record["image"], []).append(record["caption"])
+    if leave_out is not None:
+        for image in validation_images(captions, leave_out.val_fraction, leave_out.seed):
+            del captions[image]
     images = [np.asarray(Image.open(root / path).convert("RGB").resize((image_size, image_size)))
               for path in captions]
     pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
@@ -115,12 +128,12 @@ def family_order(captions: list[str]) -> torch.Tensor:
 
 def train(pairs_path: Path, out: Path, epochs: int, batch_size: int, lr: float, seed: int,
           image_size: int, family_batches: bool = False, device: str = "cpu", patch_size: int = 16,
-          context_length: int = 16) -> None:
+          context_length: int = 16, train_on_all: bool = False) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
     config = model_config(image_size, patch_size, context_length)
     model = open_clip.CLIP(**config).to(device)
-    pixels, image_captions = load_pairs(pairs_path, image_size)
+    pixels, image_captions = load_pairs(pairs_path, image_size, None if train_on_all else TrainOptions())
     tokens = caption_tokens(image_captions, context_length)
     loss_fn = open_clip.ClipLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
@@ -181,9 +194,12 @@ def training_arguments(description: str) -> argparse.ArgumentParser:
 
 
 def main() -> None:
-    args = training_arguments(__doc__).parse_args()
+    parser = training_arguments(__doc__)
+    parser.add_argument("--train-on-all", action="store_true",
+                        help="train on the images train-reranker validates on too")
+    args = parser.parse_args()
     train(args.pairs, args.out, args.epochs, args.batch_size, args.lr, args.seed, args.image_size,
-          args.family_batches, args.device, args.patch_size, args.context_length)
+          args.family_batches, args.device, args.patch_size, args.context_length, args.train_on_all)
 
 
 if __name__ == "__main__":

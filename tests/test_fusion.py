@@ -196,6 +196,11 @@ def test_caption_training_lowers_the_loss_and_learns_which_side(config):
     texts = [world_text(red, LEFT, blue), world_text(blue, LEFT, red)]
     output = reranker.rerank_texts([s for s, _ in texts], [i for _, i in texts], stage1, red_left)
     assert output.order.tolist() == [0, 1]
+    # ranking texts uses the weight fitted for it when training fitted one; search keeps w
+    fitted = Reranker(scorer, trained={"val": {"w": 1.0, "text_w": 0.25}})
+    scored = fitted.rerank_texts([s for s, _ in texts], [i for _, i in texts], np.array([0.5, 0.0]), red_left)
+    np.testing.assert_allclose(scored.final, np.array([0.5, 0.0]) + 0.25 * scored.match_logit, rtol=1e-5)
+    assert fitted.rerank(*world_text(red, LEFT, blue), stage1, images).order.tolist() == [1, 0]
 
 
 def test_caption_score_is_pointwise_mutual_information():

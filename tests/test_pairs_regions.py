@@ -1,13 +1,18 @@
+import importlib.util
 import json
 import os
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from vtsearch.errors import IndexFormatError, VtsearchError
 from vtsearch.store.regions import RegionLayout, RegionStore
-from vtsearch.train import load_pairs, recall_at
+from vtsearch.train import load_pairs, recall_at, split_by_image
+from vtsearch.train.loop import TrainOptions
+from vtsearch.train.pairs import validation_images
 
 
 def test_json_lines_relative_and_absolute(tmp_path):
@@ -46,6 +51,46 @@ def test_karpathy_splits(tmp_path):
     assert [(p.image, p.caption) for p in test] == [(str(tmp_path / "val2014" / "a.jpg"), "one")]
     with pytest.raises(VtsearchError, match="no captioned images"):
         load_pairs(tmp_path / "dataset_coco.json", split="nope")
+
+
+def test_the_validation_split_follows_file_names():
+    images = [f"/data/train/{number:05d}.png" for number in range(2000) for _ in range(2)]  # two captions each
+    train, val = split_by_image(images, 0.1, seed=0)
+    assert sorted(train + val) == list(range(len(images)))
+    held = {images[row] for row in val}
+    assert not held & {images[row] for row in train}  # an image's captions stay together
+    assert 150 <= len(held) <= 250  # about a tenth of 2,000
+    # the same images wherever the set lies, so a model can be trained without them beforehand
+    assert held == validation_images(images, 0.1, 0)
+    assert {"/moved" + image[5:] for image in held} == validation_images(["/moved" + image[5:] for image in images], 0.1, 0)
+    assert held != {images[row] for row in split_by_image(images, 0.1, seed=1)[1]}
+    # too few images for a tenth: one is still held out
+    assert len(split_by_image(["/a.png", "/b.png", "/c.png"], 0.1, 0)[1]) == 1
+
+
+def test_train_clip_leaves_out_what_train_reranker_validates_on(tmp_path, monkeypatch):
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    monkeypatch.syspath_prepend(str(scripts))
+    spec = importlib.util.spec_from_file_location("train_clip", scripts / "train_clip.py")
+    train_clip = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_clip)
+    (tmp_path / "images").mkdir()
+    lines = []
+    for number in range(60):
+        Image.new("RGB", (8, 8), (number, 0, 0)).save(tmp_path / "images" / f"{number:03d}.png")
+        lines += [json.dumps({"image": f"images/{number:03d}.png", "caption": f"scene {number} {n}"}) for n in (1, 2)]
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    pairs = load_pairs(tmp_path / "train.jsonl")
+    options = TrainOptions()
+    _, val = split_by_image([pair.image for pair in pairs], options.val_fraction, options.seed)
+    validated = {pairs[row].caption for row in val}
+    assert validated
+    pixels, captions = train_clip.load_pairs(tmp_path / "train.jsonl", 8, options)
+    trained = {caption for texts in captions for caption in texts}
+    assert len(pixels) == len(captions) == 60 - len(validated) // 2
+    assert not trained & validated and len(trained | validated) == 120
+    _, everything = train_clip.load_pairs(tmp_path / "train.jsonl", 8)
+    assert len(everything) == 60
 
 
 def test_malformed_pairs_are_clear_errors(tmp_path):

@@ -13,6 +13,7 @@ from vtsearch.fusion import FusionConfig
 from vtsearch.progress import NoProgress
 from vtsearch.query.rerank import Reranker
 from vtsearch.records import ScannedFile
+from vtsearch.train.validate import ranking_loss
 from vtsearch.train import (
     EarlyStopping, Pair, TrainOptions, evaluate, fit_rerank_weight, listwise_loss, match_logits, mine_examples,
     resolve_pairs, sample_candidates,
@@ -111,8 +112,22 @@ def test_fitted_weight_is_zero_for_a_useless_scorer_and_large_for_a_perfect_one(
     stage1 = np.array([[0.30, 0.32, 0.31], [0.20, 0.25, 0.21]], dtype=np.float32)
     perfect = np.array([[5.0, -5.0, -5.0], [5.0, -5.0, -5.0]], dtype=np.float32)
     backwards = -perfect
-    assert fit_rerank_weight(stage1, backwards, 50.0) == 0.0
-    assert fit_rerank_weight(stage1, perfect, 50.0) > 0.01
+    assert fit_rerank_weight(stage1, backwards) == 0.0
+    assert 0.005 < fit_rerank_weight(stage1, perfect) < 0.01  # the least w that puts every positive first
+
+
+def test_the_weight_is_fitted_for_ranking_not_for_calibration():
+    rng = np.random.default_rng(0)
+    stage1 = rng.normal(0, 0.01, (200, 10))  # stage 1 tells the candidates apart at random
+    match = rng.normal(0, 1, (200, 10))
+    match[:, 0] += 3  # the scorer mostly puts the positive first ...
+    match[:50, 1] = match[:50, 0] + 1  # ... but a quarter of the rows hold a "wrong" image it fits better
+    # (one scene under another caption): confident there, which a fixed temperature punishes
+    w = fit_rerank_weight(stage1, match)
+    assert w > 0.1  # the scorer decides; stage 1 is noise beside it
+    final = stage1 + w * match
+    assert ranking_loss(final) == pytest.approx(ranking_loss(7 * final), abs=0.01)  # any scale ranks the same
+    assert ranking_loss(final) < ranking_loss(stage1) - 0.5
 
 
 def test_training_goes_on_while_the_validation_loss_falls_and_keeps_the_best_scored_weights():

@@ -313,5 +313,6 @@ def _describe_reranker(reranker: RerankerSummary | None) -> str:
     kind = f"{config.get('score', 'match')} scorer, width {config.get('width', '?')}, {config.get('layers', '?')} blocks"
     if config.get("region_layers"):
         kind += f" and {config['region_layers']} among the regions"
-    return (f"{kind}, trained on {reranker.pairs} captions, w = {val.get('w', 0):.3g}, "
+    text_w = f" (ranking texts {val['text_w']:.3g})" if "text_w" in val else ""
+    return (f"{kind}, trained on {reranker.pairs} captions, w = {val.get('w', 0):.3g}{text_w}, "
             f"validation top-1 {val.get('val_stage1_top1', 0):.3f} -> {val.get('val_reranked_top1', 0):.3f}")

@@ -168,7 +168,16 @@ class Reranker:
         """K candidate texts, K × (T_i, Dt) token states and ids, against one image's (P+R, Dr) regions."""
         if not states:
             return self.score(None, regions, stage1)
-        return self.score(TextBatch.pad(states, ids), regions[None].expand(len(states), -1, -1), stage1)
+        return self.score(TextBatch.pad(states, ids), regions[None].expand(len(states), -1, -1), stage1,
+                          weight=self.text_weight)
+
+    @property
+    def text_weight(self) -> float:
+        """The weight ``rerank_texts`` gives the match logit: fitted for ranking texts by
+        ``train-reranker`` (``validate.fit_text_weight``); a scorer trained before that was
+        fitted ranks texts with ``w``, as it did."""
+        fitted = self.trained.get("val", {}).get("text_w")
+        return float(self.scorer.rerank_weight.detach()) if fitted is None else float(fitted)
 
     @torch.inference_mode()
     def _prior(self, text: TextBatch) -> torch.Tensor | None:
@@ -198,6 +207,7 @@ class Reranker:
         stage1: np.ndarray,  # (K,) stage-1 similarities of the pairs
         need_weights: bool = False,
         prior: torch.Tensor | None = None,  # (1,) or (K,) log p(text | no image), when already known
+        weight: float | None = None,  # of the match logit, instead of the scorer's w
     ) -> RerankOutput:
         """Final scores ``stage1 + w · match_logit`` of K (text, image) pairs, and their
         order, best first (ties keep stage-1 order)."""
@@ -212,7 +222,8 @@ class Reranker:
             match_logit, attention = self.scorer(texts.to(self.device), regions.to(self.device), need_weights, prior)
         match_logit, attention = match_logit.float(), [weights.float() for weights in attention]
         stage1_tensor = torch.as_tensor(stage1, dtype=torch.float32, device=self.device)
-        final = self.scorer.final_scores(stage1_tensor, match_logit).cpu().numpy()
+        final = (self.scorer.final_scores(stage1_tensor, match_logit) if weight is None
+                 else stage1_tensor + weight * match_logit).cpu().numpy()
         order = np.argsort(-final, kind="stable")
         grid_attention = [weights[..., config.prefix:] for weights in attention]  # the prefix is no place
         return RerankOutput(order, final, match_logit.cpu().numpy(), grid_attention)

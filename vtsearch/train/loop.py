@@ -11,8 +11,11 @@ encoder stays frozen: only the scorer learns. The index's regions are read into 
 once (``bank``), and every caption's token states computed once.
 
 ``w`` in ``final = stage1 + w · match_logit`` is not learnt by SGD but fitted after each
-epoch on the validation split, held out by image (``validate``). Early stopping watches
-the validation top-1 of the final scores; the best epoch is kept.
+epoch on the validation split, held out by image (``validate``). The epoch kept is the one
+whose final scores rank the validation captions' images best by the listwise loss (the
+loss ``w`` is fitted to): over a few hundred captions top-1 moves by its noise from one
+epoch to the next, and picking the epoch by it kept early ones, before the word swaps had
+done their work.
 """
 
 from __future__ import annotations
@@ -85,25 +88,26 @@ class EpochRecord:
     val_stage1_top1: float
     val_match_top1: float
     val_reranked_top1: float
-    w: float  # the fitted weight of the match logit
+    w: float  # the fitted weight of the match logit (search)
     val_text_top1: float | None  # image → own caption top-1; None when the term is off
     seconds: float  # since training started
     val_caption_loss: float | None = None  # the caption objective on the validation captions
+    text_w: float | None = None  # the weight ``match`` ranks texts with (``validate.fit_text_weight``)
 
     @property
     def stopping_loss(self) -> float:
-        """What early stopping watches beside top-1: the held-out caption loss, or for the
+        """What early stopping watches beside the fused loss: the held-out caption loss, or for the
         match objective the validation loss."""
         return self.val_loss if self.val_caption_loss is None else self.val_caption_loss
 
     def validation(self) -> dict[str, float]:
         """The validation figures (``val_*``) and the fitted ``w``, as the manifest keeps
         them for the best epoch."""
-        return {name: value for name, value in self.to_dict().items() if name.startswith("val") or name == "w"}
+        return {name: value for name, value in self.to_dict().items() if name.startswith("val") or name in ("w", "text_w")}
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        for name in ("val_text_top1", "val_caption_loss"):
+        for name in ("val_text_top1", "val_caption_loss", "text_w"):
             if data[name] is None:
                 del data[name]
         return data
@@ -152,11 +156,11 @@ class TrainReport:
 
 
 class EarlyStopping:
-    """Keeps the weights of the best epoch so far (by ``score``); says when to stop: after
-    ``patience`` epochs in a row in which neither the score nor the validation loss got
-    better. Top-1 over a few hundred captions is coarse and can sit below stage 1 for
-    several epochs while the scorer is still learning; the loss is smoother, and while it
-    falls the run goes on."""
+    """Keeps the weights of the best epoch so far (by ``score``: the trainer passes the
+    fused validation loss, negated); says when to stop: after ``patience`` epochs in a row
+    in which neither the score nor a second loss (the held-out caption loss) got better.
+    The caption loss rises a little once the word swaps start while the fused loss still
+    falls, and the other way round early on, so the run goes on while either does."""
 
     def __init__(self, patience: int):
         self.patience = patience
@@ -253,7 +257,7 @@ def _mine(index: "Index", resolved: ResolvedPairs, regions: RegionSource, layout
     """The split by image, every caption's token states, hard negatives (and its image's)
     of the captions that need them (the caption objective: only those validated on), and
     the index's regions in memory."""
-    train_rows, val_rows = split_by_image(resolved.image_ids, options.val_fraction, options.seed)
+    train_rows, val_rows = split_by_image(resolved.images, options.val_fraction, options.seed)
     checked = _validation_rows(train_rows, val_rows)
     mined = sorted(set(checked) | set(train_rows)) if options.objective == "match" else checked
     swapped = (swap_texts(resolved, options.swaps, options.seed, train_rows)
@@ -333,8 +337,7 @@ class _Trainer:
                 history.append(record)
                 if on_epoch is not None:
                     on_epoch(record)
-                if stopping.should_stop(epoch, record.val_reranked_top1 - 1e-3 * record.val_loss, record.stopping_loss,
-                                        self.scorer):
+                if stopping.should_stop(epoch, -record.val_loss, record.stopping_loss, self.scorer):
                     break
         finally:
             progress.close()

@@ -11,17 +11,19 @@ Three formats, told apart by their content:
   (``train`` includes ``restval``, as is customary).
 
 ``resolve_pairs`` maps the pairs' images to an index's ids (leaving out, and naming, the
-images it does not hold); ``split_by_image`` holds out a share of the images for validation.
+images it does not hold); ``split_by_image`` holds out a share of the images for validation,
+chosen by ``validation_images`` from the files' names, so that whoever trains the model an index
+uses can leave the same images out of its training (``scripts/train_clip.py`` does).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from ..errors import VtsearchError
 
@@ -41,6 +43,7 @@ class ResolvedPairs:
 
     captions: list[str]
     image_ids: list[int]  # the catalog id of each caption's image
+    images: list[str]  # the absolute path of each caption's image
     missing: list[str]  # sorted paths of images not (successfully) indexed
 
 
@@ -155,15 +158,34 @@ def resolve_pairs(index: "Index", pairs: Sequence[Pair]) -> ResolvedPairs:
     ids = index.image_ids(sorted({pair.image for pair in pairs}))
     kept = [pair for pair in pairs if pair.image in ids]
     missing = sorted({pair.image for pair in pairs if pair.image not in ids})
-    return ResolvedPairs([pair.caption for pair in kept], [ids[pair.image] for pair in kept], missing)
+    return ResolvedPairs([pair.caption for pair in kept], [ids[pair.image] for pair in kept],
+                         [pair.image for pair in kept], missing)
 
 
-def split_by_image(image_ids: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Row numbers to train on and to validate on: ``fraction`` of the images (with all
-    their captions) are held out, so validation never sees a training image."""
-    images = sorted(set(image_ids))
-    random.Random(seed).shuffle(images)
-    held_out = set(images[: int(len(images) * fraction)])
-    train = [row for row, image_id in enumerate(image_ids) if image_id not in held_out]
-    val = [row for row, image_id in enumerate(image_ids) if image_id in held_out]
+def validation_images(images: Iterable[str], fraction: float, seed: int) -> set[str]:
+    """The images ``train-reranker`` validates on instead of training on: those whose file
+    name (not its folder, so moving the set keeps the split) hashes with ``seed`` below
+    ``fraction`` of the range, about ``fraction`` of them; the lowest one where two or more
+    images give the hash too few to pick any. Decided by the names, the split is known before
+    there is an index: a model trained without these images lets validation see stage 1 as it
+    is on images new to it, which is what the fused weight is fitted for."""
+    distinct = sorted(set(images))
+    hashes = {image: _name_hash(image, seed) for image in distinct}
+    chosen = {image for image in distinct if hashes[image] < fraction * 2.0 ** 64}
+    if not chosen and len(distinct) > 1 and fraction > 0:
+        chosen = {min(distinct, key=hashes.__getitem__)}
+    return chosen
+
+
+def _name_hash(image: str, seed: int) -> int:
+    digest = hashlib.blake2b(f"{seed}/{os.path.basename(image)}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def split_by_image(images: Sequence[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Row numbers to train on and to validate on: the ``validation_images`` with all their
+    captions are held out, so validation never sees a training image."""
+    chosen = validation_images(images, fraction, seed)
+    train = [row for row, image in enumerate(images) if image not in chosen]
+    val = [row for row, image in enumerate(images) if image in chosen]
     return train, val
