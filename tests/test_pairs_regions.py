@@ -62,7 +62,8 @@ def test_the_validation_split_follows_file_names():
     assert 150 <= len(held) <= 250  # about a tenth of 2,000
     # the same images wherever the set lies, so a model can be trained without them beforehand
     assert held == validation_images(images, 0.1, 0)
-    assert {"/moved" + image[5:] for image in held} == validation_images(["/moved" + image[5:] for image in images], 0.1, 0)
+    moved = ["/moved" + image[5:] for image in images]
+    assert {"/moved" + image[5:] for image in held} == validation_images(moved, 0.1, 0)
     assert held != {images[row] for row in split_by_image(images, 0.1, seed=1)[1]}
     # too few images for a tenth: one is still held out
     assert len(split_by_image(["/a.png", "/b.png", "/c.png"], 0.1, 0)[1]) == 1

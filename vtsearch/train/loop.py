@@ -103,7 +103,8 @@ class EpochRecord:
     def validation(self) -> dict[str, float]:
         """The validation figures (``val_*``) and the fitted ``w``, as the manifest keeps
         them for the best epoch."""
-        return {name: value for name, value in self.to_dict().items() if name.startswith("val") or name in ("w", "text_w")}
+        return {name: value for name, value in self.to_dict().items()
+                if name.startswith("val") or name in ("w", "text_w")}
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
