@@ -455,9 +455,10 @@ class FusionScorer(nn.Module):
         positions = torch.arange(1, following.shape[1] + 1, device=following.device)  # (T-1,)
         return targets, (positions[None, :] < texts.lengths[:, None]).float()
 
-    def final_scores(self, stage1: torch.Tensor, match_logit: torch.Tensor) -> torch.Tensor:
-        """``stage1 + w · match_logit``, elementwise."""
-        return stage1 + self.rerank_weight * match_logit
+    def final_scores(self, stage1: torch.Tensor, match_logit: torch.Tensor,
+                     weight: float | None = None) -> torch.Tensor:
+        """``stage1 + w · match_logit``, elementwise (``weight`` instead of w when given)."""
+        return stage1 + (self.rerank_weight if weight is None else weight) * match_logit
 
 
 def mean_token_loss(token_log_probs: torch.Tensor, texts: TextBatch) -> torch.Tensor:

@@ -222,8 +222,7 @@ class Reranker:
             match_logit, attention = self.scorer(texts.to(self.device), regions.to(self.device), need_weights, prior)
         match_logit, attention = match_logit.float(), [weights.float() for weights in attention]
         stage1_tensor = torch.as_tensor(stage1, dtype=torch.float32, device=self.device)
-        final = (self.scorer.final_scores(stage1_tensor, match_logit) if weight is None
-                 else stage1_tensor + weight * match_logit).cpu().numpy()
+        final = self.scorer.final_scores(stage1_tensor, match_logit, weight).cpu().numpy()
         order = np.argsort(-final, kind="stable")
         grid_attention = [weights[..., config.prefix:] for weights in attention]  # the prefix is no place
         return RerankOutput(order, final, match_logit.cpu().numpy(), grid_attention)
