@@ -116,6 +116,65 @@ def test_scores_are_the_caption_likelihood_and_ignore_padding(encoder):
     np.testing.assert_allclose(output.match_logit, expected.numpy(), rtol=1e-4, atol=1e-3)
 
 
+def test_zero_output_columns_are_counted_not_multiplied(tmp_path, encoder):
+    """A CoCa whose output words were kept to its captions' (the other columns zero, as
+    ``train_coca.py --vocabulary captions`` saves it) scores as open_clip's own forward
+    over all 49,408 words, and the scorer normalises over the live columns only."""
+    from safetensors.torch import load_file, save_file
+
+    folder = write_coca(tmp_path / "kept", seed=4)
+    weights = load_file(str(folder / "open_clip_model.safetensors"))
+    kept = torch.unique(torch.cat([encoder.tokenizer(TEXTS).reshape(-1), torch.arange(40)]))
+    projection = torch.zeros_like(weights["text_decoder.text_projection"])
+    projection[:, kept] = weights["text_decoder.text_projection"][:, kept]
+    save_file({**weights, "text_decoder.text_projection": projection}, str(folder / "open_clip_model.safetensors"))
+    pruned = Encoder.load(EncoderSpec.parse(f"local-dir:{folder}"), CPU, precision="fp32")
+    images = pixels(3, seed=5)
+    padded = pruned.tokenizer([TEXTS[1]] * 3)
+    with torch.no_grad():
+        out = pruned.model(images, padded)
+        log_probs = out["logits"].log_softmax(-1).gather(-1, out["labels"][..., None]).squeeze(-1)
+        expected = (log_probs * (out["labels"] != 0)).sum(dim=1)
+        _, regions = pruned.image(images, regions=True)
+    reranker = DecoderReranker(pruned.model, DecoderConfig(weight=1.0))
+    assert reranker.decoder.output.zero_columns == 49408 - len(kept)
+    assert reranker.decoder.output.live_columns().shape == (WIDTH, len(kept))
+    output = reranker.rerank(None, ids_of(pruned, TEXTS[1]), np.zeros(3, dtype=np.float32), regions)
+    np.testing.assert_allclose(output.match_logit, expected.numpy(), rtol=1e-4, atol=1e-3)
+    assert DecoderReranker(encoder.model).decoder.output.zero_columns == 0  # random weights: none
+
+
+def test_the_caption_vocabulary_trains_what_the_full_softmax_would(monkeypatch):
+    """``train_coca.py --vocabulary captions``: the loss over the kept words plus one
+    constant for the zero columns is the loss over all 49,408, and the saved projection
+    is zero outside the kept words."""
+    train_coca = load_train_coca(monkeypatch)
+    config = train_coca.model_config(image_size=32, patch_size=16, context_length=8)
+    torch.manual_seed(0)
+    model = train_coca.build(config, "cpu")
+    tokens = open_clip.SimpleTokenizer(context_length=8)(["a red square", "a blue circle", "two green stars"])
+    words = train_coca.CaptionVocabulary(torch.as_tensor(tokens), size=49408)
+    assert words.kept[0] == 0 and set(torch.as_tensor(tokens).reshape(-1).tolist()) == set(words.kept.tolist())
+    decoder = model.text_decoder
+    with torch.no_grad():
+        zero = torch.ones(49408, dtype=torch.bool)
+        zero[words.kept] = False
+        decoder.text_projection[:, zero] = 0
+        latent, embs = model._encode_image(torch.randn(3, 3, 32, 32))
+        loss = open_clip.CoCaLoss(caption_loss_weight=1.0, clip_loss_weight=1.0)
+        out = model(None, tokens, image_latent=latent, image_embs=embs)
+        full = loss(out["image_features"], out["text_features"], out["logits"], out["labels"], out["logit_scale"])
+        words.restrict(decoder)
+        assert decoder.text_projection.shape == (128, len(words.kept))
+        out = model(None, tokens, image_latent=latent, image_embs=embs)
+        kept = loss(out["image_features"], out["text_features"], words.logits(out["logits"]),
+                    words.labels(out["labels"]), out["logit_scale"])
+        assert float(kept[1]) == pytest.approx(float(full[1]), rel=1e-4)  # fp32 sums over 49,408
+        words.expand(decoder)
+    assert decoder.text_projection.shape == (128, 49408)
+    assert not decoder.text_projection[:, zero].any() and decoder.text_projection[:, words.kept].any()
+
+
 def test_probe_decoder_splits_the_search_score_by_token(encoder):
     """``scripts/probe_decoder.py``'s per-token losses are the search's decoder score, split:
     over texts of different lengths batched together, they add up to it."""
@@ -236,6 +295,17 @@ def test_a_coca_index_reranks_with_its_decoder_untrained(coca_index, encoder):
     assert matched.reranked and len(matched.results) == 3
 
 
+def test_bench_query_times_both_paths_of_one_index(coca_index):
+    """``scripts/bench_query.py``: the same queries with and without stage 2, medians and
+    their ratio."""
+    spec = importlib.util.spec_from_file_location("bench_query", SCRIPTS / "bench_query.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    row = bench.measure(coca_index, bench.load_queries(None, 4), k=3, recall_k=5)
+    assert row["recall_k"] == 5 and row["stage1_ms"] > 0 and row["reranked_ms"] > 0
+    assert row["ratio"] == pytest.approx(row["reranked_ms"] / row["stage1_ms"], rel=0.05)
+
+
 def test_explain_shows_the_decoders_attention_on_the_patches(coca_index, encoder):
     attention = coca_index.explain(1, TEXTS[1])
     weights = np.array(attention.weights)
@@ -307,3 +377,19 @@ def test_the_decoder_phase_trains_a_fresh_pooler_and_decoder_on_frozen_towers(mo
     assert all(torch.equal(before[name], after[name]) for name in kept)
     assert all(not torch.equal(before[name], after[name]) for name in renewed)
     assert losses[-1] < losses[0]
+
+
+def test_a_decoder_phase_may_start_from_a_model_with_another_pooler(monkeypatch, tmp_path):
+    """``--init`` a saved CoCa, then ``--decoder-epochs`` with another ``--image-tokens``:
+    the towers come from the saved model, the pooler (renewed anyway) takes the new shape."""
+    train_coca = load_train_coca(monkeypatch)
+    torch.manual_seed(0)
+    saved = train_coca.build(train_coca.model_config(image_size=32, patch_size=16, context_length=8), "cpu")
+    train_coca.save(saved, train_coca.model_config(image_size=32, patch_size=16, context_length=8), 32, tmp_path)
+    wider = train_coca.build(train_coca.model_config(32, 16, 8, image_tokens=8), "cpu")
+    train_coca.load_init(wider, tmp_path, renewed=True)
+    assert wider.visual.attn_pool.query.shape[0] == 9
+    assert torch.equal(wider.visual.conv1.weight, saved.visual.conv1.weight)
+    assert torch.equal(wider.text.token_embedding.weight, saved.text.token_embedding.weight)
+    with pytest.raises(RuntimeError):
+        train_coca.load_init(wider, tmp_path, renewed=False)

@@ -33,12 +33,16 @@ shortlist. With ``weight = 0`` either *is* stage 1.
 open_clip 3.3.0 shifts logits inside ``CoCa.forward`` (its development branch does not),
 so the pieces are called directly: the image tower's pooler on the stored tokens, the
 text tower on the query's real tokens (not 76 padded ones: identical scores, about 3x
-less work; the causal masks make padding invisible), and ``text_decoder``.
+less work; the causal masks make padding invisible), and ``text_decoder``'s blocks, whose
+last states meet its output layer here: each scored token's logit, and the normaliser
+over the vocabulary's non-zero columns (``_OutputLayer``; a CoCa trained with its output
+words kept to its captions' normalises over a few dozen, exactly as it was trained).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterator
 
@@ -88,6 +92,7 @@ class CocaDecoder:
         self.model = model
         model.text.output_tokens = True  # set once (calls may come from several threads)
         self._null: torch.Tensor | None = None
+        self.output = _OutputLayer(model.text_decoder)
 
     @property
     def device(self) -> torch.device:
@@ -130,21 +135,77 @@ class CocaDecoder:
         """(B, T-1) log p(token t+1 | tokens ≤ t, image) of each text's tokens after the
         first, 0 past a text's end: the terms :meth:`log_likelihood` adds up."""
         read = states if read_last else states[:, :-1]  # (B, T-1, W)
-        logits = self.model.text_decoder(image, read)[:, :ids.shape[1] - 1]  # (B, T-1, V)
-        following = ids[:, 1:].to(logits.device)  # (B, T-1) what each position predicts
-        picked = logits.gather(-1, following[..., None]).squeeze(-1).float() - _log_normalisers(logits)  # (B, T-1)
-        positions = torch.arange(1, ids.shape[1], device=logits.device)  # (T-1,)
-        real = positions[None, :] < lengths.to(logits.device)[:, None]  # (B, T-1)
+        hidden = self.decoder_states(image, read)[:, :ids.shape[1] - 1]  # (B, T-1, width)
+        following = ids[:, 1:].to(hidden.device)  # (B, T-1) what each position predicts
+        picked = self.output.logits_of(hidden, following) - self.output.log_normalisers(hidden)  # (B, T-1)
+        positions = torch.arange(1, ids.shape[1], device=hidden.device)  # (T-1,)
+        real = positions[None, :] < lengths.to(hidden.device)[:, None]  # (B, T-1)
         return picked * real
 
+    def decoder_states(self, image: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """(B, T, width) the decoder's last states, after its final norm: what
+        ``text_decoder(image, states)`` multiplies by its output layer (open_clip's
+        ``MultimodalTransformer.forward`` up to that product, which :class:`_OutputLayer`
+        takes over)."""
+        decoder = self.model.text_decoder
+        length = states.shape[1]
+        text = states if decoder.batch_first else states.permute(1, 0, 2)
+        image = image if decoder.batch_first else image.permute(1, 0, 2)
+        for block, cross in zip(decoder.resblocks, decoder.cross_attn):
+            text = block(text, attn_mask=decoder.attn_mask[:length, :length])
+            text = cross(text, k_x=image, v_x=image)
+        text = text if decoder.batch_first else text.permute(1, 0, 2)
+        return decoder.ln_final(text)
 
-def _log_normalisers(logits: torch.Tensor, rows: int = 2) -> torch.Tensor:
-    """(B, T) log Σ_v exp(logit_v) of (B, T, V) logits, in fp32. On a CPU ``rows`` texts
-    at a time: logsumexp's temporaries, each the size of its input, then stay in the
-    cache (2.5x faster for 20 × 15 × 49,408 logits on 2 cores; the same values)."""
-    if logits.device.type != "cpu":
-        return logits.float().logsumexp(dim=-1)
-    return torch.cat([block.float().logsumexp(dim=-1) for block in logits.split(rows)])
+
+class _OutputLayer:
+    """The decoder's (width, V) output projection, read for log-probabilities: each scored
+    token's own logit, and the log-normaliser over all V words.
+
+    The normaliser is most of a small decoder's cost (49,408 words). A column that is all
+    zero gives the logit 0 under every state, so such columns are counted, not multiplied:
+    a CoCa trained with its output words kept to its captions' (``train_coca.py
+    --vocabulary captions``; the rest held at zero) normalises over a few dozen columns and
+    one constant, exactly as it was trained. A public CoCa has no zero column and takes
+    the whole product. The projection is read at each call (the model may move)."""
+
+    def __init__(self, decoder: torch.nn.Module):
+        self.decoder = decoder
+        live = decoder.text_projection.detach().ne(0).any(dim=0)  # (V,)
+        self.zero_columns = int((~live).sum())
+        self._live = live.nonzero().squeeze(1) if self.zero_columns else None  # the other columns' ids
+        self._live_columns: torch.Tensor | None = None
+
+    @property
+    def projection(self) -> torch.Tensor:
+        return self.decoder.text_projection
+
+    def live_columns(self) -> torch.Tensor:
+        """(width, V - zero_columns) the projection's non-zero columns (cached while the
+        model stays where it is)."""
+        projection = self.projection
+        if self._live is None:
+            return projection
+        cached = self._live_columns
+        if cached is None or cached.device != projection.device or cached.dtype != projection.dtype:
+            cached = self._live_columns = projection.detach()[:, self._live.to(projection.device)].contiguous()
+        return cached
+
+    def logits_of(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) fp32 logits of (B, T) token ids under (B, T, width) states."""
+        columns = self.projection.t()[ids]  # (B, T, width)
+        return (hidden.float() * columns.float()).sum(dim=-1)
+
+    def log_normalisers(self, hidden: torch.Tensor, rows: int = 2) -> torch.Tensor:
+        """(B, T) log Σ_v exp(logit_v), in fp32. On a CPU ``rows`` texts at a time: the
+        logits and logsumexp's temporaries, each their size, then stay in the cache (2.5x
+        faster for 20 × 15 × 49,408 logits on 2 cores; the same values)."""
+        blocks = hidden.split(rows) if hidden.device.type == "cpu" else [hidden]
+        live = self.live_columns()
+        sums = torch.cat([(block @ live).float().logsumexp(dim=-1) for block in blocks])
+        if self.zero_columns:
+            sums = torch.logaddexp(sums, torch.tensor(math.log(self.zero_columns), device=sums.device))
+        return sums
 
 
 class DecoderReranker:
