@@ -306,7 +306,7 @@ def _describe_reranker(reranker: RerankerSummary | None) -> str:
     if reranker.scorer == "coca-decoder":
         config = reranker.config
         return (f"CoCa text decoder (pretrained, no training needed): caption log-likelihood fused with "
-                f"stage 1, weight {config.get('weight', 1.0):g}; match prior {config.get('prior', 'null-image')}; "
+                f"stage 1, weight {config.get('weight', 1.0):g}; match prior {config.get('prior', 'length')}; "
                 f"default shortlist {config.get('shortlist_cpu', '?')} on a CPU, "
                 f"{config.get('shortlist_gpu', '?')} on a GPU")
     val, config = reranker.val, reranker.config

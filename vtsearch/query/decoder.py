@@ -13,10 +13,13 @@ pretrained: a CoCa index reranks without ``train-reranker``.
 
 **Search** (one text, K images): the score as it is; the text's own prior is the same
 for every candidate, so it changes nothing. **Match** (K texts, one image): the texts
-differ, and short, common texts are likely under any image. ``prior`` says what is
-subtracted: ``null-image`` (default) the text's log-likelihood under a blank image (the
-preprocessing's mean colour), making the score a pointwise mutual information;
-``length`` divides by the tokens scored instead; ``none`` keeps the raw likelihood.
+differ, and short, common texts are likely under any image. ``prior`` says how:
+``length`` (default) divides each text's log-likelihood by the tokens scored (a mean per
+token); ``null-image`` subtracts its log-likelihood under a blank image (the
+preprocessing's mean colour), making the score a pointwise mutual information; ``none``
+keeps the raw likelihood. On both shapes sets the mean per token ranked texts better
+(image→text R@1 on the varied twins 0.377 against 0.227, demo twins 0.812 against 0.782;
+README): a blank image's likelihood of a text is itself a noisy estimate.
 
 **Fusion** with stage 1 (``fusion``): ``logit`` (default) adds the two as the log-scores
 they are: CoCa's contrastive logit ``logit_scale · cosine`` (the model's own temperature,
@@ -64,7 +67,7 @@ class DecoderConfig:
 
     weight: float = 1.0  # the decoder's score against stage 1's
     fusion: str = "logit"  # how the two are added (see the module docstring)
-    prior: str = "null-image"  # match: what is subtracted from each text's log-likelihood
+    prior: str = "length"  # match: how each text's own prior is taken out (see the module docstring)
     shortlist_cpu: int = 20  # default recall_k on a CPU (ViT-B-32: ~0.11 s per candidate there)
     shortlist_gpu: int = 100  # ... and on a GPU
     batch: int = 32  # candidates per decoder call (bounds the (batch, T, vocab) logits)
