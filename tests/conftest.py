@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import time
@@ -215,3 +216,15 @@ def catalog_location(request, tmp_path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "catalog.sqlite")
     return request.getfixturevalue("postgres_url")
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str, monkeypatch: pytest.MonkeyPatch) -> object:
+    """``scripts/NAME.py`` as a module (scripts import each other from their folder)."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

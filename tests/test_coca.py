@@ -2,9 +2,7 @@
 ``local-dir:`` (its decoder's output projection initialised here: open_clip leaves it
 empty for a model created without weights)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -12,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import make_images
+from conftest import load_script, make_images
 from vtsearch import EncoderSpec, Index, IngestOptions
 from vtsearch.cli import main
 from vtsearch.config import RegionLayout
@@ -32,7 +30,6 @@ TINY_COCA = {
                  "embed_cls": True, "output_tokens": True},
     "multimodal_cfg": {"context_length": 76, "vocab_size": 49408, "width": WIDTH, "heads": 2, "layers": 2},
 }
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 TEXTS = ["a red square", "a blue circle left of a green square on a white ground", "dog"]
 
 
@@ -46,15 +43,6 @@ def write_coca(folder, seed=0):
     torch.nn.init.normal_(model.text_decoder.text_projection, std=WIDTH ** -0.5)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
     return folder
-
-
-def load_train_coca(monkeypatch):
-    """``scripts/train_coca.py`` as a module (it imports ``train_clip`` beside it)."""
-    monkeypatch.syspath_prepend(str(SCRIPTS))
-    spec = importlib.util.spec_from_file_location("train_coca", SCRIPTS / "train_coca.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +136,7 @@ def test_the_caption_vocabulary_trains_what_the_full_softmax_would(monkeypatch):
     """``train_coca.py --vocabulary captions``: the loss over the kept words plus one
     constant for the zero columns is the loss over all 49,408, and the saved projection
     is zero outside the kept words."""
-    train_coca = load_train_coca(monkeypatch)
+    train_coca = load_script("train_coca", monkeypatch)
     config = train_coca.model_config(image_size=32, patch_size=16, context_length=8)
     torch.manual_seed(0)
     model = train_coca.build(config, "cpu")
@@ -175,12 +163,10 @@ def test_the_caption_vocabulary_trains_what_the_full_softmax_would(monkeypatch):
     assert not decoder.text_projection[:, zero].any() and decoder.text_projection[:, words.kept].any()
 
 
-def test_probe_decoder_splits_the_search_score_by_token(encoder):
+def test_probe_decoder_splits_the_search_score_by_token(encoder, monkeypatch):
     """``scripts/probe_decoder.py``'s per-token losses are the search's decoder score, split:
     over texts of different lengths batched together, they add up to it."""
-    spec = importlib.util.spec_from_file_location("probe_decoder", SCRIPTS / "probe_decoder.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = load_script("probe_decoder", monkeypatch)
     reranker = DecoderReranker(encoder.model)
     with torch.no_grad():
         _, regions = encoder.image(pixels(3, seed=3), regions=True)
@@ -196,7 +182,7 @@ def test_probe_decoder_splits_the_search_score_by_token(encoder):
 def test_position_codes_are_met_by_tokens_that_hold_them_whatever_else_they_hold(monkeypatch):
     """``train_coca.py --position-weight``: the loss asks for each token's code in a fixed
     subspace and leaves the rest of the token (its content) free."""
-    train_coca = load_train_coca(monkeypatch)
+    train_coca = load_script("train_coca", monkeypatch)
     codes = train_coca.PositionCodes(tokens=17, width=48, dims=8, scale=2.0, seed=0)
     torch.testing.assert_close(codes.basis.T @ codes.basis, torch.eye(8), atol=1e-5, rtol=0)
     content = torch.randn(3, 17, 48)
@@ -295,12 +281,10 @@ def test_a_coca_index_reranks_with_its_decoder_untrained(coca_index, encoder):
     assert matched.reranked and len(matched.results) == 3
 
 
-def test_bench_query_times_both_paths_of_one_index(coca_index):
+def test_bench_query_times_both_paths_of_one_index(coca_index, monkeypatch):
     """``scripts/bench_query.py``: the same queries with and without stage 2, medians and
     their ratio."""
-    spec = importlib.util.spec_from_file_location("bench_query", SCRIPTS / "bench_query.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_query", monkeypatch)
     row = bench.measure(coca_index, bench.load_queries(None, 4), k=3, recall_k=5)
     assert row["recall_k"] == 5 and row["stage1_ms"] > 0 and row["reranked_ms"] > 0
     assert row["ratio"] == pytest.approx(row["reranked_ms"] / row["stage1_ms"], rel=0.05)
@@ -359,7 +343,7 @@ def test_train_reranker_fits_a_fusion_scorer_over_the_cocas_tokens(tmp_path, enc
 def test_the_decoder_phase_trains_a_fresh_pooler_and_decoder_on_frozen_towers(monkeypatch):
     """``train_coca.py --decoder-epochs``: the image trunk and the text tower keep their
     weights, the pooler and the decoder start afresh and learn (the loss falls)."""
-    train_coca = load_train_coca(monkeypatch)
+    train_coca = load_script("train_coca", monkeypatch)
     monkeypatch.setattr(train_coca, "DECODER_BATCH", 16)
     config = train_coca.model_config(image_size=32, patch_size=16, context_length=8)
     torch.manual_seed(0)
@@ -382,7 +366,7 @@ def test_the_decoder_phase_trains_a_fresh_pooler_and_decoder_on_frozen_towers(mo
 def test_a_decoder_phase_may_start_from_a_model_with_another_pooler(monkeypatch, tmp_path):
     """``--init`` a saved CoCa, then ``--decoder-epochs`` with another ``--image-tokens``:
     the towers come from the saved model, the pooler (renewed anyway) takes the new shape."""
-    train_coca = load_train_coca(monkeypatch)
+    train_coca = load_script("train_coca", monkeypatch)
     torch.manual_seed(0)
     saved = train_coca.build(train_coca.model_config(image_size=32, patch_size=16, context_length=8), "cpu")
     train_coca.save(saved, train_coca.model_config(image_size=32, patch_size=16, context_length=8), 32, tmp_path)

@@ -1,13 +1,12 @@
-import importlib.util
 import json
 import os
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import load_script
 from vtsearch.errors import IndexFormatError, VtsearchError
 from vtsearch.store.regions import RegionLayout, RegionStore
 from vtsearch.train import load_pairs, recall_at, split_by_image
@@ -70,11 +69,7 @@ def test_the_validation_split_follows_file_names():
 
 
 def test_train_clip_leaves_out_what_train_reranker_validates_on(tmp_path, monkeypatch):
-    scripts = Path(__file__).resolve().parents[1] / "scripts"
-    monkeypatch.syspath_prepend(str(scripts))
-    spec = importlib.util.spec_from_file_location("train_clip", scripts / "train_clip.py")
-    train_clip = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_clip)
+    train_clip = load_script("train_clip", monkeypatch)
     (tmp_path / "images").mkdir()
     lines = []
     for number in range(60):
