@@ -239,7 +239,8 @@ def bench_coca(args: argparse.Namespace, device: torch.device) -> list[dict]:
             stage1 = np.array([score for _, score in ann.search(features.vectors, k)[0]], dtype=np.float32)
             regions_ms = median_ms(lambda: torch.from_numpy(store.read(list(range(k))).astype(np.float32)), repeats)
             regions = torch.from_numpy(store.read(list(range(k))).astype(np.float32))
-            rerank_ms = median_ms(lambda: reranker.rerank(None, features.ids[0], stage1, regions), repeats)
+            rerank_ms = median_ms(lambda: reranker.rerank(None, features.ids[0], stage1, regions,
+                                                          hidden=features.hidden[0]), repeats)  # as a search does
             stage1_ms, stage2_ms = encode_ms + ann_ms, regions_ms + rerank_ms
             rows.append({"model": model, "device": args.device, "score": f"coca-decoder/{args.coca_store}",
                          "precision": encoder.precision, "k": k, "query_tokens": len(features.ids[0]),

@@ -201,6 +201,26 @@ def test_the_decoder_reads_the_image(encoder):
     assert sorted(output.order.tolist()) == [0, 1, 2, 3]
 
 
+def test_the_decoder_reads_stage_ones_tower_states_as_its_own_run(encoder):
+    """Stage 1 ran the text tower on the padded context; the states it keeps for the
+    decoder (``hidden``) score as the tower run again on the real tokens, for a search's
+    one text and a match's several (padded together)."""
+    with torch.no_grad():
+        _, regions = encoder.image(pixels(3, seed=6), regions=True)
+    features = encoder.encode_text_features(TEXTS)
+    assert [row.shape for row in features.hidden] == [(len(ids), WIDTH) for ids in features.ids]
+    reranker = DecoderReranker(encoder.model, DecoderConfig(prior="none"))
+    for ids, hidden in zip(features.ids, features.hidden):
+        again = reranker.rerank(None, ids, np.zeros(3), regions).match_logit
+        kept = reranker.rerank(None, ids, np.zeros(3), regions, hidden=hidden).match_logit
+        np.testing.assert_allclose(kept, again, rtol=1e-5, atol=1e-4)
+    again = reranker.rerank_texts(None, features.ids, np.zeros(3), regions[0]).match_logit
+    kept = reranker.rerank_texts(None, features.ids, np.zeros(3), regions[0], hidden=features.hidden).match_logit
+    np.testing.assert_allclose(kept, again, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="do not fit"):
+        reranker.rerank(None, features.ids[0], np.zeros(3), regions, hidden=features.hidden[1])
+
+
 def test_match_scores_each_text_in_a_batch_as_alone(encoder):
     """K texts of different lengths padded together score as each would alone."""
     with torch.no_grad():
@@ -257,7 +277,7 @@ def coca_index(tmp_path_factory, encoder):
     index.close()
 
 
-def test_a_coca_index_reranks_with_its_decoder_untrained(coca_index, encoder):
+def test_a_coca_index_reranks_with_its_decoder_untrained(coca_index, encoder, monkeypatch):
     layout, summary = coca_index.manifest.regions, coca_index.manifest.reranker
     assert (layout.grid, layout.prefix, layout.dim) == (4, 1, VISION_WIDTH)
     assert summary.scorer == "coca-decoder" and summary.config == DecoderConfig().to_dict()
@@ -272,7 +292,9 @@ def test_a_coca_index_reranks_with_its_decoder_untrained(coca_index, encoder):
         _, fresh = encoder.image(decoded.pixels[None], regions=True)
     assert stored.shape == (2, 17, VISION_WIDTH)
     torch.testing.assert_close(stored[0], fresh[0], atol=2e-2, rtol=1e-2)  # fp16 on disk
-    response = coca_index.query(TEXTS[0], k=3)
+    with monkeypatch.context() as patch:  # a search's decoder reads the states stage 1 kept: no tower run
+        patch.setattr(reranker.decoder, "text_states", lambda ids: pytest.fail("the text tower ran again"))
+        response = coca_index.query(TEXTS[0], k=3)
     assert response.reranked and len(response.results) == 3 and "rerank" in response.timings_ms
     assert coca_index._context().shortlist(None, True) == DecoderConfig().shortlist_cpu
     plain = coca_index.query(TEXTS[0], k=8, rerank=False)

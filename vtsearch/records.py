@@ -169,6 +169,8 @@ class TextFeatures:
     vectors: "np.ndarray"  # (B, D) float32 unit vectors: stage 1
     tokens: list[torch.Tensor]  # B × (T_i, D) float32 token states through EOT: stage 2
     ids: list[torch.Tensor]  # B × (T_i,) int64 the tokenizer's ids of those tokens
+    hidden: list[torch.Tensor] | None = None  # B × (T_i, W) the tower's states before its final
+    # norm, in the model's dtype and place: what a CoCa decoder reads (None for other towers)
 
 
 @dataclass(frozen=True)

@@ -263,13 +263,15 @@ class Encoder:
         """
         tokens = self.tokenizer(texts).to(self.device)
         with self._autocast():
-            pooled, states, lengths, words = text_tower.text_states(self.model, tokens, self.pad_id)
-        states = torch.cat([states.float(), words.float()], dim=-1).cpu()  # (B, T, D + width)
+            run = text_tower.text_states(self.model, tokens, self.pad_id)
+        states = torch.cat([run.states.float(), run.words.float()], dim=-1).cpu()  # (B, T, D + width)
         ids = tokens.cpu()
+        lengths = run.lengths.tolist()
         return TextFeatures(
-            vectors=_unit_rows(pooled),
-            tokens=[states[row, :length] for row, length in enumerate(lengths.tolist())],
-            ids=[ids[row, :length] for row, length in enumerate(lengths.tolist())],
+            vectors=_unit_rows(run.pooled),
+            tokens=[states[row, :length] for row, length in enumerate(lengths)],
+            ids=[ids[row, :length] for row, length in enumerate(lengths)],
+            hidden=None if run.hidden is None else [run.hidden[row, :length] for row, length in enumerate(lengths)],
         )
 
 

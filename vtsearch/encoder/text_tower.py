@@ -11,15 +11,25 @@ module knows those layouts; :class:`~vtsearch.encoder.Encoder` asks it for state
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from open_clip.transformer import text_global_pool
 
-__all__ = ["causal_states", "embed_dim", "enable_text_tokens", "text_states", "word_embedding", "word_states",
+__all__ = ["States", "causal_states", "embed_dim", "enable_text_tokens", "text_states", "word_embedding", "word_states",
            "word_width"]
 
-States = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class States(NamedTuple):
+    """One run of a text tower over (B, T) token ids."""
+
+    pooled: torch.Tensor  # (B, D) the pooled vector in the joint space (not normalised)
+    states: torch.Tensor  # (B, T, D) each token's state in the joint space
+    lengths: torch.Tensor  # (B,) tokens through the last real one
+    words: torch.Tensor  # (B, T, width) input embeddings (token + position); width 0 if unknown
+    hidden: torch.Tensor | None = None  # (B, T, width) states before the final norm, where a
+    # multimodal decoder reads them (CoCa's tower); None for other towers
 
 
 def embed_dim(model: torch.nn.Module) -> int:
@@ -78,8 +88,9 @@ def word_states(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def text_states(model: torch.nn.Module, tokens: torch.Tensor, pad_id: int = 0) -> States:
-    """(pooled (B, D), token states (B, T, D), lengths (B,)) in the joint space, and the
-    tower's input embeddings of those tokens (B, T, width): see :func:`word_states`.
+    """The tower's pooled vector and token states in the joint space, the lengths, its
+    input embeddings of those tokens (see :func:`word_states`) and, for CoCa's tower, its
+    states before the final norm (what CoCa's decoder reads): :class:`States`.
 
     ``lengths`` count the tokens through the last one that is not ``pad_id`` (the
     tokenizer's padding), or through the end-of-text token that a causal tower pools.
@@ -126,7 +137,7 @@ def _causal_states(model: torch.nn.Module, tower: torch.nn.Module, tokens: torch
     x = tower.ln_final(x)  # (B, T, width)
     states = _project(x, tower.text_projection)  # (B, T, D)
     pooled = states[torch.arange(len(tokens), device=tokens.device), eot]  # (B, D)
-    return pooled, states, eot + 1, words
+    return States(pooled, states, eot + 1, words)
 
 
 def _clip_states(model: torch.nn.Module, tokens: torch.Tensor, pad_id: int) -> States:
@@ -136,8 +147,8 @@ def _clip_states(model: torch.nn.Module, tokens: torch.Tensor, pad_id: int) -> S
     x = model.transformer(words.to(model.transformer.get_cast_dtype()), attn_mask=model.attn_mask)
     x = model.ln_final(x)  # (B, T, width)
     pooled = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
-    return (_project(pooled, model.text_projection), _project(x, model.text_projection),
-            _lengths(tokens != pad_id), words)
+    return States(_project(pooled, model.text_projection), _project(x, model.text_projection),
+                  _lengths(tokens != pad_id), words)
 
 
 def _text_transformer_states(model: torch.nn.Module, tokens: torch.Tensor, pad_id: int) -> States:
@@ -145,10 +156,13 @@ def _text_transformer_states(model: torch.nn.Module, tokens: torch.Tensor, pad_i
     (bidirectional ones: SigLIP, MobileCLIP2; CoCa's)."""
     text = model.text  # enable_text_tokens set text.output_tokens
     pooled, states = text(tokens)  # (B, D), (B, ctx, width)
+    hidden = None
     if getattr(text, "cls_emb", None) is not None:
-        states = text.ln_final(states)  # CoCa returns its token states before the final norm
-    states = _project(states, text.text_projection)  # (B, ctx, D)
-    return pooled, states, _lengths(tokens != pad_id), word_states(model, tokens[:, : states.shape[1]])
+        hidden = states  # CoCa returns its token states before the final norm: its decoder reads them
+        states = text.ln_final(states)
+    projected = _project(states, text.text_projection)  # (B, ctx, D)
+    return States(pooled, projected, _lengths(tokens != pad_id), word_states(model, tokens[:, : states.shape[1]]),
+                  hidden)
 
 
 def _hf_states(model: torch.nn.Module, tokens: torch.Tensor) -> States:
@@ -162,7 +176,7 @@ def _hf_states(model: torch.nn.Module, tokens: torch.Tensor) -> States:
     output = text.transformer(input_ids=tokens, attention_mask=mask)
     pooled = text.proj(text.pooler(output, mask))  # (B, D)
     states = text.proj(output.last_hidden_state)  # (B, T, D)
-    return pooled, states, _lengths(mask.bool()), word_states(model, tokens)
+    return States(pooled, states, _lengths(mask.bool()), word_states(model, tokens))
 
 
 def _lengths(real: torch.Tensor) -> torch.Tensor:

@@ -35,11 +35,13 @@ shortlist. With ``weight = 0`` either *is* stage 1.
 
 open_clip 3.3.0 shifts logits inside ``CoCa.forward`` (its development branch does not),
 so the pieces are called directly: the image tower's pooler on the stored tokens, the
-text tower on the query's real tokens (not 76 padded ones: identical scores, about 3x
-less work; the causal masks make padding invisible), and ``text_decoder``'s blocks, whose
-last states meet its output layer here: each scored token's logit, and the normaliser
-over the vocabulary's non-zero columns (``_OutputLayer``; a CoCa trained with its output
-words kept to its captions' normalises over a few dozen, exactly as it was trained).
+text tower's states on the query's real tokens (as stage 1's run left them, or the tower
+run on the real tokens, not 76 padded ones: identical scores, about 3x less work; the
+causal masks make padding invisible), and ``text_decoder``'s blocks, whose last states
+meet its output layer here: each scored token's logit, and the normaliser over the
+vocabulary's non-zero columns (``_OutputLayer``; a CoCa trained with its output words kept
+to its captions' normalises over a few dozen, exactly as it was trained). The pooler's and
+the blocks' attention are computed from their weights (see :meth:`CocaDecoder.decoder_states`).
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class DecoderConfig:
     weight: float = 1.0  # the decoder's score against stage 1's
     fusion: str = "logit"  # how the two are added (see the module docstring)
     prior: str = "length"  # match: how each text's own prior is taken out (see the module docstring)
-    shortlist_cpu: int = 20  # default recall_k on a CPU (ViT-B-32: ~0.11 s per candidate there)
+    shortlist_cpu: int = 20  # default recall_k on a CPU (ViT-B-32: ~35 ms per candidate on 2 cores)
     shortlist_gpu: int = 100  # ... and on a GPU
     batch: int = 32  # candidates per decoder call (bounds the (batch, T, vocab) logits)
 
@@ -106,9 +108,17 @@ class CocaDecoder:
         return next(self.model.text_decoder.parameters()).dtype
 
     def image_tokens(self, regions: torch.Tensor) -> torch.Tensor:
-        """Stored (K, 1 + h*w, width) tokens → the decoder's (K, N, D) image tokens."""
-        _, tokens = self.model.visual._pool(regions.to(self.device, self.dtype))  # (K, N, D)
-        return tokens
+        """Stored (K, 1 + h*w, width) tokens → the decoder's (K, N, D) image tokens: the
+        attentional pooler, its final norm and the split off of the contrastive token
+        (open_clip's ``VisionTransformer._pool``), the pooler's attention computed as the
+        decoder's is (:func:`_cross_attend`; its queries projected once for all K)."""
+        visual, regions = self.model.visual, regions.to(self.device, self.dtype)
+        pooler = visual.attn_pool
+        if getattr(visual, "attn_pool_contrastive", None) is not None or not _computable([pooler.attn]):
+            return visual._pool(regions)[1]  # (K, N, D)
+        queries = pooler.ln_q(pooler.query)[None]  # (1, N + 1, D): the same for every image
+        pooled = _cross_attend(pooler.attn, queries, pooler.ln_k(regions))  # (K, N + 1, D)
+        return visual._global_pool(visual.ln_post(pooled))[1]
 
     def null_image(self) -> torch.Tensor:
         """(1, N, D) the image tokens of a blank image (all-zero normalised pixels)."""
@@ -128,9 +138,9 @@ class CocaDecoder:
     def log_likelihood(self, image: torch.Tensor, states: torch.Tensor, ids: torch.Tensor,
                        lengths: torch.Tensor, read_last: bool = False) -> torch.Tensor:
         """(B,) Σ log p(token t+1 | tokens ≤ t, image) over each text's real tokens, for
-        (B, N, D) image tokens and (B, T, W) token states (padding after a text's end is
-        never read: both masks are causal). The last token predicts nothing, so it is not
-        read unless ``read_last`` (to see where it looks)."""
+        (B, N, D) image tokens and (B, T, W) token states, either of them 1 row for all B
+        (padding after a text's end is never read: both masks are causal). The last token
+        predicts nothing, so it is not read unless ``read_last`` (to see where it looks)."""
         return self.token_log_probs(image, states, ids, lengths, read_last).sum(dim=1)
 
     def token_log_probs(self, image: torch.Tensor, states: torch.Tensor, ids: torch.Tensor,
@@ -149,16 +159,86 @@ class CocaDecoder:
         """(B, T, width) the decoder's last states, after its final norm: what
         ``text_decoder(image, states)`` multiplies by its output layer (open_clip's
         ``MultimodalTransformer.forward`` up to that product, which :class:`_OutputLayer`
-        takes over)."""
+        takes over), for (B, N, D) image tokens and (B, T, W) token states.
+
+        One text for B images (a search) is passed as 1 row: the first block's causal
+        self-attention reads no image, so it runs once and its output is shared (about a
+        sixth of a decoder's work per candidate). One image for B texts may be 1 row too.
+
+        The blocks' attention is computed here from their weights (:func:`_self_attend`,
+        :func:`_cross_attend`: the same products, without ``nn.MultiheadAttention``'s
+        per-call overhead, which is most of a small decoder's time on a CPU) where they can
+        be (:func:`_computable`; not while :func:`_attention_probe` hooks them)."""
         decoder = self.model.text_decoder
-        length = states.shape[1]
-        text = states if decoder.batch_first else states.permute(1, 0, 2)
-        image = image if decoder.batch_first else image.permute(1, 0, 2)
+        length, batch = states.shape[1], max(len(states), len(image))
+        if decoder.batch_first and _computable([b.attn for b in (*decoder.resblocks, *decoder.cross_attn)]):
+            text = states
+            for block, cross in zip(decoder.resblocks, decoder.cross_attn):
+                text = text + block.ls_1(_self_attend(block.attn, block.ln_1(text)))
+                text = text + block.ls_2(block.mlp(block.ln_2(text)))
+                text = text.expand(batch, -1, -1)  # after the first block: as is
+                text = text + cross.ls_1(_cross_attend(cross.attn, cross.ln_1(text), cross.ln_1_kv(image)))
+                text = text + cross.ls_2(cross.mlp(cross.ln_2(text)))
+            return decoder.ln_final(text)
+        image = image.expand(batch, -1, -1)
+        text, image = (states, image) if decoder.batch_first else (states.permute(1, 0, 2), image.permute(1, 0, 2))
+        batch_dim = 0 if decoder.batch_first else 1
         for block, cross in zip(decoder.resblocks, decoder.cross_attn):
             text = block(text, attn_mask=decoder.attn_mask[:length, :length])
+            text = text.expand(*[batch if dim == batch_dim else -1 for dim in range(3)])  # after the first: as is
             text = cross(text, k_x=image, v_x=image)
         text = text if decoder.batch_first else text.permute(1, 0, 2)
         return decoder.ln_final(text)
+
+
+def _computable(attentions: list[torch.nn.MultiheadAttention]) -> bool:
+    """True when :func:`_self_attend` and :func:`_cross_attend` compute what these
+    (batch-first) attention modules would: no extra key or value, no dropout in play,
+    no hooks that wait for the modules to run."""
+    return all(attention.batch_first and attention.bias_k is None and not attention.add_zero_attn
+               and not (attention.training and attention.dropout) and not attention._forward_hooks
+               and not attention._forward_pre_hooks for attention in attentions)
+
+
+def _projections(attention: torch.nn.MultiheadAttention, x: torch.Tensor,
+                 context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The queries of ``x`` and the keys and values of ``context`` (``x`` itself for
+    self-attention: one packed product), by ``attention``'s input projections."""
+    width, linear = attention.embed_dim, torch.nn.functional.linear
+    bias = attention.in_proj_bias
+    biases = (None, None, None) if bias is None else bias.split(width)
+    if not attention._qkv_same_embed_dim:  # keys and values of another width: three matrices
+        return (linear(x, attention.q_proj_weight, biases[0]), linear(context, attention.k_proj_weight, biases[1]),
+                linear(context, attention.v_proj_weight, biases[2]))
+    weight = attention.in_proj_weight
+    if x is context:
+        return linear(x, weight, bias).chunk(3, dim=-1)
+    keys_values = linear(context, weight[width:], None if bias is None else bias[width:]).chunk(2, dim=-1)
+    return (linear(x, weight[:width], biases[0]), *keys_values)
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, L, W) → (B, heads, L, W / heads)."""
+    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+
+def _self_attend(attention: torch.nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
+    """``attention(x, x, x, attn_mask=causal)`` for (B, T, W) batch-first ``x``: one packed
+    input projection, causal scaled dot-product attention, the output projection."""
+    q, k, v = _projections(attention, x, x)
+    heads = attention.num_heads
+    out = torch.nn.functional.scaled_dot_product_attention(_heads(q, heads), _heads(k, heads), _heads(v, heads),
+                                                           is_causal=True)  # (B, heads, T, hd)
+    return attention.out_proj(out.transpose(1, 2).flatten(2))
+
+
+def _cross_attend(attention: torch.nn.MultiheadAttention, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """``attention(x, context, context)`` for (B, T, W) queries and (B, N, Wc) keys and
+    values, either of them 1 row for all B (projected once, then shared)."""
+    heads, batch = attention.num_heads, max(len(x), len(context))
+    q, k, v = (_heads(t, heads).expand(batch, -1, -1, -1) for t in _projections(attention, x, context))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v)  # (B, heads, T, hd)
+    return attention.out_proj(out.transpose(1, 2).flatten(2))
 
 
 class _OutputLayer:
@@ -199,12 +279,14 @@ class _OutputLayer:
         columns = self.projection.t()[ids]  # (B, T, width)
         return (hidden.float() * columns.float()).sum(dim=-1)
 
-    def log_normalisers(self, hidden: torch.Tensor, rows: int = 2) -> torch.Tensor:
-        """(B, T) log Σ_v exp(logit_v), in fp32. On a CPU ``rows`` texts at a time: the
-        logits and logsumexp's temporaries, each their size, then stay in the cache (2.5x
-        faster for 20 × 15 × 49,408 logits on 2 cores; the same values)."""
-        blocks = hidden.split(rows) if hidden.device.type == "cpu" else [hidden]
+    def log_normalisers(self, hidden: torch.Tensor, block: int = 2 * 16 * 49_408) -> torch.Tensor:
+        """(B, T) log Σ_v exp(logit_v), in fp32. On a CPU in blocks of rows of about
+        ``block`` logits: the logits and logsumexp's temporaries, each their size, then
+        stay in the cache (2.5x faster for 20 × 15 × 49,408 logits on 2 cores than all at
+        once; the same values). A few dozen live columns take all rows at once."""
         live = self.live_columns()
+        rows = max(1, block // (hidden.shape[1] * live.shape[1]))
+        blocks = hidden.split(rows) if hidden.device.type == "cpu" else [hidden]
         sums = torch.cat([(block @ live).float().logsumexp(dim=-1) for block in blocks])
         if self.zero_columns:
             sums = torch.logaddexp(sums, torch.tensor(math.log(self.zero_columns), device=sums.device))
@@ -239,29 +321,32 @@ class DecoderReranker:
 
     @torch.inference_mode()
     def rerank(self, states: torch.Tensor, ids: torch.Tensor, stage1: np.ndarray, regions: torch.Tensor,
-               need_weights: bool = False) -> RerankOutput:
-        """One query text, (T,) ids (``states``, the stage-1 tower's, are not needed),
-        against K images' (K, 1 + h*w, width) stored tokens; with ``need_weights`` the
-        attention is one (K, T, h*w) map: see :class:`_AttentionProbe`."""
+               need_weights: bool = False, hidden: torch.Tensor | None = None) -> RerankOutput:
+        """One query text, (T,) ids, against K images' (K, 1 + h*w, width) stored tokens.
+        The decoder reads the text tower's (T, W) states before its final norm: ``hidden``
+        as stage 1 computed them, or the tower is run here (``states``, the stage-1 tower's
+        joint-space states, are not read). With ``need_weights`` the attention is one
+        (K, T, h*w) map: see :class:`_AttentionProbe`."""
         if len(stage1) == 0:
             return RerankOutput.empty()
         ids = ids[None].long()  # (1, T)
         lengths = torch.tensor([ids.shape[1]])
-        text = self.decoder.text_states(ids)  # (1, T, W): once for all K
+        text = self._states(ids, hidden)  # (1, T, W): once for all K
         scores, attention = [], []
         for start in range(0, len(regions), self.config.batch):
             with _attention_probe(self.decoder.model, need_weights) as probe:
                 image = self.decoder.image_tokens(regions[start:start + self.config.batch])  # (b, N, D)
                 count = len(image)
-                scores.append(self.decoder.log_likelihood(image, text.expand(count, -1, -1), ids.expand(count, -1),
-                                                          lengths.expand(count), read_last=need_weights))
+                scores.append(self.decoder.log_likelihood(image, text, ids.expand(count, -1), lengths.expand(count),
+                                                          read_last=need_weights))
             attention.extend(probe.patch_attention())
         return self._fused(stage1, torch.cat(scores), [torch.cat(attention)] if attention else [])
 
     @torch.inference_mode()
     def rerank_texts(self, states: list[torch.Tensor], ids: list[torch.Tensor], stage1: np.ndarray,
-                     regions: torch.Tensor) -> RerankOutput:
-        """K candidate texts, K × (T_i,) ids, against one image's (1 + h*w, width) tokens."""
+                     regions: torch.Tensor, hidden: list[torch.Tensor] | None = None) -> RerankOutput:
+        """K candidate texts, K × (T_i,) ids (and their tower states before the final norm,
+        ``hidden``, when stage 1 has them), against one image's (1 + h*w, width) tokens."""
         if not ids or len(stage1) == 0:
             return RerankOutput.empty()
         image = self.decoder.image_tokens(regions[None])  # (1, N, D): once for all K
@@ -269,8 +354,22 @@ class DecoderReranker:
         for start in range(0, len(ids), self.config.batch):
             chunk = ids[start:start + self.config.batch]
             padded = torch.nn.utils.rnn.pad_sequence([row.long() for row in chunk], batch_first=True)  # (b, T)
-            scores.append(self._text_scores(image, padded, torch.tensor([len(row) for row in chunk])))
+            text = None if hidden is None else torch.nn.utils.rnn.pad_sequence(
+                hidden[start:start + self.config.batch], batch_first=True)  # (b, T, W)
+            scores.append(self._text_scores(image, padded, torch.tensor([len(row) for row in chunk]), text))
         return self._fused(stage1, torch.cat(scores), [])
+
+    def _states(self, ids: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
+        """(B, T, W) the text tower's states before its final norm for (B, T) ids: ``hidden``
+        (B × T or T alone) as given, else the tower run on the ids. The tower is causal and
+        its pooling token comes after the text, so a state is the same whatever padding
+        followed it in stage 1's run."""
+        if hidden is None:
+            return self.decoder.text_states(ids)
+        hidden = hidden if hidden.dim() == 3 else hidden[None]
+        if hidden.shape[:2] != ids.shape:
+            raise ValueError(f"token states {tuple(hidden.shape)} do not fit ids {tuple(ids.shape)}")
+        return hidden.to(self.decoder.device, self.decoder.dtype)
 
     def _fused(self, stage1: np.ndarray, score: torch.Tensor, attention: list[torch.Tensor]) -> RerankOutput:
         match_logit = score.double().cpu().numpy()
@@ -281,16 +380,16 @@ class DecoderReranker:
         order = np.argsort(-final, kind="stable")
         return RerankOutput(order, final, match_logit.astype(np.float32), attention)
 
-    def _text_scores(self, image: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def _text_scores(self, image: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor,
+                     hidden: torch.Tensor | None = None) -> torch.Tensor:
         """(b,) each of b padded texts' (b, T) score for one image: its log-likelihood
         less its prior."""
-        count = len(lengths)
-        states = self.decoder.text_states(ids)  # (b, T, W)
-        likelihood = self.decoder.log_likelihood(image.expand(count, -1, -1), states, ids, lengths)
+        states = self._states(ids, hidden)  # (b, T, W)
+        likelihood = self.decoder.log_likelihood(image, states, ids, lengths)
         if self.config.prior == "length":
             return likelihood / (lengths - 1).clamp(min=1).to(likelihood)
         if self.config.prior == "null-image":
-            null = self.decoder.null_image().expand(count, -1, -1)
+            null = self.decoder.null_image()  # (1, N, D) for all b texts
             return likelihood - self.decoder.log_likelihood(null, states, ids, lengths)
         return likelihood
 

@@ -29,7 +29,7 @@ def explain(context: QueryContext, image_id: int, text: str) -> AttentionMap:
     image = (cache.images([image_id]) if cache is not None and cache.reranker is reranker
              else context.load_region_source().regions([image_id]))
     output = reranker.rerank(tokens, features.ids[0], np.array([stage1], dtype=np.float32), image,
-                             need_weights=True)
+                             need_weights=True, hidden=None if features.hidden is None else features.hidden[0])
     weights = torch.stack(output.attention).mean(dim=0)[0]  # layers × (1, T, R) → (T, R)
     return AttentionMap(
         image_id=image_id, text=text, tokens=encoder.token_strings(text, len(tokens)),

@@ -108,7 +108,7 @@ def rank_texts(reranker: Stage2, context: QueryContext, texts: list[str], stage1
                regions: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """(order, final scores) of candidate ``texts`` for one image's (R, D) regions."""
     features = context.encoder.encode_text_features(texts)
-    output = reranker.rerank_texts(features.tokens, features.ids, stage1, regions)
+    output = reranker.rerank_texts(features.tokens, features.ids, stage1, regions, hidden=features.hidden)
     return output.order, output.final
 
 

@@ -58,11 +58,13 @@ class Stage2(Protocol):
     @property
     def changes_order(self) -> bool: ...
 
+    # ``hidden``: the text tower's states before its final norm (``TextFeatures.hidden``),
+    # which a CoCa decoder reads instead of running the tower again; other scorers ignore it
     def rerank(self, states: torch.Tensor, ids: torch.Tensor, stage1: np.ndarray, regions: torch.Tensor,
-               need_weights: bool = False) -> RerankOutput: ...
+               need_weights: bool = False, hidden: torch.Tensor | None = None) -> RerankOutput: ...
 
     def rerank_texts(self, states: list[torch.Tensor], ids: list[torch.Tensor], stage1: np.ndarray,
-                     regions: torch.Tensor) -> RerankOutput: ...
+                     regions: torch.Tensor, hidden: list[torch.Tensor] | None = None) -> RerankOutput: ...
 
 
 class Reranker:
@@ -157,15 +159,17 @@ class Reranker:
         return ReadImages(self.scorer.read_image(regions.to(self.device)).float().cpu())
 
     def rerank(self, states: torch.Tensor, ids: torch.Tensor, stage1: np.ndarray,
-               regions: torch.Tensor | ReadImages, need_weights: bool = False) -> RerankOutput:
+               regions: torch.Tensor | ReadImages, need_weights: bool = False,
+               hidden: torch.Tensor | None = None) -> RerankOutput:
         """One query text, (T, Dt) token states and (T,) ids, against K images' (K, P+R, Dr)
-        regions (or the images as already read: ``read_images``)."""
+        regions (or the images as already read: ``read_images``); ``hidden`` is not read."""
         text = TextBatch.pad([states], [ids])
         return self.score(text.expand(len(stage1)), regions, stage1, need_weights, prior=self._prior(text))
 
     def rerank_texts(self, states: list[torch.Tensor], ids: list[torch.Tensor], stage1: np.ndarray,
-                     regions: torch.Tensor) -> RerankOutput:
-        """K candidate texts, K × (T_i, Dt) token states and ids, against one image's (P+R, Dr) regions."""
+                     regions: torch.Tensor, hidden: list[torch.Tensor] | None = None) -> RerankOutput:
+        """K candidate texts, K × (T_i, Dt) token states and ids, against one image's (P+R, Dr)
+        regions; ``hidden`` is not read."""
         if not states:
             return self.score(None, regions, stage1)
         return self.score(TextBatch.pad(states, ids), regions[None].expand(len(states), -1, -1), stage1,

@@ -101,6 +101,7 @@ class EncodedQuery:
     tokens: torch.Tensor | None  # (T, Dt) token states: stage 2 (text queries only)
     ids: torch.Tensor | None  # (T,) their token ids
     notices: list[str]
+    hidden: torch.Tensor | None = None  # (T, W) the tower's states before its final norm (CoCa)
 
 
 class _Clock:
@@ -133,7 +134,8 @@ def search(context: QueryContext, request: SearchRequest) -> SearchResponse:
         ids = [c.id for c in candidates]
         regions = cache.images(ids) if cache is not None else region_source.regions(ids)
         clock.lap("regions")
-        output = reranker.rerank(query.tokens, query.ids, np.array([c.stage1_score for c in candidates]), regions)
+        output = reranker.rerank(query.tokens, query.ids, np.array([c.stage1_score for c in candidates]), regions,
+                                 hidden=query.hidden)
         candidates = [replace(candidates[i], score=float(output.final[i])) for i in output.order]
         clock.lap("rerank")
     results = to_results(candidates[:request.k], context.catalog)
@@ -149,7 +151,8 @@ def encode_query(context: QueryContext, request: SearchRequest) -> EncodedQuery:
         return EncodedQuery(resolve_image(request.image, context).vector, None, None, [])
     encoder = context.encoder
     features = encoder.encode_text_features([request.text])
-    return EncodedQuery(features.vectors[0], features.tokens[0], features.ids[0], length_notices(encoder, request.text))
+    return EncodedQuery(features.vectors[0], features.tokens[0], features.ids[0], length_notices(encoder, request.text),
+                        None if features.hidden is None else features.hidden[0])
 
 
 def length_notices(encoder, text: str) -> list[str]:

@@ -147,9 +147,9 @@ def evaluate_image_to_text(index: "Index", captions: Sequence[str], image_ids: S
         shortlist = np.argsort(-scores, kind="stable")[:recall_k]
         order = np.arange(len(shortlist))  # the scorer keeps stage-1 order
         if scorer is not None:  # what Index.match does, with each text encoded once for all images
-            tokens, ids = features.of([texts[i] for i in shortlist])
+            tokens, ids, hidden = features.of([texts[i] for i in shortlist])
             regions = index.region_source.regions([image_id])[0]
-            order = scorer.rerank_texts(tokens, ids, scores[shortlist], regions).order
+            order = scorer.rerank_texts(tokens, ids, scores[shortlist], regions, hidden=hidden).order
         hits = right[image_id]
         stage1_ranks.append(next((rank for rank, i in enumerate(shortlist, 1) if i in hits), None))
         reranked_ranks.append(next((rank for rank, i in enumerate(shortlist[order], 1) if i in hits), None))
@@ -167,9 +167,10 @@ class _TextFeatures:
 
     def __init__(self, index: "Index"):
         self.index = index
-        self.memo: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.memo: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
 
-    def of(self, texts: list[str]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def of(self, texts: list[str]) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor] | None]:
+        """The texts' token states, ids and (CoCa) states before the tower's final norm."""
         new = list(dict.fromkeys(text for text in texts if text not in self.memo))
         if len(self.memo) + len(new) > self.MEMO_TEXTS:
             self.memo.clear()
@@ -177,8 +178,11 @@ class _TextFeatures:
         for start in range(0, len(new), ENCODE_BATCH):
             chunk = new[start:start + ENCODE_BATCH]
             encoded = self.index.encoder.encode_text_features(chunk)
-            self.memo.update(zip(chunk, zip(encoded.tokens, encoded.ids)))
-        return [self.memo[text][0] for text in texts], [self.memo[text][1] for text in texts]
+            hidden = encoded.hidden if encoded.hidden is not None else [None] * len(chunk)
+            self.memo.update(zip(chunk, zip(encoded.tokens, encoded.ids, hidden)))
+        rows = [self.memo[text] for text in texts]
+        hidden = [row[2] for row in rows]
+        return [row[0] for row in rows], [row[1] for row in rows], None if any(row is None for row in hidden) else hidden
 
 
 def _candidate_texts(index: "Index", captions: Sequence[str]) -> tuple[list[str], np.ndarray, str]:
