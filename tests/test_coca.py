@@ -221,6 +221,27 @@ def test_the_decoder_reads_stage_ones_tower_states_as_its_own_run(encoder):
         reranker.rerank(None, features.ids[0], np.zeros(3), regions, hidden=features.hidden[1])
 
 
+def test_hooked_blocks_run_as_modules_with_the_same_scores(encoder):
+    """Attention is computed from the weights unless a hook waits on a block or the
+    pooler: then open_clip's modules run, and score the same."""
+    with torch.no_grad():
+        _, regions = encoder.image(pixels(3, seed=7), regions=True)
+    reranker = DecoderReranker(encoder.model, DecoderConfig(prior="none"))
+    ids = ids_of(encoder, TEXTS[1])
+    computed = reranker.rerank(None, ids, np.zeros(3), regions).match_logit
+    calls = []
+    handles = [module.register_forward_hook(lambda *_: calls.append(1))
+               for module in (encoder.model.text_decoder.cross_attn[0], encoder.model.visual.attn_pool)]
+    try:
+        modules = reranker.rerank(None, ids, np.zeros(3), regions).match_logit
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(calls) == 2
+    np.testing.assert_allclose(modules, computed, rtol=1e-5, atol=1e-4)
+    assert reranker.decoder.output.log_normalisers(torch.zeros(2, 0, WIDTH)).shape == (2, 0)
+
+
 def test_match_scores_each_text_in_a_batch_as_alone(encoder):
     """K texts of different lengths padded together score as each would alone."""
     with torch.no_grad():

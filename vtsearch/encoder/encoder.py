@@ -269,9 +269,10 @@ class Encoder:
         lengths = run.lengths.tolist()
         return TextFeatures(
             vectors=_unit_rows(run.pooled),
-            tokens=[states[row, :length] for row, length in enumerate(lengths)],
-            ids=[ids[row, :length] for row, length in enumerate(lengths)],
-            hidden=None if run.hidden is None else [run.hidden[row, :length] for row, length in enumerate(lengths)],
+            # each row its own copy: a kept row does not hold the whole batch's (B, ctx, ·) tensor
+            tokens=[states[row, :length].clone() for row, length in enumerate(lengths)],
+            ids=[ids[row, :length].clone() for row, length in enumerate(lengths)],
+            hidden=None if run.hidden is None else [run.hidden[row, :length].clone() for row, length in enumerate(lengths)],
         )
 
 

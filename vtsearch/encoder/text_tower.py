@@ -20,7 +20,6 @@ __all__ = ["States", "causal_states", "embed_dim", "enable_text_tokens", "text_s
            "word_width"]
 
 
-
 class States(NamedTuple):
     """One run of a text tower over (B, T) token ids."""
 

@@ -36,8 +36,9 @@ shortlist. With ``weight = 0`` either *is* stage 1.
 open_clip 3.3.0 shifts logits inside ``CoCa.forward`` (its development branch does not),
 so the pieces are called directly: the image tower's pooler on the stored tokens, the
 text tower's states on the query's real tokens (as stage 1's run left them, or the tower
-run on the real tokens, not 76 padded ones: identical scores, about 3x less work; the
-causal masks make padding invisible), and ``text_decoder``'s blocks, whose last states
+run on the real tokens, not 76 padded ones: the causal masks make padding invisible, so
+the scores are the same, in fp32 exactly; under a GPU's fp16 autocast stage 1's states
+carry its rounding), and ``text_decoder``'s blocks, whose last states
 meet its output layer here: each scored token's logit, and the normaliser over the
 vocabulary's non-zero columns (``_OutputLayer``; a CoCa trained with its output words kept
 to its captions' normalises over a few dozen, exactly as it was trained). The pooler's and
@@ -114,7 +115,7 @@ class CocaDecoder:
         decoder's is (:func:`_cross_attend`; its queries projected once for all K)."""
         visual, regions = self.model.visual, regions.to(self.device, self.dtype)
         pooler = visual.attn_pool
-        if getattr(visual, "attn_pool_contrastive", None) is not None or not _computable([pooler.attn]):
+        if getattr(visual, "attn_pool_contrastive", None) is not None or not _computable([pooler], [pooler.attn]):
             return visual._pool(regions)[1]  # (K, N, D)
         queries = pooler.ln_q(pooler.query)[None]  # (1, N + 1, D): the same for every image
         pooled = _cross_attend(pooler.attn, queries, pooler.ln_k(regions))  # (K, N + 1, D)
@@ -162,8 +163,9 @@ class CocaDecoder:
         takes over), for (B, N, D) image tokens and (B, T, W) token states.
 
         One text for B images (a search) is passed as 1 row: the first block's causal
-        self-attention reads no image, so it runs once and its output is shared (about a
-        sixth of a decoder's work per candidate). One image for B texts may be 1 row too.
+        self-attention reads no image, so it runs once and its output is shared (a sixth
+        of the demo CoCa's 3-layer blocks per candidate; 1/24 of ViT-B-32's 12 layers). One
+        image for B texts may be 1 row too.
 
         The blocks' attention is computed here from their weights (:func:`_self_attend`,
         :func:`_cross_attend`: the same products, without ``nn.MultiheadAttention``'s
@@ -171,12 +173,12 @@ class CocaDecoder:
         be (:func:`_computable`; not while :func:`_attention_probe` hooks them)."""
         decoder = self.model.text_decoder
         length, batch = states.shape[1], max(len(states), len(image))
-        if decoder.batch_first and _computable([b.attn for b in (*decoder.resblocks, *decoder.cross_attn)]):
-            text = states
+        blocks = [*decoder.resblocks, *decoder.cross_attn]
+        if decoder.batch_first and _computable(blocks, [block.attn for block in blocks]):
+            text = states  # 1 row until the first cross-attention broadcasts it to B
             for block, cross in zip(decoder.resblocks, decoder.cross_attn):
                 text = text + block.ls_1(_self_attend(block.attn, block.ln_1(text)))
                 text = text + block.ls_2(block.mlp(block.ln_2(text)))
-                text = text.expand(batch, -1, -1)  # after the first block: as is
                 text = text + cross.ls_1(_cross_attend(cross.attn, cross.ln_1(text), cross.ln_1_kv(image)))
                 text = text + cross.ls_2(cross.mlp(cross.ln_2(text)))
             return decoder.ln_final(text)
@@ -191,13 +193,13 @@ class CocaDecoder:
         return decoder.ln_final(text)
 
 
-def _computable(attentions: list[torch.nn.MultiheadAttention]) -> bool:
+def _computable(modules: list[torch.nn.Module], attentions: list[torch.nn.MultiheadAttention]) -> bool:
     """True when :func:`_self_attend` and :func:`_cross_attend` compute what these
     (batch-first) attention modules would: no extra key or value, no dropout in play,
-    no hooks that wait for the modules to run."""
-    return all(attention.batch_first and attention.bias_k is None and not attention.add_zero_attn
-               and not (attention.training and attention.dropout) and not attention._forward_hooks
-               and not attention._forward_pre_hooks for attention in attentions)
+    and no hooks, on them or on the ``modules`` around them, that wait for them to run."""
+    plain = all(attention.batch_first and attention.bias_k is None and not attention.add_zero_attn
+                and not (attention.training and attention.dropout) for attention in attentions)
+    return plain and not any(module._forward_hooks or module._forward_pre_hooks for module in (*modules, *attentions))
 
 
 def _projections(attention: torch.nn.MultiheadAttention, x: torch.Tensor,
@@ -237,6 +239,8 @@ def _cross_attend(attention: torch.nn.MultiheadAttention, x: torch.Tensor, conte
     values, either of them 1 row for all B (projected once, then shared)."""
     heads, batch = attention.num_heads, max(len(x), len(context))
     q, k, v = (_heads(t, heads).expand(batch, -1, -1, -1) for t in _projections(attention, x, context))
+    if q.device.type == "cuda":  # some GPU attention kernels have mishandled broadcast (stride-0) inputs
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out = torch.nn.functional.scaled_dot_product_attention(q, k, v)  # (B, heads, T, hd)
     return attention.out_proj(out.transpose(1, 2).flatten(2))
 
@@ -285,7 +289,7 @@ class _OutputLayer:
         stay in the cache (2.5x faster for 20 × 15 × 49,408 logits on 2 cores than all at
         once; the same values). A few dozen live columns take all rows at once."""
         live = self.live_columns()
-        rows = max(1, block // (hidden.shape[1] * live.shape[1]))
+        rows = max(1, block // max(1, hidden.shape[1] * live.shape[1]))
         blocks = hidden.split(rows) if hidden.device.type == "cpu" else [hidden]
         sums = torch.cat([(block @ live).float().logsumexp(dim=-1) for block in blocks])
         if self.zero_columns:

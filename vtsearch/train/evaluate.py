@@ -182,7 +182,8 @@ class _TextFeatures:
             self.memo.update(zip(chunk, zip(encoded.tokens, encoded.ids, hidden)))
         rows = [self.memo[text] for text in texts]
         hidden = [row[2] for row in rows]
-        return [row[0] for row in rows], [row[1] for row in rows], None if any(row is None for row in hidden) else hidden
+        complete = all(row is not None for row in hidden)
+        return [row[0] for row in rows], [row[1] for row in rows], hidden if complete else None
 
 
 def _candidate_texts(index: "Index", captions: Sequence[str]) -> tuple[list[str], np.ndarray, str]:
