@@ -112,13 +112,13 @@ class CocaDecoder:
         """Stored (K, 1 + h*w, width) tokens → the decoder's (K, N, D) image tokens: the
         attentional pooler, its final norm and the split off of the contrastive token
         (open_clip's ``VisionTransformer._pool``), the pooler's attention computed as the
-        decoder's is (:func:`_cross_attend`; its queries projected once for all K)."""
+        decoder's is (:func:`_attend`; its queries projected once for all K)."""
         visual, regions = self.model.visual, regions.to(self.device, self.dtype)
         pooler = visual.attn_pool
         if getattr(visual, "attn_pool_contrastive", None) is not None or not _computable([pooler], [pooler.attn]):
             return visual._pool(regions)[1]  # (K, N, D)
         queries = pooler.ln_q(pooler.query)[None]  # (1, N + 1, D): the same for every image
-        pooled = _cross_attend(pooler.attn, queries, pooler.ln_k(regions))  # (K, N + 1, D)
+        pooled = _attend(pooler.attn, queries, pooler.ln_k(regions))  # (K, N + 1, D)
         return visual._global_pool(visual.ln_post(pooled))[1]
 
     def null_image(self) -> torch.Tensor:
@@ -167,19 +167,19 @@ class CocaDecoder:
         of the demo CoCa's 3-layer blocks per candidate; 1/24 of ViT-B-32's 12 layers). One
         image for B texts may be 1 row too.
 
-        The blocks' attention is computed here from their weights (:func:`_self_attend`,
-        :func:`_cross_attend`: the same products, without ``nn.MultiheadAttention``'s
-        per-call overhead, which is most of a small decoder's time on a CPU) where they can
-        be (:func:`_computable`; not while :func:`_attention_probe` hooks them)."""
+        The blocks' attention is computed here from their weights (:func:`_attend`: the
+        same products, without ``nn.MultiheadAttention``'s per-call overhead, which is most
+        of a small decoder's time on a CPU) where it can be (:func:`_computable`; not while
+        :func:`_attention_probe` hooks the modules)."""
         decoder = self.model.text_decoder
         length, batch = states.shape[1], max(len(states), len(image))
         blocks = [*decoder.resblocks, *decoder.cross_attn]
         if decoder.batch_first and _computable(blocks, [block.attn for block in blocks]):
             text = states  # 1 row until the first cross-attention broadcasts it to B
             for block, cross in zip(decoder.resblocks, decoder.cross_attn):
-                text = text + block.ls_1(_self_attend(block.attn, block.ln_1(text)))
+                text = text + block.ls_1(_attend(block.attn, block.ln_1(text)))
                 text = text + block.ls_2(block.mlp(block.ln_2(text)))
-                text = text + cross.ls_1(_cross_attend(cross.attn, cross.ln_1(text), cross.ln_1_kv(image)))
+                text = text + cross.ls_1(_attend(cross.attn, cross.ln_1(text), cross.ln_1_kv(image)))
                 text = text + cross.ls_2(cross.mlp(cross.ln_2(text)))
             return decoder.ln_final(text)
         image = image.expand(batch, -1, -1)
@@ -194,9 +194,9 @@ class CocaDecoder:
 
 
 def _computable(modules: list[torch.nn.Module], attentions: list[torch.nn.MultiheadAttention]) -> bool:
-    """True when :func:`_self_attend` and :func:`_cross_attend` compute what these
-    (batch-first) attention modules would: no extra key or value, no dropout in play,
-    and no hooks, on them or on the ``modules`` around them, that wait for them to run."""
+    """True when :func:`_attend` computes what these (batch-first) attention modules
+    would: no extra key or value, no dropout in play, and no hooks, on them or on the
+    ``modules`` around them, that wait for them to run."""
     plain = all(attention.batch_first and attention.bias_k is None and not attention.add_zero_attn
                 and not (attention.training and attention.dropout) for attention in attentions)
     return plain and not any(module._forward_hooks or module._forward_pre_hooks for module in (*modules, *attentions))
@@ -224,24 +224,17 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.unflatten(-1, (heads, -1)).transpose(1, 2)
 
 
-def _self_attend(attention: torch.nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
-    """``attention(x, x, x, attn_mask=causal)`` for (B, T, W) batch-first ``x``: one packed
-    input projection, causal scaled dot-product attention, the output projection."""
-    q, k, v = _projections(attention, x, x)
-    heads = attention.num_heads
-    out = torch.nn.functional.scaled_dot_product_attention(_heads(q, heads), _heads(k, heads), _heads(v, heads),
-                                                           is_causal=True)  # (B, heads, T, hd)
-    return attention.out_proj(out.transpose(1, 2).flatten(2))
-
-
-def _cross_attend(attention: torch.nn.MultiheadAttention, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-    """``attention(x, context, context)`` for (B, T, W) queries and (B, N, Wc) keys and
-    values, either of them 1 row for all B (projected once, then shared)."""
-    heads, batch = attention.num_heads, max(len(x), len(context))
-    q, k, v = (_heads(t, heads).expand(batch, -1, -1, -1) for t in _projections(attention, x, context))
+def _attend(attention: torch.nn.MultiheadAttention, x: torch.Tensor,
+            context: torch.Tensor | None = None) -> torch.Tensor:
+    """``attention(x, context, context)`` for (B, T, W) batch-first queries and (B, N, Wc)
+    keys and values, either of them 1 row for all B (projected once, then shared); without
+    ``context``, ``x``'s own causal self-attention (one packed input projection)."""
+    q, k, v = _projections(attention, x, x if context is None else context)
+    heads, batch = attention.num_heads, max(len(q), len(k))
+    q, k, v = (_heads(t, heads).expand(batch, -1, -1, -1) for t in (q, k, v))
     if q.device.type == "cuda":  # some GPU attention kernels have mishandled broadcast (stride-0) inputs
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    out = torch.nn.functional.scaled_dot_product_attention(q, k, v)  # (B, heads, T, hd)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=context is None)  # (B, heads, T, hd)
     return attention.out_proj(out.transpose(1, 2).flatten(2))
 
 
