@@ -17,6 +17,7 @@ from vtsearch.config import RegionLayout
 from vtsearch.encoder import Encoder
 from vtsearch.encoder.coca import broken_contrastive_head, has_text_decoder
 from vtsearch.errors import ModelLoadError
+from vtsearch.query import decoder as decoder_module
 from vtsearch.query.decoder import DecoderConfig, DecoderReranker, fuse_logits, fuse_standardised
 
 CPU = torch.device("cpu")
@@ -88,10 +89,12 @@ def test_regions_are_the_tokens_before_the_pooler(encoder):
     torch.testing.assert_close(pooled, latent)
 
 
-def test_scores_are_the_caption_likelihood_and_ignore_padding(encoder):
+@pytest.mark.parametrize("unprojected", [False, True])
+def test_scores_are_the_caption_likelihood_and_ignore_padding(encoder, monkeypatch, unprojected):
     """The decoder reads the real tokens only; open_clip's own forward on the 76 padded
     tokens gives the same log-likelihood (three images: the normalisers are taken two
-    texts at a time)."""
+    texts at a time), with the image's keys and values projected or not."""
+    monkeypatch.setattr(decoder_module, "_unprojected_is_cheaper", lambda *_: unprojected)
     model, images = encoder.model, pixels(3, seed=1)
     padded = encoder.tokenizer([TEXTS[1]] * 3)  # (3, 76)
     with torch.no_grad():
@@ -193,6 +196,35 @@ def test_position_codes_are_met_by_tokens_that_hold_them_whatever_else_they_hold
     assert float(codes.loss(holding.roll(1, dims=1))) > 1.0  # each code one place off
 
 
+@pytest.mark.parametrize("packed", [True, False])
+@pytest.mark.parametrize("rows", [(1, 5), (5, 5), (5, 1)])
+def test_attention_without_projecting_keys_and_values_is_the_modules(packed, rows):
+    """Cross-attention with the keys' and values' projections moved to the queries' side
+    gives ``nn.MultiheadAttention``'s output, for one text row or one image row shared by
+    all, packed or separate input weights (a context of another width), biases included."""
+    torch.manual_seed(0)
+    width, context_width = 64, 64 if packed else 48
+    attention = torch.nn.MultiheadAttention(width, 4, batch_first=True, kdim=context_width, vdim=context_width)
+    torch.nn.init.normal_(attention.in_proj_bias)
+    (texts, images), batch = rows, max(rows)
+    x, context = torch.randn(texts, 7, width), torch.randn(images, 40, context_width)
+    with torch.no_grad():
+        expected = attention(x.expand(batch, -1, -1), context.expand(batch, -1, -1), context.expand(batch, -1, -1),
+                             need_weights=False)[0]
+        torch.testing.assert_close(decoder_module._attend_unprojected(attention, x, context), expected)
+        torch.testing.assert_close(decoder_module._attend(attention, x, context), expected)
+
+
+def test_keys_and_values_go_unprojected_where_that_costs_less():
+    """ViT-B-32's CoCa decoder (width 512, 8 heads, 255 image tokens): a search's 11 text
+    tokens against 20 candidates leave them unprojected; a match's one image shared by 20
+    texts projects them once."""
+    attention = torch.nn.MultiheadAttention(512, 8, batch_first=True)
+    search = decoder_module._unprojected_is_cheaper(attention, torch.zeros(20, 11, 512), torch.zeros(20, 255, 512))
+    match = decoder_module._unprojected_is_cheaper(attention, torch.zeros(20, 11, 512), torch.zeros(1, 255, 512))
+    assert search and not match
+
+
 def test_the_decoder_reads_the_image(encoder):
     with torch.no_grad():
         _, regions = encoder.image(pixels(4, seed=2), regions=True)
@@ -255,6 +287,23 @@ def test_match_scores_each_text_in_a_batch_as_alone(encoder):
         reranker = DecoderReranker(encoder.model, DecoderConfig(prior=prior))
         scores = reranker.rerank_texts(None, ids, np.zeros(3), regions[0])
         assert np.isfinite(scores.match_logit).all() and not np.allclose(scores.match_logit, together)
+
+
+def test_the_length_prior_scores_each_text_as_length_tokens_at_its_mean(encoder):
+    """``prior: length`` is each text's log-likelihood per scored token times
+    ``length_tokens``; a manifest from before that setting keeps the plain mean."""
+    with torch.no_grad():
+        _, regions = encoder.image(pixels(1, seed=8), regions=True)
+    ids = [ids_of(encoder, text) for text in TEXTS]
+    raw = DecoderReranker(encoder.model, DecoderConfig(prior="none")).rerank_texts(
+        None, ids, np.zeros(3), regions[0]).match_logit
+    scored = np.array([len(row) - 1 for row in ids])
+    for tokens in (1.0, 4.0):
+        reranker = DecoderReranker(encoder.model, DecoderConfig(prior="length", length_tokens=tokens))
+        length = reranker.rerank_texts(None, ids, np.zeros(3), regions[0]).match_logit
+        np.testing.assert_allclose(length, raw * tokens / scored, rtol=1e-5, atol=1e-5)
+    assert DecoderConfig.from_dict(DecoderConfig().to_dict()).length_tokens == 4.0
+    assert DecoderConfig.from_dict({"weight": 1.0, "prior": "length"}).length_tokens == 1.0
 
 
 def test_fusion_adds_the_two_log_scores():
@@ -344,7 +393,7 @@ def test_explain_shows_the_decoders_attention_on_the_patches(coca_index, encoder
 def test_info_names_the_scorer(coca_index):
     runner = CliRunner()
     result = runner.invoke(main, ["info", "--index", str(coca_index.path)], catch_exceptions=False)
-    assert result.exit_code == 0 and "CoCa text decoder" in result.output
+    assert result.exit_code == 0 and "CoCa text decoder" in result.output and "as 4 tokens" in result.output
     shown = json.loads(runner.invoke(main, ["info", "--index", str(coca_index.path), "--json"]).stdout)
     assert shown["reranker"]["scorer"] == "coca-decoder" and shown["regions"]["prefix"] == 1
 

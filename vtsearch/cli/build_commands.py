@@ -305,8 +305,11 @@ def _describe_reranker(reranker: RerankerSummary | None) -> str:
         return "untrained (results in stage-1 order; see vtsearch train-reranker)"
     if reranker.scorer == "coca-decoder":
         config = reranker.config
+        prior = config.get("prior", "length")
+        if prior == "length":
+            prior += f" (each text scored as {config.get('length_tokens', 1.0):g} tokens at its mean per token)"
         return (f"CoCa text decoder (pretrained, no training needed): caption log-likelihood fused with "
-                f"stage 1, weight {config.get('weight', 1.0):g}; match prior {config.get('prior', 'length')}; "
+                f"stage 1, weight {config.get('weight', 1.0):g}; match prior {prior}; "
                 f"default shortlist {config.get('shortlist_cpu', '?')} on a CPU, "
                 f"{config.get('shortlist_gpu', '?')} on a GPU")
     val, config = reranker.val, reranker.config

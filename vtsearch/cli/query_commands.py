@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 shortlist_option = click.option(
     "--recall-k", type=int, default=None,
     help="Stage-1 shortlist size that the reranker reorders [default: 100; for a CoCa index, whose "
-         "decoder (ViT-B-32) costs ~35 ms per candidate on a 2-core CPU: 20 on a CPU, 100 on a GPU].",
+         "decoder (ViT-B-32) costs 7-18 ms per candidate on a 2-core CPU: 20 on a CPU, 100 on a GPU].",
 )
 
 

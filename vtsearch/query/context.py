@@ -36,7 +36,7 @@ class QueryContext:
 
     def shortlist(self, recall_k: int | None, reranked: bool) -> int:
         """``recall_k``, or when None the default of the scorer that will rerank (a CoCa
-        decoder's is small on a CPU: ViT-B-32's costs ~35 ms per candidate there)."""
+        decoder's is small on a CPU: ViT-B-32's costs 7-18 ms per candidate there)."""
         if recall_k is not None:
             return recall_k
         reranker = self.load_reranker() if reranked and self.layout is not None else None
