@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What an index's reranker adds to a warm search through the Python API, side by side.
+"""What an index's reranker adds to a warm search, side by side, as a client sees it.
 
 Opens an index once (any: a trained fusion scorer's, a CoCa's decoder), then runs the same
 queries back to back as ``Index.query(text, k, recall_k=K, rerank=False)`` (stage 1: the
@@ -8,8 +8,13 @@ stage 2), interleaved query by query so both see the same machine. Prints, for e
 shortlist size, the median milliseconds of each and their ratio. Queries are the
 ``caption`` fields of a JSON Lines file (the first ``--count``), or a few built in.
 
+With ``--http`` the same searches go to a real ``vtsearch serve`` of the index instead
+(started here on a free loopback port, on the CPU), as ``POST /api/search`` over one
+keep-alive connection: the time a client of the server waits, request and answer
+included.
+
     python scripts/bench_query.py --index DIR [--queries captions.jsonl] [--count 35]
-                                  [--recall-k 10 20 50] [--threads N] [--json]
+                                  [--recall-k 10 20 50] [--threads N] [--http] [--json]
 """
 
 from __future__ import annotations
@@ -19,10 +24,14 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
+from benchkit import free_port, start_server
 from vtsearch import Index
+
+Search = Callable[[str, int, int, bool], object]  # (text, k, recall_k, rerank)
 
 QUERIES = ["a red circle left of a blue square", "a green triangle above a white cross",
            "a yellow star below a purple circle", "a blue square right of a red triangle"]
@@ -35,23 +44,56 @@ def load_queries(path: Path | None, count: int) -> list[str]:
     return [line["caption"] for line in lines[:count]]
 
 
-def timed_ms(index: Index, text: str, k: int, recall_k: int, rerank: bool) -> float:
+def timed_ms(search: Search, text: str, k: int, recall_k: int, rerank: bool) -> float:
     started = time.perf_counter()
-    index.query(text, k=k, recall_k=recall_k, rerank=rerank)
+    search(text, k, recall_k, rerank)
     return (time.perf_counter() - started) * 1000.0
 
 
-def measure(index: Index, queries: list[str], k: int, recall_k: int) -> dict[str, float]:
+def measure(search: Search, queries: list[str], k: int, recall_k: int) -> dict[str, float]:
     for text in queries[:3]:  # warm up both paths
-        timed_ms(index, text, k, recall_k, False)
-        timed_ms(index, text, k, recall_k, True)
+        timed_ms(search, text, k, recall_k, False)
+        timed_ms(search, text, k, recall_k, True)
     stage1, reranked = [], []
     for text in queries:
-        stage1.append(timed_ms(index, text, k, recall_k, False))
-        reranked.append(timed_ms(index, text, k, recall_k, True))
+        stage1.append(timed_ms(search, text, k, recall_k, False))
+        reranked.append(timed_ms(search, text, k, recall_k, True))
     first, both = statistics.median(stage1), statistics.median(reranked)
     return {"recall_k": recall_k, "stage1_ms": round(first, 2), "reranked_ms": round(both, 2),
             "ratio": round(both / first, 2)}
+
+
+def in_process(index: Index) -> Search:
+    return lambda text, k, recall_k, rerank: index.query(text, k=k, recall_k=recall_k, rerank=rerank)
+
+
+def over_http(base: str) -> Search:
+    import requests
+
+    session = requests.Session()
+
+    def search(text: str, k: int, recall_k: int, rerank: bool) -> None:
+        body = {"text": text, "k": k, "recall_k": recall_k, "rerank": rerank}
+        response = session.post(f"{base}/api/search", json=body, timeout=120)
+        if response.status_code != 200:
+            raise SystemExit(f"the server answered {response.status_code}: {response.text[:200]}")
+
+    return search
+
+
+def measure_all(index: Index, directory: Path, http: bool, queries: list[str], k: int,
+                sizes: list[int]) -> list[dict[str, float]]:
+    if not http:
+        search = in_process(index)
+        return [measure(search, queries, k, recall_k) for recall_k in sizes]
+    port = free_port()
+    server = start_server(directory, port)
+    try:
+        search = over_http(f"http://127.0.0.1:{port}")
+        return [measure(search, queries, k, recall_k) for recall_k in sizes]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def main() -> None:
@@ -62,6 +104,7 @@ def main() -> None:
     parser.add_argument("-k", type=int, default=10, help="results per query")
     parser.add_argument("--recall-k", type=int, nargs="+", default=[10, 20, 50], help="shortlist sizes")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    parser.add_argument("--http", action="store_true", help="search through a vtsearch serve of the index")
     parser.add_argument("--json", action="store_true", help="one JSON line per shortlist size")
     args = parser.parse_args()
     if args.threads:
@@ -71,16 +114,17 @@ def main() -> None:
     try:
         summary = index.info().reranker
         scorer = summary.scorer if summary is not None else "none (stage 1 only)"
-        rows = [measure(index, queries, args.k, recall_k) for recall_k in args.recall_k]
+        rows = measure_all(index, args.index, args.http, queries, args.k, args.recall_k)
     finally:
         index.close()
+    via = "http" if args.http else "python"
     if args.json:
         for row in rows:
             print(json.dumps({"index": str(args.index), "scorer": scorer, "queries": len(queries),
-                              "threads": torch.get_num_threads(), **row}))
+                              "via": via, "threads": torch.get_num_threads(), **row}))
         return
-    print(f"{args.index}: reranker {scorer}, {len(queries)} queries, {torch.get_num_threads()} threads, "
-          f"medians in ms")
+    through = "vtsearch serve" if args.http else f"Index.query, {torch.get_num_threads()} threads"
+    print(f"{args.index}: reranker {scorer}, {len(queries)} queries through {through}, medians in ms")
     for row in rows:
         print(f"  shortlist {row['recall_k']:>3}: stage 1 {row['stage1_ms']:.1f}, with stage 2 "
               f"{row['reranked_ms']:.1f} (x{row['ratio']:.2f})")

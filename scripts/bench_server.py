@@ -27,8 +27,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -37,7 +35,7 @@ from pathlib import Path
 import requests
 import torch
 
-from benchkit import write_random_model, write_random_photos
+from benchkit import free_port, start_server, write_random_model, write_random_photos
 
 MODEL = "ViT-B-32"
 QUERIES = ["a dog on a beach", "a red car in the snow", "two people under an umbrella", "a bowl of fruit",
@@ -119,32 +117,6 @@ def load(base: str, clients: int, seconds: float, rerank: bool) -> dict[str, flo
         "p99_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 1),
         "ok": len(latencies), "errors": len(errors), "first_error": errors[0] if errors else None,
     }
-
-
-def start_server(index_dir: Path, port: int) -> subprocess.Popen:
-    vtsearch = Path(sys.executable).with_name("vtsearch")
-    command = [str(vtsearch)] if vtsearch.exists() else [sys.executable, "-m", "vtsearch.cli"]
-    server = subprocess.Popen([*command, "serve", "--index", str(index_dir), "--port", str(port), "--device", "cpu"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the server exited: {server.stderr.read()}")
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
-                return server
-        except requests.RequestException:
-            time.sleep(0.2)
-    server.kill()
-    raise SystemExit("the server did not start in 120 s")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def main() -> None:

@@ -6,6 +6,9 @@ Random weights cost exactly what pretrained ones do, and need no download.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,3 +47,33 @@ def write_random_photos(folder: Path, count: int, size: tuple[int, int] = (128, 
     for number in range(count):
         pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
         Image.fromarray(pixels).save(folder / f"{number:05d}.jpg")
+
+
+def start_server(index_dir: Path, port: int) -> subprocess.Popen:
+    """A real ``vtsearch serve`` of ``index_dir`` on 127.0.0.1:``port`` (on the CPU), once it answers."""
+    import requests
+
+    vtsearch = Path(sys.executable).with_name("vtsearch")
+    command = [str(vtsearch)] if vtsearch.exists() else [sys.executable, "-m", "vtsearch.cli"]
+    server = subprocess.Popen([*command, "serve", "--index", str(index_dir), "--port", str(port), "--device", "cpu"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the server exited: {server.stderr.read()}")
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
+                return server
+        except requests.RequestException:
+            time.sleep(0.2)
+    server.kill()
+    raise SystemExit("the server did not start in 120 s")
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -377,9 +377,17 @@ def test_bench_query_times_both_paths_of_one_index(coca_index, monkeypatch):
     """``scripts/bench_query.py``: the same queries with and without stage 2, medians and
     their ratio."""
     bench = load_script("bench_query", monkeypatch)
-    row = bench.measure(coca_index, bench.load_queries(None, 4), k=3, recall_k=5)
+    row = bench.measure(bench.in_process(coca_index), bench.load_queries(None, 4), k=3, recall_k=5)
     assert row["recall_k"] == 5 and row["stage1_ms"] > 0 and row["reranked_ms"] > 0
     assert row["ratio"] == pytest.approx(row["reranked_ms"] / row["stage1_ms"], rel=0.05)
+
+
+def test_bench_query_times_a_served_index_over_http(coca_index, monkeypatch):
+    """``--http``: the same searches posted to a real ``vtsearch serve`` of the index."""
+    bench = load_script("bench_query", monkeypatch)
+    rows = bench.measure_all(coca_index, coca_index.path, True, bench.load_queries(None, 4), k=3, sizes=[5, 8])
+    assert [row["recall_k"] for row in rows] == [5, 8]
+    assert all(row["stage1_ms"] > 0 and row["reranked_ms"] > 0 for row in rows)
 
 
 def test_explain_shows_the_decoders_attention_on_the_patches(coca_index, encoder):
