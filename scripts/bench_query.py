@@ -117,11 +117,10 @@ def main() -> None:
         rows = measure_all(index, args.index, args.http, queries, args.k, args.recall_k)
     finally:
         index.close()
-    via = "http" if args.http else "python"
+    via = {"via": "http"} if args.http else {"via": "python", "threads": torch.get_num_threads()}
     if args.json:
         for row in rows:
-            print(json.dumps({"index": str(args.index), "scorer": scorer, "queries": len(queries),
-                              "via": via, "threads": torch.get_num_threads(), **row}))
+            print(json.dumps({"index": str(args.index), "scorer": scorer, "queries": len(queries), **via, **row}))
         return
     through = "vtsearch serve" if args.http else f"Index.query, {torch.get_num_threads()} threads"
     print(f"{args.index}: reranker {scorer}, {len(queries)} queries through {through}, medians in ms")
