@@ -20,11 +20,12 @@ included.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -81,19 +82,25 @@ def over_http(base: str) -> Search:
     return search
 
 
-def measure_all(index: Index, directory: Path, http: bool, queries: list[str], k: int,
-                sizes: list[int]) -> list[dict[str, float]]:
+@contextlib.contextmanager
+def searching(index: Index, directory: Path, http: bool) -> Iterator[Search]:
+    """``index``'s own search, or with ``http`` a ``vtsearch serve`` of ``directory``'s, for as long as open."""
     if not http:
-        search = in_process(index)
-        return [measure(search, queries, k, recall_k) for recall_k in sizes]
+        yield in_process(index)
+        return
     port = free_port()
     server = start_server(directory, port)
     try:
-        search = over_http(f"http://127.0.0.1:{port}")
-        return [measure(search, queries, k, recall_k) for recall_k in sizes]
+        yield over_http(f"http://127.0.0.1:{port}")
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def measure_all(index: Index, directory: Path, http: bool, queries: list[str], k: int,
+                sizes: list[int]) -> list[dict[str, float]]:
+    with searching(index, directory, http) as search:
+        return [measure(search, queries, k, recall_k) for recall_k in sizes]
 
 
 def main() -> None:

@@ -218,16 +218,24 @@ def _projections(attention: torch.nn.MultiheadAttention, x: torch.Tensor,
     """The queries of ``x`` and the keys and values of ``context`` (``x`` itself for
     self-attention: one packed product), by ``attention``'s input projections."""
     width, linear = attention.embed_dim, torch.nn.functional.linear
-    bias = attention.in_proj_bias
-    biases = (None, None, None) if bias is None else bias.split(width)
+    (w_q, w_k, w_v), (b_q, b_k, b_v) = _input_weights(attention)
     if not attention._qkv_same_embed_dim:  # keys and values of another width: three matrices
-        return (linear(x, attention.q_proj_weight, biases[0]), linear(context, attention.k_proj_weight, biases[1]),
-                linear(context, attention.v_proj_weight, biases[2]))
-    weight = attention.in_proj_weight
+        return linear(x, w_q, b_q), linear(context, w_k, b_k), linear(context, w_v, b_v)
+    weight, bias = attention.in_proj_weight, attention.in_proj_bias
     if x is context:
         return linear(x, weight, bias).chunk(3, dim=-1)
     keys_values = linear(context, weight[width:], None if bias is None else bias[width:]).chunk(2, dim=-1)
-    return (linear(x, weight[:width], biases[0]), *keys_values)
+    return (linear(x, w_q, b_q), *keys_values)
+
+
+def _input_weights(attention: torch.nn.MultiheadAttention) -> tuple[tuple[torch.Tensor, ...], tuple[Any, ...]]:
+    """``attention``'s input projections, (W_q, W_k, W_v) and their biases (b_q, b_k, b_v),
+    None without biases: views of the packed matrix, or its three separate ones."""
+    width, bias = attention.embed_dim, attention.in_proj_bias
+    biases = (None, None, None) if bias is None else tuple(bias.split(width))
+    if attention._qkv_same_embed_dim:
+        return tuple(attention.in_proj_weight.split(width)), biases
+    return (attention.q_proj_weight, attention.k_proj_weight, attention.v_proj_weight), biases
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -280,13 +288,9 @@ def _attend_unprojected(attention: torch.nn.MultiheadAttention, x: torch.Tensor,
     head's query is taken into the context's space, (T, hd) → (T, Wc), attention runs over
     the context's (N, Wc) tokens as they are, and its (T, Wc) output goes through W_v:
     2·T·hd·Wc + 2·T·N·Wc per head instead of N·2·W·Wc for the keys and values."""
-    width, heads = attention.embed_dim, attention.num_heads
-    head_width, bias = width // heads, attention.in_proj_bias
-    if attention._qkv_same_embed_dim:
-        w_q, w_k, w_v = attention.in_proj_weight.split(width)
-    else:
-        w_q, w_k, w_v = attention.q_proj_weight, attention.k_proj_weight, attention.v_proj_weight
-    b_q, b_v = (None, None) if bias is None else (bias[:width], bias[2 * width:])
+    heads = attention.num_heads
+    head_width = attention.embed_dim // heads
+    (w_q, w_k, w_v), (b_q, _, b_v) = _input_weights(attention)
     q = torch.nn.functional.linear(x, w_q, b_q)  # (Bq, T, W)
     rows, length = q.shape[:2]
     q = q.unflatten(-1, (heads, head_width)).permute(2, 0, 1, 3).flatten(1, 2)  # (heads, Bq·T, hd)
